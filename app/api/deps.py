@@ -1,0 +1,62 @@
+"""Dependencies: the runtime, the request's unit of work, and authorization."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import session_scope
+from app.core.errors import AuthenticationFailed, PermissionDenied
+from app.runtime import Runtime
+from app.services.context import CallContext, Principal
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    """The request's unit of work: committed when the route returns, rolled back on error."""
+    async for session in session_scope(runtime.sessionmaker):
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def client_addr(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def authorize(scope: str):  # type: ignore[no-untyped-def]
+    """A dependency that demands an authenticated caller holding `scope`."""
+
+    def dependency(request: Request) -> CallContext:
+        principal: Principal | None = request.state.principal
+        if principal is None:
+            if request.state.credential_presented:
+                raise AuthenticationFailed("The API key is invalid, expired or revoked.")
+            raise AuthenticationFailed(
+                "Missing API key: send 'Authorization: Bearer fg_...' or 'X-API-Key'."
+            )
+        if scope not in principal.scopes and "admin" not in principal.scopes:
+            raise PermissionDenied(f"This API key lacks the '{scope}' scope.")
+        return CallContext(
+            principal=principal,
+            request_id=request.state.request_id,
+            client_addr=client_addr(request),
+        )
+
+    return dependency
+
+
+ReadCtx = Annotated[CallContext, Depends(authorize("files:read"))]
+WriteCtx = Annotated[CallContext, Depends(authorize("files:write"))]
+AdminCtx = Annotated[CallContext, Depends(authorize("admin"))]

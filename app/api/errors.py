@@ -1,0 +1,133 @@
+"""The single handler that renders every error as {"error": {message, type, code, param}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api.schemas import ErrorBody
+from app.core.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ProviderError,
+    RateLimited,
+    UnsupportedMediaType,
+)
+from app.services import audit
+
+log = logging.getLogger("filegate.errors")
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_HTTP_ERRORS: dict[int, type[GatewayError]] = {
+    400: InvalidRequest,
+    401: AuthenticationFailed,
+    403: PermissionDenied,
+    404: NotFound,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    429: RateLimited,
+}
+
+
+def responses(*errors: type[GatewayError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the errors a route can answer."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for err in errors:
+        out.setdefault(
+            err.status_code,
+            {
+                "model": ErrorBody,
+                "description": (err.__doc__ or err.__name__).strip().splitlines()[0],
+            },
+        )
+    return out
+
+
+async def _audit_refusal(request: Request, exc: GatewayError) -> None:
+    if exc.status_code not in (401, 403) and request.method not in MUTATING:
+        return
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None or not request.url.path.startswith(("/v1", "/admin")):
+        return
+    principal = getattr(request.state, "principal", None)
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    try:
+        async with runtime.sessionmaker() as session:
+            audit.record_refusal(
+                session=session,
+                actor=principal.actor if principal else "anonymous",
+                tenant_id=principal.tenant_id if principal else None,
+                action=f"{request.method} {path}",
+                resource=request.path_params.get("file_id") or request.path_params.get("key_id"),
+                status_code=exc.status_code,
+                reason=exc.message,
+                request_id=getattr(request.state, "request_id", None),
+                client_addr=request.client.host if request.client else None,
+            )
+            await session.commit()
+    except Exception:  # the refusal itself must still be answered
+        log.exception("could not record audit event for a refused request")
+
+
+async def gateway_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GatewayError)
+    if isinstance(exc, ProviderError):
+        log.warning("provider error: %s (%s)", exc.error_code, exc.provider)
+    await _audit_refusal(request, exc)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    cls = _HTTP_ERRORS.get(exc.status_code, GatewayError)
+    message = str(exc.detail) if exc.detail else "Request failed."
+    if exc.status_code == 404:
+        message = f"No route {request.method} {request.url.path}."
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}."
+    elif exc.status_code == 413:
+        message = "The request body exceeds the gateway's upload limit."
+    error = cls(message)
+    body = error.body()
+    if cls is GatewayError:
+        body["error"]["type"] = "invalid_request_error"
+        body["error"]["code"] = f"http_{exc.status_code}"
+    await _audit_refusal(request, error)
+    return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    param = ".".join(loc) or None
+    message = (
+        f"Invalid '{param}': {first.get('msg', 'invalid value')}"
+        if param
+        else str(first.get("msg", "Invalid request."))
+    )
+    return await gateway_error_handler(request, InvalidRequest(message, param=param))
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        GatewayError("The gateway hit an unexpected error; it has been logged.").body(),
+        status_code=500,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(GatewayError, gateway_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)

@@ -1,0 +1,91 @@
+"""Pure-ASGI middleware: request ids, and identifying (never rejecting) the caller."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.services.keys import KeyRecord, load_key_record, principal_for
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+KEY_CACHE_SECONDS = 2.0
+KEY_CACHE_MAX = 10_000
+IDENTIFIED_PREFIXES = ("/v1", "/admin")
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (the caller's X-Request-ID when sane) and echoes it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def presented_token(headers: Headers) -> str | None:
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else auth
+    api_key = headers.get("x-api-key")
+    return api_key.strip() if api_key else None
+
+
+class IdentifyMiddleware:
+    """Resolves an API key to a Principal in scope state; authorization happens in routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(IDENTIFIED_PREFIXES):
+            state = scope.setdefault("state", {})
+            token = presented_token(Headers(scope=scope))
+            state["credential_presented"] = token is not None
+            state["principal"] = None
+            if token is not None:
+                runtime: Runtime = scope["app"].state.runtime
+                state["principal"] = await identify(runtime, token)
+        await self.app(scope, receive, send)
+
+
+async def identify(runtime: Runtime, token: str):  # type: ignore[no-untyped-def]
+    """The principal behind a token, using a short per-process cache of key rows."""
+    from app.core.security import parse_key
+
+    parsed = parse_key(token)
+    if parsed is None:
+        return None
+    now = time.monotonic()
+    cached = runtime.key_cache.get(parsed.key_id)
+    record: KeyRecord | None
+    if cached is not None and cached[0] > now:
+        record = cached[1]
+    else:
+        async with runtime.sessionmaker() as session:
+            record = await load_key_record(session=session, key_id=parsed.key_id)
+        if len(runtime.key_cache) >= KEY_CACHE_MAX:
+            runtime.key_cache.clear()
+        runtime.key_cache[parsed.key_id] = (now + KEY_CACHE_SECONDS, record)
+    return principal_for(token, record, hmac_key=runtime.hmac_key)

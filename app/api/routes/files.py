@@ -1,0 +1,211 @@
+"""The OpenAI-shaped Files API: /v1/files."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+
+from app.api.deps import ReadCtx, RuntimeDep, SessionDep, WriteCtx
+from app.api.errors import responses
+from app.api.schemas import Extracted, FileDeleted, FileList, FileObject
+from app.core.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ProviderAuthFailed,
+    ProviderFileTooLarge,
+    ProviderQuotaExceeded,
+    ProviderRateLimited,
+    ProviderUnavailable,
+    UnsupportedMediaType,
+)
+from app.services import files as file_service
+from app.services.intake import receive_upload
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+AUTH_ERRORS = (InvalidRequest, AuthenticationFailed, PermissionDenied)
+PROVIDER_ERRORS = (
+    ProviderAuthFailed,
+    ProviderRateLimited,
+    ProviderFileTooLarge,
+    ProviderQuotaExceeded,
+    ProviderUnavailable,
+)
+UPLOAD_FIELDS = frozenset({"purpose", "provider"})
+FileId = Annotated[str, "file id"]
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {
+                            "type": "string",
+                            "description": "file-extract (or its OpenAI aliases assistants and "
+                            "user_data), batch, vision, code-interpreter, agent, fine-tune",
+                            "example": "file-extract",
+                        },
+                        "provider": {
+                            "type": "string",
+                            "enum": ["auto", "moonshot", "zai"],
+                            "default": "auto",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    response_model=FileObject,
+    summary="Upload a file",
+    description=(
+        "Streams the multipart body to disk while hashing it. The same bytes with the same "
+        "purpose return the tenant's existing file (same id) without a second provider upload."
+    ),
+    openapi_extra=UPLOAD_BODY,
+    responses=responses(
+        *AUTH_ERRORS, PayloadTooLarge, UnsupportedMediaType, Conflict, *PROVIDER_ERRORS
+    ),
+)
+async def upload_file(
+    request: Request, ctx: WriteCtx, session: SessionDep, rt: RuntimeDep
+) -> FileObject:
+    upload = await receive_upload(
+        body=request.stream(),
+        content_type=request.headers.get("content-type"),
+        blob_store=rt.blob_store,
+        max_file_bytes=rt.settings.max_upload_bytes,
+        max_parts=rt.settings.max_multipart_parts,
+        text_fields=UPLOAD_FIELDS,
+    )
+    try:
+        purpose = upload.fields.get("purpose")
+        if not purpose:
+            raise InvalidRequest("The 'purpose' field is required.", param="purpose")
+        provider = (upload.fields.get("provider") or "auto").lower()
+        rt.providers.check_provider_known(provider)
+        result = await file_service.create_file(
+            session=session, rt=rt, ctx=ctx, upload=upload, purpose=purpose, provider=provider
+        )
+    finally:
+        upload.spool.discard()
+    return FileObject.of(result.view)
+
+
+@router.get(
+    "",
+    response_model=FileList,
+    summary="List files",
+    responses=responses(*AUTH_ERRORS),
+)
+async def list_files(
+    ctx: ReadCtx,
+    session: SessionDep,
+    after: Annotated[str | None, Query(max_length=64, description="A file id cursor")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    purpose: Annotated[str | None, Query(max_length=40)] = None,
+) -> FileList:
+    page = await file_service.list_files(
+        session=session, ctx=ctx, limit=limit, order=order, purpose=purpose, after=after
+    )
+    data = [FileObject.of(view) for view in page.views]
+    return FileList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=page.has_more,
+    )
+
+
+@router.get(
+    "/{file_id}",
+    response_model=FileObject,
+    summary="Retrieve a file",
+    responses=responses(*AUTH_ERRORS, NotFound),
+)
+async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: SessionDep) -> FileObject:
+    view = await file_service.get_file(session=session, ctx=ctx, file_id=file_id)
+    return FileObject.of(view)
+
+
+@router.get(
+    "/{file_id}/content",
+    summary="Download the original bytes",
+    description="Streams the canonical copy; supports Range requests; the ETag is the sha256.",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes"},
+        206: {"description": "Partial content for a Range request"},
+        **responses(*AUTH_ERRORS, NotFound),
+    },
+)
+async def download_content(
+    file_id: FileId, ctx: ReadCtx, session: SessionDep, rt: RuntimeDep
+) -> FileResponse:
+    view, path = await file_service.content_path(session=session, rt=rt, ctx=ctx, file_id=file_id)
+    name = view.file.filename
+    return FileResponse(
+        path,
+        media_type=view.file.content_type,
+        headers={
+            "ETag": f'"{view.file.sha256}"',
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}",
+            "Cache-Control": "private, max-age=0, must-revalidate",
+        },
+    )
+
+
+@router.get(
+    "/{file_id}/extract",
+    response_model=Extracted,
+    summary="Extracted text of a file-extract file",
+    description="Asks the provider holding the file for its extracted text once, then caches it.",
+    responses=responses(*AUTH_ERRORS, NotFound, *PROVIDER_ERRORS),
+)
+async def extract_text(
+    file_id: FileId, ctx: ReadCtx, session: SessionDep, rt: RuntimeDep
+) -> Extracted:
+    provider, parsed = await file_service.extract(session=session, rt=rt, ctx=ctx, file_id=file_id)
+    return Extracted(
+        id=file_id,
+        provider=provider,
+        content=str(parsed.get("content", "")),
+        file_type=_opt_str(parsed.get("file_type")),
+        filename=_opt_str(parsed.get("filename")),
+        title=_opt_str(parsed.get("title")),
+        type=_opt_str(parsed.get("type")),
+    )
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@router.delete(
+    "/{file_id}",
+    response_model=FileDeleted,
+    summary="Delete a file and every provider copy",
+    responses=responses(*AUTH_ERRORS, NotFound, *PROVIDER_ERRORS),
+)
+async def delete_file(
+    file_id: FileId, ctx: WriteCtx, session: SessionDep, rt: RuntimeDep
+) -> FileDeleted:
+    deleted = await file_service.delete_file(session=session, rt=rt, ctx=ctx, file_id=file_id)
+    return FileDeleted(id=deleted)

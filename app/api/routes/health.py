@@ -1,0 +1,60 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.api.deps import RuntimeDep
+from app.api.schemas import Liveness, ProbeStatus, Readiness
+
+router = APIRouter(prefix="/health", tags=["health"])
+PROBE_TIMEOUT = 3.0
+
+
+@router.get("/live", response_model=Liveness, summary="The process is up")
+async def live() -> Liveness:
+    return Liveness()
+
+
+async def _probe(coro: object) -> ProbeStatus:
+    try:
+        await asyncio.wait_for(coro, PROBE_TIMEOUT)  # type: ignore[arg-type]
+    except Exception as exc:  # any failure makes the dependency not ready
+        return ProbeStatus(status="down", detail=type(exc).__name__)
+    return ProbeStatus(status="ok")
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    summary="Database, blob store, Redis and provider modes",
+    responses={503: {"model": Readiness, "description": "A required dependency is down"}},
+)
+async def ready(rt: RuntimeDep) -> JSONResponse:
+    async def db() -> None:
+        async with rt.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    checks = {
+        "database": await _probe(db()),
+        "blob_store": await _probe(rt.blob_store.check_writable()),
+    }
+    if rt.redis is not None:
+        redis_status = await _probe(rt.redis.ping())
+        if redis_status.status == "down":
+            redis_status = ProbeStatus(status="degraded", detail=redis_status.detail)
+        checks["redis"] = redis_status
+    for name, adapter in rt.providers.adapters.items():
+        checks[f"provider:{name}"] = ProbeStatus(status="ok", mode=adapter.mode)
+    if any(c.status == "down" for c in checks.values()):
+        overall = "down"
+    elif any(c.status == "degraded" for c in checks.values()):
+        overall = "degraded"
+    else:
+        overall = "ok"
+    body = Readiness(status=overall, checks=checks)
+    return JSONResponse(body.model_dump(), status_code=503 if overall == "down" else 200)

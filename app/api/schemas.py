@@ -1,0 +1,136 @@
+"""Request and response bodies of the public API (OpenAI Files API shape plus extras)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app.services.files import FileView
+
+
+class ProviderCopyOut(BaseModel):
+    provider: str = Field(examples=["moonshot"])
+    provider_file_id: str | None = Field(examples=["cnhgqnucp7f5h7jfb3s0"])
+    status: str = Field(examples=["active"])
+
+
+class FileObject(BaseModel):
+    id: str = Field(examples=["file-3Zk9qLmN2xYb7cVd1eFg4hJp"])
+    object: Literal["file"] = "file"
+    bytes: int = Field(examples=[505444])
+    created_at: int = Field(examples=[1764075600], description="Unix seconds")
+    filename: str = Field(examples=["report.pdf"])
+    purpose: str = Field(examples=["file-extract"])
+    status: str = Field(
+        examples=["processed"],
+        description="uploaded (placement in flight), processed, pending or error",
+    )
+    status_details: str | None = None
+    expires_at: int | None = Field(default=None, examples=[None])
+    sha256: str = Field(
+        examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+    )
+    providers: list[ProviderCopyOut]
+
+    @classmethod
+    def of(cls, view: FileView) -> FileObject:
+        f = view.file
+        return cls(
+            id=f.id,
+            bytes=f.bytes,
+            created_at=int(f.created_at.timestamp()),
+            filename=f.filename,
+            purpose=f.purpose,
+            status=f.status,
+            status_details=f.status_details,
+            expires_at=int(f.expires_at.timestamp()) if f.expires_at else None,
+            sha256=f.sha256,
+            providers=[
+                ProviderCopyOut(
+                    provider=c.provider, provider_file_id=c.provider_file_id, status=c.status
+                )
+                for c in view.copies
+                if c.status not in ("deleted",)
+            ],
+        )
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class Extracted(BaseModel):
+    id: str = Field(description="The gateway file id")
+    object: Literal["file.extract"] = "file.extract"
+    provider: str = Field(examples=["moonshot"])
+    content: str = Field(examples=["Quarterly report ..."])
+    file_type: str | None = Field(default=None, examples=["application/pdf"])
+    filename: str | None = Field(default=None, examples=["report.pdf"])
+    title: str | None = ""
+    type: str | None = "file"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None
+    param: str | None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class KeyCreate(BaseModel):
+    tenant: str = Field(min_length=1, max_length=100, examples=["acme"])
+    name: str = Field(min_length=1, max_length=100, examples=["ingest-service"])
+    scopes: list[Literal["files:read", "files:write", "admin"]] = Field(
+        default_factory=lambda: ["files:read", "files:write"]
+    )
+    model_config = {"extra": "forbid"}
+
+
+class KeyOut(BaseModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    tenant_id: str
+    name: str
+    scopes: list[str]
+    created_at: int
+    expires_at: int | None
+    revoked_at: int | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret token, shown only in this response")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyOut]
+
+
+class ProbeStatus(BaseModel):
+    status: Literal["ok", "degraded", "down"]
+    detail: str | None = None
+    mode: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "degraded", "down"]
+    checks: dict[str, ProbeStatus]
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"

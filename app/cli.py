@@ -1,0 +1,128 @@
+"""The `filegate` command: serve, migrate, worker-free operations, keys, sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated
+
+import typer
+
+from app.core.config import ConfigError, Settings, load_settings
+
+cli = typer.Typer(
+    help="filegate: one Files API in front of Moonshot and Z.ai.", no_args_is_help=True
+)
+keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply pending database migrations."""
+    from app.core.migrations import upgrade
+
+    settings = _settings()
+    upgrade(settings.resolved_database_url)
+    typer.echo("database is at the latest revision")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    sandbox: Annotated[bool, typer.Option(help="Send every provider to the sandbox")] = False,
+    migrate: Annotated[bool, typer.Option(help="Apply pending migrations first")] = True,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the gateway (with the provider sandbox mounted when any provider is sandboxed)."""
+    import uvicorn
+
+    from app.core.migrations import upgrade
+
+    self_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    os.environ.setdefault("FILEGATE_SANDBOX_URL", f"http://{self_host}:{port}/sandbox")
+    if sandbox:
+        os.environ["FILEGATE_SANDBOX"] = "true"
+    settings = _settings()
+    if migrate:
+        upgrade(settings.resolved_database_url)
+    sandboxed = [n for n in ("moonshot", "zai") if settings.provider_sandboxed(n)]
+    typer.echo(f"filegate on http://{self_host}:{port}  (docs UI: http://{self_host}:{port}/docs)")
+    if sandboxed:
+        typer.echo(f"providers in SANDBOX mode: {', '.join(sandboxed)}")
+    typer.echo("create an API key: filegate keys create --tenant demo --name me")
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        proxy_headers=False,
+    )
+
+
+@keys_cli.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name (created if new)")],
+    name: Annotated[str, typer.Option(help="A label for the key")],
+    admin: Annotated[bool, typer.Option(help="Grant the admin scope")] = False,
+) -> None:
+    """Issue an API key; the key alone is printed on the last line."""
+    from app.core.db import create_engine, create_sessionmaker, session_scope
+    from app.services.keys import issue_key
+
+    settings = _settings()
+    scopes = ["files:read", "files:write"] + (["admin"] if admin else [])
+
+    async def run() -> str:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            async for session in session_scope(create_sessionmaker(engine)):
+                issued = await issue_key(
+                    session=session,
+                    hmac_key=settings.hmac_key(),
+                    tenant_name=tenant,
+                    name=name,
+                    scopes=scopes,
+                )
+                typer.echo(
+                    f"key id {issued.key.id} for tenant {issued.tenant_name} "
+                    f"(scopes: {' '.join(scopes)}); it is shown only once:"
+                )
+                return issued.token
+        finally:
+            await engine.dispose()
+        raise RuntimeError("no session")
+
+    from app.core.migrations import upgrade
+
+    upgrade(settings.resolved_database_url)
+    typer.echo(asyncio.run(run()))
+
+
+@cli.command("sandbox")
+def sandbox_cmd(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9000,
+) -> None:
+    """Serve the provider sandbox alone (paths under /sandbox/moonshot/v1 and /sandbox/zai/...)."""
+    import uvicorn
+
+    from app.sandbox import create_standalone_app
+
+    typer.echo(f"sandbox on http://{host}:{port}/sandbox/{{moonshot/v1,zai/api/paas/v4}}")
+    uvicorn.run(create_standalone_app(), host=host, port=port, log_level="warning")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,143 @@
+"""The gateway's one settings model (environment variables prefixed FILEGATE_)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROVIDERS = ("moonshot", "zai")
+MiB = 1024 * 1024
+
+
+class ConfigError(RuntimeError):
+    """Settings failed validation; the message names each offending variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FILEGATE_", env_file=".env", extra="ignore", frozen=False
+    )
+
+    env: Literal["development", "production", "test"] = "development"
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    secret_key: SecretStr | None = None
+    max_upload_bytes: int = Field(default=100 * MiB, gt=0)
+    max_multipart_parts: int = Field(default=8, ge=2, le=64)
+
+    provider_order: Annotated[list[str], NoDecode] = ["moonshot", "zai"]
+    sandbox: bool = False
+    sandbox_url: str = "http://127.0.0.1:8000/sandbox"
+    mount_sandbox: bool = True
+    moonshot_api_key: SecretStr | None = None
+    moonshot_base_url: str = "https://api.moonshot.ai/v1"
+    zai_api_key: SecretStr | None = None
+    zai_base_url: str = "https://api.z.ai/api/paas/v4"
+    provider_connect_timeout: float = Field(default=5.0, gt=0)
+    provider_timeout: float = Field(default=120.0, gt=0)
+    dedup_wait_seconds: float = Field(default=120.0, ge=0)
+
+    docs_enabled: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("provider_order", mode="before")
+    @classmethod
+    def _split_order(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("provider_order")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in PROVIDERS]
+        if unknown or not value or len(set(value)) != len(value):
+            raise ValueError(
+                f"must be a comma-separated list of distinct providers from {', '.join(PROVIDERS)}"
+            )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        for prefix, driver in (
+            ("postgresql://", "postgresql+psycopg://"),
+            ("postgres://", "postgresql+psycopg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if value.startswith(prefix):
+                return driver + value[len(prefix) :]
+        if not value.startswith(("postgresql+psycopg://", "sqlite+aiosqlite://")):
+            raise ValueError("must be a postgresql:// or sqlite:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> Settings:
+        if self.env == "production" and self.secret_key is None:
+            raise ValueError(
+                "FILEGATE_SECRET_KEY must be set in production (it keys the API-key HMAC)"
+            )
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'filegate.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    def provider_key(self, provider: str) -> SecretStr | None:
+        key: SecretStr | None = getattr(self, f"{provider}_api_key")
+        return key
+
+    def provider_sandboxed(self, provider: str) -> bool:
+        """A provider runs against the sandbox when asked to, or when it has no key."""
+        return self.sandbox or self.provider_key(provider) is None
+
+    def hmac_key(self) -> bytes:
+        """The secret keying API-key HMACs; generated once under data_dir when not configured."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            token = secrets.token_urlsafe(48)
+            try:
+                with open(path, "x", encoding="ascii") as fh:
+                    fh.write(token)
+                path.chmod(0o600)
+            except FileExistsError:
+                pass
+        return path.read_text(encoding="ascii").strip().encode()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning validation errors into one message naming each variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(part) for part in err["loc"]) or "settings"
+            name = f"FILEGATE_{field.upper()}" if err["loc"] else "settings"
+            lines.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

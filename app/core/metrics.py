@@ -1,0 +1,49 @@
+"""Prometheus metrics of the gateway, on a registry owned by one app instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class GatewayMetrics:
+    """Upload, dedup, byte and provider-call series; no tenant or file labels."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.uploads = Counter(
+            "filegate_uploads_total",
+            "Upload requests by provider and outcome (created, deduplicated, failed).",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.dedup_hits = Counter(
+            "filegate_dedup_hits_total",
+            "Uploads answered with an existing file of the same tenant, content and purpose.",
+            registry=self.registry,
+        )
+        self.upload_bytes = Counter(
+            "filegate_upload_bytes_total",
+            "Bytes received in accepted upload bodies.",
+            registry=self.registry,
+        )
+        self.provider_calls = Counter(
+            "filegate_provider_calls_total",
+            "Calls to provider file APIs by provider, operation and outcome.",
+            ["provider", "operation", "outcome"],
+            registry=self.registry,
+        )
+        self.provider_latency = Histogram(
+            "filegate_provider_call_seconds",
+            "Latency of provider file-API calls.",
+            ["provider", "operation", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_provider_call(
+        self, provider: str, operation: str, outcome: str, seconds: float
+    ) -> None:
+        self.provider_calls.labels(provider, operation, outcome).inc()
+        self.provider_latency.labels(provider, operation, outcome).observe(seconds)

@@ -1,0 +1,64 @@
+"""The FastAPI application factory; everything long-lived is built in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from app.api import errors
+from app.api.middleware import IdentifyMiddleware, RequestContextMiddleware
+from app.api.routes import admin, files, health
+from app.core.config import Settings, load_settings
+from app.core.metrics import GatewayMetrics
+from app.runtime import build_runtime
+
+DESCRIPTION = """\
+One OpenAI-compatible Files API in front of Moonshot (Kimi) and Z.ai (GLM).
+
+Authenticate with `Authorization: Bearer fg_...` or `X-API-Key: fg_...`.
+Every error body is `{"error": {"message", "type", "code", "param"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with build_runtime(settings, metrics=metrics) as runtime:
+            app.state.runtime = runtime
+            yield
+
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="filegate",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+        max_body_size=settings.max_upload_bytes + 1024 * 1024,
+    )
+    errors.install(app)
+    app.include_router(files.router)
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    app.add_middleware(IdentifyMiddleware)
+    app.add_middleware(RequestContextMiddleware)
+    Instrumentator(
+        registry=metrics.registry,
+        excluded_handlers=["/metrics", "/sandbox.*"],
+        should_group_status_codes=False,
+    ).instrument(app).expose(app, include_in_schema=False)
+    if settings.mount_sandbox and any(
+        settings.provider_sandboxed(name) for name in ("moonshot", "zai")
+    ):
+        from app.sandbox import create_sandbox_app
+
+        app.mount("/sandbox", create_sandbox_app())
+    return app

@@ -1,0 +1,25 @@
+"""The registry's tables (SQLAlchemy 2 typed models)."""
+
+from app.models.entities import (
+    ApiKey,
+    AuditEvent,
+    Blob,
+    File,
+    FileStatus,
+    LifecycleEvent,
+    ProviderCopy,
+    ProviderCopyStatus,
+    Tenant,
+)
+
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "Blob",
+    "File",
+    "FileStatus",
+    "LifecycleEvent",
+    "ProviderCopy",
+    "ProviderCopyStatus",
+    "Tenant",
+]

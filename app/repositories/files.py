@@ -1,0 +1,185 @@
+"""SQL for files, blobs, provider copies and lifecycle events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import utcnow
+from app.models import Blob, File, FileStatus, LifecycleEvent, ProviderCopy
+
+
+class FileRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get_live(self, *, tenant_id: str, file_id: str) -> File | None:
+        """A tenant's file that has not been deleted (another tenant's id finds nothing)."""
+        stmt = select(File).where(
+            File.id == file_id, File.tenant_id == tenant_id, File.deleted_at.is_(None)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def refresh(self, file_id: str) -> File | None:
+        stmt = select(File).where(File.id == file_id).execution_options(populate_existing=True)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def find_duplicate(self, *, tenant_id: str, sha256: str, purpose: str) -> File | None:
+        stmt = (
+            select(File)
+            .where(
+                File.tenant_id == tenant_id,
+                File.sha256 == sha256,
+                File.purpose == purpose,
+                File.deleted_at.is_(None),
+            )
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def list_page(
+        self,
+        *,
+        tenant_id: str,
+        limit: int,
+        ascending: bool,
+        purpose: str | None,
+        after: tuple[datetime, str] | None,
+    ) -> Sequence[File]:
+        stmt = select(File).where(File.tenant_id == tenant_id, File.deleted_at.is_(None))
+        if purpose is not None:
+            stmt = stmt.where(File.purpose == purpose)
+        if after is not None:
+            created, fid = after
+            if ascending:
+                stmt = stmt.where(
+                    or_(File.created_at > created, and_(File.created_at == created, File.id > fid))
+                )
+            else:
+                stmt = stmt.where(
+                    or_(File.created_at < created, and_(File.created_at == created, File.id < fid))
+                )
+        order = (
+            (File.created_at.asc(), File.id.asc())
+            if ascending
+            else (File.created_at.desc(), File.id.desc())
+        )
+        stmt = stmt.order_by(*order).limit(limit)
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def cursor_of(self, *, tenant_id: str, file_id: str) -> tuple[datetime, str] | None:
+        stmt = select(File.created_at, File.id).where(
+            File.id == file_id, File.tenant_id == tenant_id
+        )
+        row = (await self.session.execute(stmt)).one_or_none()
+        return (row[0], row[1]) if row else None
+
+    async def copies_for(self, file_ids: Sequence[str]) -> dict[str, list[ProviderCopy]]:
+        result: dict[str, list[ProviderCopy]] = {fid: [] for fid in file_ids}
+        if not file_ids:
+            return result
+        stmt = (
+            select(ProviderCopy)
+            .where(ProviderCopy.file_id.in_(file_ids))
+            .order_by(ProviderCopy.id)
+            .execution_options(populate_existing=True)
+        )
+        for copy in (await self.session.execute(stmt)).scalars():
+            result[copy.file_id].append(copy)
+        return result
+
+    async def copy_for(self, *, file_id: str, provider: str) -> ProviderCopy | None:
+        stmt = (
+            select(ProviderCopy)
+            .where(ProviderCopy.file_id == file_id, ProviderCopy.provider == provider)
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def lock_blob(self, *, sha256: str, size: int, storage_key: str) -> None:
+        """Insert the blob row or lock the existing one, so a concurrent collect waits."""
+        dialect = self.session.bind.dialect.name if self.session.bind else "sqlite"
+        values = {
+            "sha256": sha256,
+            "size": size,
+            "storage_key": storage_key,
+            "created_at": utcnow(),
+        }
+        if dialect == "postgresql":
+            pg = postgresql.insert(Blob).values(**values)
+            stmt = pg.on_conflict_do_update(
+                index_elements=[Blob.sha256], set_={"size": pg.excluded.size}
+            )
+        else:
+            lite = sqlite.insert(Blob).values(**values)
+            stmt = lite.on_conflict_do_update(
+                index_elements=[Blob.sha256], set_={"size": lite.excluded.size}
+            )
+        await self.session.execute(stmt)
+
+    async def blob(self, sha256: str) -> Blob | None:
+        return await self.session.get(Blob, sha256)
+
+    async def lock_blob_if_unreferenced(self, sha256: str) -> Blob | None:
+        """Lock a blob row for collection when no live file points at it."""
+        stmt = select(Blob).where(Blob.sha256 == sha256)
+        if self.session.bind is not None and self.session.bind.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        else:
+            # SQLite: take the database write lock before checking references.
+            await self.session.execute(
+                update(Blob).where(Blob.sha256 == sha256).values(size=Blob.size)
+            )
+        blob = (await self.session.execute(stmt)).scalar_one_or_none()
+        if blob is None:
+            return None
+        live = await self.session.scalar(
+            select(exists().where(File.sha256 == sha256, File.deleted_at.is_(None)))
+        )
+        return None if live else blob
+
+    async def delete_blob_row(self, sha256: str) -> None:
+        await self.session.execute(delete(Blob).where(Blob.sha256 == sha256))
+
+    async def blob_referenced(self, sha256: str) -> bool:
+        return bool(await self.session.scalar(select(exists().where(File.sha256 == sha256))))
+
+    async def count_live(self, *, tenant_id: str) -> int:
+        stmt = select(func.count()).where(File.tenant_id == tenant_id, File.deleted_at.is_(None))
+        return int(await self.session.scalar(stmt) or 0)
+
+    def add_event(
+        self,
+        *,
+        file_id: str,
+        to_status: str,
+        reason: str,
+        from_status: str | None = None,
+        provider: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.session.add(
+            LifecycleEvent(
+                file_id=file_id,
+                provider=provider,
+                from_status=from_status,
+                to_status=to_status,
+                reason=reason,
+                request_id=request_id,
+            )
+        )
+
+    async def events_for(self, file_id: str) -> Sequence[LifecycleEvent]:
+        stmt = (
+            select(LifecycleEvent)
+            .where(LifecycleEvent.file_id == file_id)
+            .order_by(LifecycleEvent.id)
+        )
+        return (await self.session.execute(stmt)).scalars().all()
+
+
+LIVE_STATUSES = (FileStatus.UPLOADED, FileStatus.PROCESSED, FileStatus.PENDING)

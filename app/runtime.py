@@ -1,0 +1,102 @@
+"""Everything long-lived, built once in the lifespan (or the CLI) and closed there."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.core.db import create_engine, create_sessionmaker
+from app.core.metrics import GatewayMetrics
+from app.providers import ADAPTERS
+from app.providers.base import ProviderAdapter, ProviderConfig
+from app.services.keys import KeyRecord
+from app.services.placement import ProviderHub
+from app.storage.blobs import LocalBlobStore
+
+log = logging.getLogger("filegate")
+
+SANDBOX_KEYS = {"moonshot": "sk-sandbox", "zai": "sandbox.key"}
+SANDBOX_PATHS = {"moonshot": "/moonshot/v1", "zai": "/zai/api/paas/v4"}
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    blob_store: LocalBlobStore
+    providers: ProviderHub
+    metrics: GatewayMetrics
+    redis: Redis | None
+    key_cache: dict[str, tuple[float, KeyRecord | None]]
+
+    @property
+    def hmac_key(self) -> bytes:
+        return self._hmac_key
+
+    def __post_init__(self) -> None:
+        self._hmac_key = self.settings.hmac_key()
+
+
+def provider_configs(settings: Settings) -> list[ProviderConfig]:
+    """One config per provider: live with its key, or the sandbox at sandbox_url."""
+    configs = []
+    for name in ("moonshot", "zai"):
+        sandboxed = settings.provider_sandboxed(name)
+        key = settings.provider_key(name)
+        configs.append(
+            ProviderConfig(
+                name=name,
+                base_url=(
+                    settings.sandbox_url.rstrip("/") + SANDBOX_PATHS[name]
+                    if sandboxed
+                    else getattr(settings, f"{name}_base_url")
+                ),
+                api_key=SANDBOX_KEYS[name] if sandboxed or key is None else key.get_secret_value(),
+                sandbox=sandboxed,
+                connect_timeout=settings.provider_connect_timeout,
+                read_timeout=settings.provider_timeout,
+                write_timeout=settings.provider_timeout,
+            )
+        )
+    return configs
+
+
+@asynccontextmanager
+async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
+    engine = create_engine(settings.resolved_database_url)
+    blob_store = LocalBlobStore(settings.data_dir)
+    blob_store.prepare()
+    adapters: dict[str, ProviderAdapter] = {
+        cfg.name: ADAPTERS[cfg.name](cfg, observer=metrics.observe_provider_call)
+        for cfg in provider_configs(settings)
+    }
+    redis = (
+        Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        if (settings.redis_url)
+        else None
+    )
+    hub = ProviderHub(adapters, settings.provider_order)
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        blob_store=blob_store,
+        providers=hub,
+        metrics=metrics,
+        redis=redis,
+        key_cache={},
+    )
+    try:
+        yield runtime
+    finally:
+        await hub.aclose()
+        if redis is not None:
+            await redis.aclose()
+        await engine.dispose()

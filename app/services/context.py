@@ -1,0 +1,29 @@
+"""Who is calling and on which request: what services need to know about a call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCOPES = frozenset({"files:read", "files:write", "admin"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    key_id: str
+    tenant_id: str
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def actor(self) -> str:
+        return f"key:{self.key_id}"
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """The caller plus request metadata recorded in audit and lifecycle rows."""
+
+    principal: Principal
+    request_id: str | None = None
+    client_addr: str | None = None

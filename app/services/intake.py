@@ -1,0 +1,296 @@
+"""Streaming multipart intake: hash and spool the file part as it arrives, in bounded memory."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from anyio import to_thread
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from app.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from app.storage.blobs import BlobStore, SpoolFile
+
+FLUSH_BYTES = 1024 * 1024
+MAX_FIELD_BYTES = 1024
+MAX_HEADER_BYTES = 8 * 1024
+MAX_FILENAME_CHARS = 255
+MULTIPART_OVERHEAD_BYTES = 1024 * 1024
+
+
+@dataclass
+class IncomingUpload:
+    """A fully received upload: the spooled file part plus the text fields."""
+
+    spool: SpoolFile
+    sha256: str
+    size: int
+    filename: str
+    content_type: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def validate_filename(raw: str) -> str:
+    """Refuse names that could address paths or smuggle control characters."""
+    name = unicodedata.normalize("NFC", raw).strip()
+    if not name:
+        raise InvalidRequest("The file part needs a non-empty filename.", param="file")
+    if len(name) > MAX_FILENAME_CHARS:
+        raise InvalidRequest(
+            f"The filename is longer than {MAX_FILENAME_CHARS} characters.", param="file"
+        )
+    if "/" in name or "\\" in name or name in {".", ".."}:
+        raise InvalidRequest(
+            "The filename must not contain path separators ('/' or '\\').", param="file"
+        )
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Zl", "Zp"} for ch in name):
+        raise InvalidRequest("The filename must not contain control characters.", param="file")
+    return name
+
+
+class _PartState:
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.header_field = bytearray()
+        self.header_value = bytearray()
+        self.header_bytes = 0
+        self.name: str | None = None
+        self.filename: str | None = None
+        self.content_type = "application/octet-stream"
+        self.value = bytearray()
+
+
+class MultipartIntake:
+    """Feeds request body chunks to python-multipart's streaming parser."""
+
+    def __init__(
+        self,
+        *,
+        blob_store: BlobStore,
+        boundary: bytes,
+        max_file_bytes: int,
+        max_parts: int,
+        text_fields: frozenset[str],
+    ) -> None:
+        self.blob_store = blob_store
+        self.max_file_bytes = max_file_bytes
+        self.max_parts = max_parts
+        self.text_fields = text_fields
+        self.fields: dict[str, str] = {}
+        self.parts = 0
+        self.part: _PartState | None = None
+        self.spool: SpoolFile | None = None
+        self.file_seen = False
+        self.filename: str | None = None
+        self.file_content_type = "application/octet-stream"
+        self.file_size = 0
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.finished = False
+        self.error: Exception | None = None
+        self.parser = MultipartParser(
+            boundary,
+            callbacks={
+                "on_part_begin": self._on_part_begin,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_end": self._on_end,
+            },
+        )
+
+    def _fail(self, exc: Exception) -> None:
+        # Callbacks run inside parser.write(); remember the first error and stop there.
+        if self.error is None:
+            self.error = exc
+
+    def _on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > self.max_parts:
+            self._fail(InvalidRequest(f"Too many multipart parts (at most {self.max_parts})."))
+        self.part = _PartState()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        assert self.part is not None
+        self.part.header_field += data[start:end]
+        self._count_header(end - start)
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        assert self.part is not None
+        self.part.header_value += data[start:end]
+        self._count_header(end - start)
+
+    def _count_header(self, n: int) -> None:
+        assert self.part is not None
+        self.part.header_bytes += n
+        if self.part.header_bytes > MAX_HEADER_BYTES:
+            self._fail(InvalidRequest("A multipart part has oversized headers."))
+
+    def _on_header_end(self) -> None:
+        assert self.part is not None
+        key = self.part.header_field.decode("latin-1").strip().lower()
+        self.part.headers[key] = self.part.header_value.decode("utf-8", "replace")
+        self.part.header_field.clear()
+        self.part.header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        part = self.part
+        assert part is not None
+        disposition, params = parse_options_header(part.headers.get("content-disposition"))
+        if disposition != b"form-data" or b"name" not in params:
+            self._fail(InvalidRequest("Each multipart part needs Content-Disposition: form-data."))
+            return
+        part.name = params[b"name"].decode("utf-8", "replace")
+        if part.name == "file":
+            if self.file_seen:
+                self._fail(InvalidRequest("Send exactly one 'file' part.", param="file"))
+                return
+            self.file_seen = True
+            raw_name = params.get(b"filename")
+            if raw_name is None:
+                self._fail(InvalidRequest("The 'file' part needs a filename.", param="file"))
+                return
+            try:
+                self.filename = validate_filename(raw_name.decode("utf-8", "replace"))
+            except InvalidRequest as exc:
+                self._fail(exc)
+                return
+            ctype = part.headers.get("content-type", "").strip()
+            self.file_content_type = ctype[:255] or "application/octet-stream"
+            self.spool = self.blob_store.new_spool()
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self.part
+        if part is None or self.error is not None:
+            return
+        n = end - start
+        if part.name == "file" and self.spool is not None:
+            self.file_size += n
+            if self.file_size > self.max_file_bytes:
+                self._fail(
+                    PayloadTooLarge(
+                        f"The file is larger than the gateway's limit of {self.max_file_bytes} "
+                        "bytes.",
+                        param="file",
+                    )
+                )
+                return
+            self.pending.append(data[start:end])
+            self.pending_bytes += n
+        elif part.name in self.text_fields:
+            part.value += data[start:end]
+            if len(part.value) > MAX_FIELD_BYTES:
+                self._fail(InvalidRequest(f"The '{part.name}' field is too long.", param=part.name))
+
+    def _on_part_end(self) -> None:
+        part = self.part
+        if part is None or part.name is None or part.name == "file":
+            return
+        if part.name in self.text_fields:
+            try:
+                value = part.value.decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(InvalidRequest(f"'{part.name}' is not UTF-8.", param=part.name))
+                return
+            if part.name in self.fields:
+                self._fail(
+                    InvalidRequest(f"The '{part.name}' field is given twice.", param=part.name)
+                )
+                return
+            self.fields[part.name] = value.strip()
+
+    def _on_end(self) -> None:
+        self.finished = True
+
+    async def _flush(self) -> None:
+        if not self.pending or self.spool is None:
+            return
+        chunk = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        await to_thread.run_sync(self.spool.write, chunk)
+
+    async def feed(self, chunk: bytes) -> None:
+        try:
+            self.parser.write(chunk)
+        except MultipartParseError as exc:
+            raise InvalidRequest("The multipart body is malformed.") from exc
+        if self.error is not None:
+            raise self.error
+        if self.pending_bytes >= FLUSH_BYTES:
+            await self._flush()
+
+    async def finish(self) -> IncomingUpload:
+        if not self.finished:
+            raise InvalidRequest("The multipart body is truncated (no closing boundary).")
+        if self.spool is None or self.filename is None:
+            raise InvalidRequest("The request has no 'file' part.", param="file")
+        await self._flush()
+        if self.file_size == 0:
+            raise InvalidRequest("The file is empty.", param="file")
+        sha256 = await to_thread.run_sync(self.spool.finish)
+        return IncomingUpload(
+            spool=self.spool,
+            sha256=sha256,
+            size=self.file_size,
+            filename=self.filename,
+            content_type=self.file_content_type,
+            fields=self.fields,
+        )
+
+    def discard(self) -> None:
+        if self.spool is not None:
+            self.spool.discard()
+
+
+def multipart_boundary(content_type: str | None) -> bytes:
+    """The boundary of a multipart/form-data Content-Type, or a 415/400 error."""
+    ctype, params = parse_options_header(content_type)
+    if ctype != b"multipart/form-data":
+        raise UnsupportedMediaType(
+            "Uploads must be sent as multipart/form-data with a 'file' part and a 'purpose' field."
+        )
+    boundary = params.get(b"boundary")
+    if not boundary or len(boundary) > 200:
+        raise InvalidRequest("The multipart Content-Type has no valid boundary.")
+    return boundary
+
+
+async def receive_upload(
+    *,
+    body: AsyncIterator[bytes],
+    content_type: str | None,
+    blob_store: BlobStore,
+    max_file_bytes: int,
+    max_parts: int,
+    text_fields: frozenset[str],
+) -> IncomingUpload:
+    """Stream a multipart body into a spool; on any failure nothing is left on disk."""
+    intake = MultipartIntake(
+        blob_store=blob_store,
+        boundary=multipart_boundary(content_type),
+        max_file_bytes=max_file_bytes,
+        max_parts=max_parts,
+        text_fields=text_fields,
+    )
+    max_body = max_file_bytes + MULTIPART_OVERHEAD_BYTES
+    received = 0
+    try:
+        async for chunk in body:
+            if chunk:
+                received += len(chunk)
+                if received > max_body:
+                    raise PayloadTooLarge(
+                        f"The request body exceeds the gateway's limit of {max_body} bytes.",
+                        param="file",
+                    )
+                await intake.feed(chunk)
+        return await intake.finish()
+    except BaseException:
+        intake.discard()
+        raise

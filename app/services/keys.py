@@ -1,0 +1,118 @@
+"""Tenants and API keys: issue, list, revoke, and resolve a presented key."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import utcnow
+from app.core.errors import InvalidRequest, NotFound
+from app.core.security import generate_key, parse_key, verify_secret
+from app.models import ApiKey, Tenant
+from app.repositories.keys import KeyRepository
+from app.services.context import SCOPES, Principal
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: ApiKey
+    token: str
+    tenant_name: str
+
+
+async def ensure_tenant(*, session: AsyncSession, name: str) -> Tenant:
+    repo = KeyRepository(session)
+    tenant = await repo.tenant_by_name(name)
+    if tenant is None:
+        tenant = Tenant(id=f"ten_{secrets.token_hex(8)}", name=name)
+        repo.add(tenant)
+        await session.flush()
+    return tenant
+
+
+async def issue_key(
+    *,
+    session: AsyncSession,
+    hmac_key: bytes,
+    tenant_name: str,
+    name: str,
+    scopes: Sequence[str],
+    expires_at: datetime | None = None,
+) -> IssuedKey:
+    """Create a key for a tenant (creating the tenant on first use); the token is shown once."""
+    unknown = set(scopes) - SCOPES
+    if unknown or not scopes:
+        raise InvalidRequest(
+            f"Unknown scopes {sorted(unknown)}; choose from {sorted(SCOPES)}.", param="scopes"
+        )
+    if not tenant_name.strip() or not name.strip():
+        raise InvalidRequest("Tenant and key name must not be empty.")
+    tenant = await ensure_tenant(session=session, name=tenant_name.strip())
+    new = generate_key(hmac_key=hmac_key)
+    row = ApiKey(
+        id=new.key_id,
+        tenant_id=tenant.id,
+        name=name.strip(),
+        secret_hash=new.secret_hash,
+        scopes=" ".join(sorted(set(scopes))),
+        expires_at=expires_at,
+    )
+    KeyRepository(session).add(row)
+    await session.flush()
+    return IssuedKey(key=row, token=new.token, tenant_name=tenant.name)
+
+
+async def revoke_key(*, session: AsyncSession, key_id: str) -> ApiKey:
+    row = await KeyRepository(session).get_key(key_id)
+    if row is None:
+        raise NotFound(f"No API key with id '{key_id}'.", param="key_id")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    await session.flush()
+    return row
+
+
+async def list_keys(*, session: AsyncSession, tenant_id: str | None = None) -> Sequence[ApiKey]:
+    return await KeyRepository(session).list_keys(tenant_id=tenant_id)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What identification needs of a key row; cached briefly by the middleware."""
+
+    key_id: str
+    tenant_id: str
+    secret_hash: str
+    scopes: frozenset[str]
+    expires_at: datetime | None
+    revoked: bool
+
+
+async def load_key_record(*, session: AsyncSession, key_id: str) -> KeyRecord | None:
+    row = await KeyRepository(session).get_key(key_id)
+    if row is None:
+        return None
+    return KeyRecord(
+        key_id=row.id,
+        tenant_id=row.tenant_id,
+        secret_hash=row.secret_hash,
+        scopes=frozenset(row.scopes.split()),
+        expires_at=row.expires_at,
+        revoked=row.revoked_at is not None,
+    )
+
+
+def principal_for(token: str, record: KeyRecord | None, *, hmac_key: bytes) -> Principal | None:
+    """The caller a presented token proves, or None (unknown, wrong secret, revoked, expired)."""
+    parsed = parse_key(token)
+    if parsed is None or record is None or record.key_id != parsed.key_id:
+        return None
+    if not verify_secret(parsed.secret, record.secret_hash, hmac_key=hmac_key):
+        return None
+    if record.revoked or (record.expires_at is not None and record.expires_at <= utcnow()):
+        return None
+    return Principal(key_id=record.key_id, tenant_id=record.tenant_id, scopes=record.scopes)

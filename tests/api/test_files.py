@@ -1,0 +1,251 @@
+"""The /v1/files API end to end: app in-process, providers over loopback HTTP to the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import httpx
+from sqlalchemy import func, select
+
+from app.models import AuditEvent, Blob, File, LifecycleEvent, ProviderCopy
+from tests.conftest import Gateway
+
+TEXT = b"quarterly numbers: revenue up, costs down\n"
+
+
+async def upload(
+    client: httpx.AsyncClient,
+    content: bytes = TEXT,
+    *,
+    filename: str = "report.txt",
+    purpose: str = "file-extract",
+    provider: str | None = None,
+    content_type: str = "text/plain",
+) -> httpx.Response:
+    data = {"purpose": purpose}
+    if provider is not None:
+        data["provider"] = provider
+    return await client.post(
+        "/v1/files", data=data, files={"file": (filename, content, content_type)}
+    )
+
+
+async def count(gateway: Gateway, model: type) -> int:
+    async with gateway.runtime.sessionmaker() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_upload_returns_openai_file_object_placed_on_first_provider(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    resp = await upload(client)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "file"
+    assert body["id"].startswith("file-") and len(body["id"]) == 29
+    assert body["bytes"] == len(TEXT)
+    assert body["filename"] == "report.txt"
+    assert body["purpose"] == "file-extract"
+    assert body["status"] == "processed"
+    assert body["sha256"] == hashlib.sha256(TEXT).hexdigest()
+    assert body["expires_at"] is None
+    assert isinstance(body["created_at"], int)
+    [copy] = body["providers"]
+    assert copy["provider"] == "moonshot" and copy["status"] == "active"
+    stats = await gateway.sandbox_stats("moonshot")
+    assert stats["calls"]["upload"] == 1 and stats["files"] == 1
+    assert resp.headers["x-request-id"]
+
+
+async def test_explicit_provider_is_honoured(gateway: Gateway, client: httpx.AsyncClient) -> None:
+    resp = await upload(client, b"a,b\n1,2\n", filename="t.csv", provider="zai")
+    assert resp.status_code == 200, resp.text
+    assert [p["provider"] for p in resp.json()["providers"]] == ["zai"]
+    assert (await gateway.sandbox_stats("zai"))["calls"]["upload"] == 1
+    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 0
+
+
+async def test_same_bytes_same_purpose_deduplicate(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    first = (await upload(client)).json()
+    second = await upload(client, filename="renamed.txt")
+    assert second.status_code == 200
+    assert second.json()["id"] == first["id"]
+    assert second.json()["created_at"] == first["created_at"]
+    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+    assert await count(gateway, File) == 1
+    assert await count(gateway, Blob) == 1
+    other_purpose = await upload(client, filename="x.jsonl", purpose="batch")
+    assert other_purpose.json()["id"] != first["id"]
+
+
+async def test_twenty_concurrent_identical_uploads_make_one_file(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    payload = b"concurrent payload " * 5000
+    responses = await asyncio.gather(*(upload(client, payload) for _ in range(20)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert {r.json()["status"] for r in responses} == {"processed"}
+    assert await count(gateway, File) == 1
+    assert await count(gateway, Blob) == 1
+    assert await count(gateway, ProviderCopy) == 1
+    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+    blobs = list((gateway.runtime.settings.data_dir / "blobs").rglob("*"))
+    assert len([p for p in blobs if p.is_file()]) == 1
+    tmp = list((gateway.runtime.settings.data_dir / "tmp").iterdir())
+    assert tmp == []
+
+
+async def test_cross_tenant_same_bytes_are_separate_files(gateway: Gateway) -> None:
+    async with (
+        gateway.client(await gateway.key("acme")) as acme,
+        gateway.client(await gateway.key("globex")) as globex,
+    ):
+        a = (await upload(acme)).json()
+        b = (await upload(globex)).json()
+        assert a["id"] != b["id"]
+        assert a["providers"][0]["provider_file_id"] != b["providers"][0]["provider_file_id"]
+        assert await count(gateway, Blob) == 1
+        # globex's file answers acme exactly like a file that does not exist
+        foreign = await acme.get(f"/v1/files/{b['id']}")
+        missing = await acme.get("/v1/files/file-" + "Z" * 24)
+        assert foreign.status_code == missing.status_code == 404
+        assert foreign.json()["error"]["message"].replace(b["id"], "X") == missing.json()[
+            "error"
+        ]["message"].replace("file-" + "Z" * 24, "X")
+        for path in ("", "/content", "/extract"):
+            r = await acme.get(f"/v1/files/{b['id']}{path}")
+            assert r.status_code == 404, path
+        assert (await acme.delete(f"/v1/files/{b['id']}")).status_code == 404
+        # acme's delete never touches globex's file or the shared blob
+        assert (await acme.delete(f"/v1/files/{a['id']}")).status_code == 200
+        still = await globex.get(f"/v1/files/{b['id']}/content")
+        assert still.status_code == 200 and still.content == TEXT
+
+
+async def test_retrieve_and_list_with_cursor_pagination(client: httpx.AsyncClient) -> None:
+    ids = []
+    for i in range(5):
+        r = await upload(client, f"document number {i}\n".encode(), filename=f"d{i}.txt")
+        ids.append(r.json()["id"])
+    got = await client.get(f"/v1/files/{ids[0]}")
+    assert got.status_code == 200 and got.json()["id"] == ids[0]
+
+    page = (await client.get("/v1/files", params={"limit": 2, "order": "asc"})).json()
+    assert page["object"] == "list" and page["has_more"] is True
+    assert [f["id"] for f in page["data"]] == ids[:2]
+    assert page["first_id"] == ids[0] and page["last_id"] == ids[1]
+    seen = [f["id"] for f in page["data"]]
+    while page["has_more"]:
+        page = (
+            await client.get(
+                "/v1/files", params={"limit": 2, "order": "asc", "after": page["last_id"]}
+            )
+        ).json()
+        seen += [f["id"] for f in page["data"]]
+    assert seen == ids
+    desc = (await client.get("/v1/files")).json()
+    assert [f["id"] for f in desc["data"]] == list(reversed(ids))
+    assert (await client.get("/v1/files", params={"purpose": "batch"})).json()["data"] == []
+
+
+async def test_content_streams_original_bytes_with_etag_and_ranges(
+    client: httpx.AsyncClient,
+) -> None:
+    payload = bytes(range(256)) * 64
+    body = (await upload(client, payload, filename="blob.png", content_type="image/png")).json()
+    resp = await client.get(f"/v1/files/{body['id']}/content")
+    assert resp.status_code == 200
+    assert resp.content == payload
+    assert resp.headers["content-type"] == "image/png"
+    assert resp.headers["content-length"] == str(len(payload))
+    assert resp.headers["etag"] == f'"{hashlib.sha256(payload).hexdigest()}"'
+    part = await client.get(f"/v1/files/{body['id']}/content", headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206
+    assert part.content == payload[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(payload)}"
+    bad = await client.get(
+        f"/v1/files/{body['id']}/content", headers={"Range": f"bytes={len(payload) + 5}-"}
+    )
+    assert bad.status_code == 416
+
+
+async def test_extract_returns_provider_text_and_caches_it(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    body = (await upload(client)).json()
+    first = await client.get(f"/v1/files/{body['id']}/extract")
+    assert first.status_code == 200, first.text
+    assert first.json()["content"] == TEXT.decode()
+    assert first.json()["provider"] == "moonshot"
+    second = await client.get(f"/v1/files/{body['id']}/extract")
+    assert second.json() == first.json()
+    assert (await gateway.sandbox_stats("moonshot"))["calls"]["content"] == 1
+
+
+async def test_extract_refuses_non_extract_purposes(client: httpx.AsyncClient) -> None:
+    body = (await upload(client, b'{"a": 1}\n', filename="in.jsonl", purpose="batch")).json()
+    resp = await client.get(f"/v1/files/{body['id']}/extract")
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "not_extractable"
+
+
+async def test_delete_removes_provider_copy_blob_and_file(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    body = (await upload(client)).json()
+    resp = await client.delete(f"/v1/files/{body['id']}")
+    assert resp.status_code == 200
+    assert resp.json() == {"id": body["id"], "object": "file", "deleted": True}
+    assert (await client.get(f"/v1/files/{body['id']}")).status_code == 404
+    stats = await gateway.sandbox_stats("moonshot")
+    assert stats["files"] == 0 and stats["calls"]["delete"] == 1
+    assert await count(gateway, Blob) == 0
+    assert not [p for p in (gateway.runtime.settings.data_dir / "blobs").rglob("*") if p.is_file()]
+    again = await upload(client)
+    assert again.status_code == 200 and again.json()["id"] != body["id"]
+
+
+async def test_lifecycle_and_audit_rows_record_changes(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    body = (await upload(client)).json()
+    await client.delete(f"/v1/files/{body['id']}")
+    async with gateway.runtime.sessionmaker() as session:
+        events = (
+            await session.execute(
+                select(LifecycleEvent.to_status).where(LifecycleEvent.file_id == body["id"])
+            )
+        ).scalars().all()
+        actions = (
+            await session.execute(select(AuditEvent.action, AuditEvent.outcome))
+        ).all()
+    assert events == ["uploaded", "placing", "active", "processed", "deleted", "deleted"]
+    assert ("file.create", "success") in actions
+    assert ("file.place", "success") in actions
+    assert ("file.delete", "success") in actions
+
+
+async def test_provider_failure_leaves_nothing_live(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    await gateway.sandbox_fault("zai", status=500, rate=1.0)
+    resp = await upload(client, b"a,b\n", filename="t.csv", provider="zai")
+    assert resp.status_code == 503
+    err = resp.json()["error"]
+    assert err["code"] == "provider_unavailable" and "zai" in err["message"]
+    assert (await client.get("/v1/files")).json()["data"] == []
+    assert await count(gateway, Blob) == 0
+
+
+async def test_auto_falls_back_to_next_provider(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    await gateway.sandbox_fault("moonshot", status=503, rate=1.0)
+    resp = await upload(client, b"a,b\n1,2\n", filename="t.csv")
+    assert resp.status_code == 200, resp.text
+    copies = {p["provider"]: p["status"] for p in resp.json()["providers"]}
+    assert copies == {"moonshot": "failed", "zai": "active"}

@@ -1,0 +1,208 @@
+"""Shared fixtures: the provider sandbox on a loopback port, databases, the app and clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from app.core.config import Settings
+from app.core.migrations import downgrade, sync_url, upgrade
+from app.main import create_app
+from app.services.keys import issue_key
+from tests.support.servers import serve_in_thread
+
+PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("FILEGATE_TEST_REDIS_URL")
+TEST_SECRET = "test-secret-key-for-hmac-0123456789"
+TABLES = (
+    "audit_events",
+    "lifecycle_events",
+    "provider_copies",
+    "files",
+    "blobs",
+    "api_keys",
+    "tenants",
+)
+
+
+def _check_reachable() -> None:
+    """Configured services must answer: an unreachable one fails the run, never skips."""
+    if PG_URL:
+        try:
+            engine = create_engine(sync_url(Settings(database_url=PG_URL).resolved_database_url))
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            engine.dispose()
+        except Exception as exc:
+            pytest.exit(f"FILEGATE_TEST_DATABASE_URL is unreachable: {exc}", returncode=3)
+    if REDIS_URL:
+        import redis
+
+        try:
+            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+        except Exception as exc:
+            pytest.exit(f"FILEGATE_TEST_REDIS_URL is unreachable: {exc}", returncode=3)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _check_reachable()
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[str]:
+    """Standalone sandbox (both providers under /sandbox) on a loopback port; yields its base URL."""
+    from app.sandbox import create_standalone_app
+
+    with serve_in_thread(create_standalone_app()) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def moonshot_base_url(sandbox_server: str) -> str:
+    return f"{sandbox_server}/sandbox/moonshot/v1"
+
+
+@pytest.fixture(scope="session")
+def zai_base_url(sandbox_server: str) -> str:
+    return f"{sandbox_server}/sandbox/zai/api/paas/v4"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    if not PG_URL:
+        pytest.skip("FILEGATE_TEST_DATABASE_URL is not set")
+    url = Settings(database_url=PG_URL).resolved_database_url
+    engine = create_engine(sync_url(url))
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        for table in TABLES:
+            conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+    engine.dispose()
+    upgrade(url)
+    downgrade(url)  # the migrations must also be reversible
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+def _truncate(url: str) -> None:
+    engine = create_engine(sync_url(url))
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of each backend."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        _truncate(url)
+        yield url
+        _truncate(url)
+    else:
+        template = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "filegate.db"
+        shutil.copy(template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+def sandbox_reset(sandbox_server: str) -> Iterator[str]:
+    """Fresh sandbox state for both providers before and after a test."""
+
+    def reset() -> None:
+        for provider in ("moonshot", "zai"):
+            httpx.post(f"{sandbox_server}/sandbox/{provider}/_reset").raise_for_status()
+
+    reset()
+    yield sandbox_server
+    reset()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, sandbox_reset: str) -> Settings:
+    return Settings(
+        env="test",
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        redis_url=REDIS_URL,
+        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        sandbox=True,
+        sandbox_url=f"{sandbox_reset}/sandbox",
+        mount_sandbox=False,
+        dedup_wait_seconds=30,
+        provider_timeout=20,
+    )
+
+
+@dataclass
+class Gateway:
+    """The app under test with helpers to mint keys and clients."""
+
+    app: object
+    sandbox_url: str
+
+    @property
+    def runtime(self):  # type: ignore[no-untyped-def]
+        return self.app.state.runtime  # type: ignore[attr-defined]
+
+    async def key(
+        self, tenant: str = "acme", scopes: tuple[str, ...] = ("files:read", "files:write")
+    ) -> str:
+        rt = self.runtime
+        async with rt.sessionmaker() as session:
+            issued = await issue_key(
+                session=session,
+                hmac_key=rt.hmac_key,
+                tenant_name=tenant,
+                name="test",
+                scopes=list(scopes),
+            )
+            await session.commit()
+        return issued.token
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),  # type: ignore[arg-type]
+            base_url="http://gateway",
+            headers=headers,
+            timeout=60,
+        )
+
+    async def sandbox_stats(self, provider: str) -> dict:  # type: ignore[type-arg]
+        async with httpx.AsyncClient() as c:
+            resp = await c.get(f"{self.sandbox_url}/sandbox/{provider}/_stats")
+            return resp.json()  # type: ignore[no-any-return]
+
+    async def sandbox_fault(self, provider: str, **fault: object) -> None:
+        async with httpx.AsyncClient() as c:
+            resp = await c.post(f"{self.sandbox_url}/sandbox/{provider}/_faults", json=fault)
+            resp.raise_for_status()
+
+
+@pytest.fixture
+async def gateway(settings: Settings, sandbox_reset: str) -> AsyncIterator[Gateway]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield Gateway(app=app, sandbox_url=sandbox_reset)
+
+
+@pytest.fixture
+async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway.client(await gateway.key()) as c:
+        yield c
