@@ -1,0 +1,95 @@
+"""Assemble the sandbox: provider routes plus the unauthenticated control routes."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from app.sandbox.core import FaultSpec, ProviderSandbox, SandboxOptions
+from app.sandbox.moonshot import MoonshotSandbox
+from app.sandbox.zai import ZaiSandbox
+
+
+def create_sandbox_app(**options: Any) -> Starlette:
+    """The sandbox ASGI app; routes are relative to wherever it is mounted."""
+    opts = SandboxOptions(**options)
+    rng = random.Random(opts.seed)
+    providers: dict[str, ProviderSandbox] = {
+        "moonshot": MoonshotSandbox(opts, rng),
+        "zai": ZaiSandbox(opts, rng),
+    }
+
+    def provider_of(request: Request) -> ProviderSandbox:
+        """The provider named in the path, or a JSON 404."""
+        name = request.path_params["provider"]
+        if name not in providers:
+            raise HTTPException(404, f"unknown provider: {name}")
+        return providers[name]
+
+    async def stats(request: Request) -> Response:
+        """Call counters and storage totals."""
+        return JSONResponse(provider_of(request).stats())
+
+    async def reset(request: Request) -> Response:
+        """Forget files, counters and faults."""
+        provider = provider_of(request)
+        provider.reset()
+        return JSONResponse(provider.stats())
+
+    async def faults(request: Request) -> Response:
+        """Show (GET), set (POST) or clear (DELETE) the provider's fault."""
+        provider = provider_of(request)
+        if request.method == "POST":
+            body = await request.body()
+            try:
+                spec = FaultSpec.model_validate_json(body or b"{}")
+            except ValidationError as exc:
+                errors = exc.errors(include_url=False, include_context=False, include_input=False)
+                return JSONResponse({"detail": errors}, 422)
+            provider.set_fault(spec)
+        elif request.method == "DELETE":
+            provider.set_fault(None)
+        fault = provider.fault.describe() if provider.fault else None
+        return JSONResponse({"provider": provider.name, "fault": fault})
+
+    async def lose(request: Request) -> Response:
+        """Silently drop a stored file, as if the provider expired it."""
+        provider = provider_of(request)
+        file_id = request.path_params["file_id"]
+        if provider.files.pop(file_id, None) is None:
+            raise HTTPException(404, f"unknown file id: {file_id}")
+        return JSONResponse({"provider": provider.name, "id": file_id, "lost": True})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        """Provider-shaped 404/405 under a provider prefix, JSON elsewhere."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        if "provider" not in request.path_params:
+            route_path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+            first = route_path.strip("/").split("/", 1)[0]
+            if first in providers:
+                return providers[first].route_not_found(status)
+        detail = exc.detail if isinstance(exc, HTTPException) else "Not Found"
+        return JSONResponse({"detail": detail}, status)
+
+    routes: list[Route | Mount] = [route for p in providers.values() for route in p.routes()]
+    routes += [
+        Route("/{provider}/_stats", stats, methods=["GET"]),
+        Route("/{provider}/_reset", reset, methods=["POST"]),
+        Route("/{provider}/_faults", faults, methods=["GET", "POST", "DELETE"]),
+        Route("/{provider}/_lose/{file_id}", lose, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app.state.providers = providers
+    return app
+
+
+def create_standalone_app(**options: Any) -> Starlette:
+    """A server root that mounts the sandbox at /sandbox."""
+    return Starlette(routes=[Mount("/sandbox", app=create_sandbox_app(**options))])
