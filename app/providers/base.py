@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from app.core.errors import ProviderError, ProviderUnavailable
+from app.core.errors import ProviderError, ProviderNotFound, ProviderUnavailable
+
+logger = logging.getLogger(__name__)
 
 # (provider, operation, outcome, seconds) -> None; outcome is "ok" or an error code.
 CallObserver = Callable[[str, str, str, float], None]
@@ -46,6 +55,46 @@ IMAGE_EXTENSIONS = frozenset(
     {"jpg", "jpeg", "png", "bmp", "gif", "svg", "webp", "tif", "tiff", "avif", "ico"}
 )
 MiB = 1024 * 1024
+
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait per a Retry-After value (delta-seconds or HTTP-date); None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if _SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def retry_after_header(response: httpx.Response) -> float | None:
+    """Seconds to wait per `retry-after-ms` (as the OpenAI SDK honours) or `Retry-After`."""
+    millis = response.headers.get("retry-after-ms")
+    if millis is not None and _SECONDS.fullmatch(millis.strip()):
+        return float(millis) / 1000
+    return parse_retry_after(response.headers.get("retry-after"))
+
+
+def error_envelope(response: httpx.Response) -> dict[str, Any]:
+    """The provider's `error` object (or the top-level object), or {} if the body is not JSON."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return {}
+    if not isinstance(payload, dict):
+        return {}
+    inner = payload.get("error")
+    return inner if isinstance(inner, dict) else payload
 
 
 @dataclass
@@ -118,28 +167,131 @@ class ProviderAdapter(ABC):
 
     async def request(self, operation: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """Send one call, map transport failures and error statuses, and report the outcome."""
+        with self.observe(operation):
+            return await self._send(method, url, **kwargs)
+
+    async def request_file(
+        self, operation: str, method: str, url: str, **kwargs: Any
+    ) -> ProviderFile:
+        """Like request(), but also parse one file object inside the same observed call."""
+        with self.observe(operation):
+            return self.file_object(self.json_object(await self._send(method, url, **kwargs)))
+
+    @contextmanager
+    def observe(self, operation: str) -> Iterator[None]:
+        """Time the enclosed provider call and report its outcome to the observer."""
         started = time.perf_counter()
         outcome = "ok"
         try:
-            try:
-                response = await self.client.request(method, url, **kwargs)
-            except httpx.TimeoutException as exc:
-                raise ProviderUnavailable(
-                    f"{self.name} did not answer in time; try again later.",
-                    provider=self.name,
-                    code="provider_timeout",
-                ) from exc
-            except httpx.TransportError as exc:
-                raise ProviderUnavailable(
-                    f"{self.name} could not be reached; try again later.",
-                    provider=self.name,
-                ) from exc
-            if response.status_code >= 400:
-                self.raise_for_error(response)
-            return response
+            yield
         except ProviderError as exc:
             outcome = exc.error_code
             raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except BaseException:
+            outcome = "internal_error"
+            raise
         finally:
             if self._observer is not None:
-                self._observer(self.name, operation, outcome, time.perf_counter() - started)
+                try:
+                    self._observer(self.name, operation, outcome, time.perf_counter() - started)
+                except Exception:
+                    # Metrics must never turn a provider result into a failure.
+                    logger.exception("provider call observer failed")
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.client.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ProviderUnavailable(
+                f"{self.name} did not answer in time; try again later.",
+                provider=self.name,
+                code="provider_timeout",
+            ) from exc
+        except httpx.RequestError as exc:
+            # RequestError also covers broken content decoding, not only TransportError.
+            raise ProviderUnavailable(
+                f"{self.name} could not be reached; try again later.",
+                provider=self.name,
+            ) from exc
+        if response.status_code >= 400:
+            self.raise_for_error(response)
+            # A raise_for_error that returns must not let an error status pass as success.
+            raise ProviderUnavailable(
+                f"{self.name} failed with HTTP {response.status_code}; try again later.",
+                provider=self.name,
+            )
+        return response
+
+    def native_purpose(self, purpose: str) -> str:
+        """The provider-native purpose for a gateway purpose; native names pass through."""
+        rule = self.purposes.get(purpose)
+        return rule.native if rule is not None else purpose
+
+    def file_path(self, file_id: str, *suffix: str) -> str:
+        """The relative `files/{id}[/suffix]` path, with the id quoted as one path segment."""
+        segment = quote(file_id, safe="")
+        # "" would hit the list endpoint and "."/".." would be resolved away by URL joining.
+        if segment.strip(".") == "":
+            raise ProviderNotFound(f"{self.name} has no such file.", provider=self.name)
+        return "/".join(("files", segment, *suffix))
+
+    def unexpected_response(self) -> ProviderUnavailable:
+        """The error for a success status whose body is not what the provider documents."""
+        return ProviderUnavailable(
+            f"{self.name} returned an unexpected response; try again later.",
+            provider=self.name,
+            code="provider_bad_response",
+        )
+
+    def json_object(self, response: httpx.Response) -> dict[str, Any]:
+        """The response body as a JSON object, or ProviderUnavailable if it is anything else."""
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise self.unexpected_response() from exc
+        if not isinstance(payload, dict):
+            raise self.unexpected_response()
+        return payload
+
+    def file_object(self, payload: Any) -> ProviderFile:
+        """Normalise one provider file object; ProviderUnavailable if a required field is off."""
+        if not isinstance(payload, dict):
+            raise self.unexpected_response()
+        file_id = payload.get("id")
+        size = _as_int(payload.get("bytes"))
+        created_at = _as_int(payload.get("created_at"))
+        filename = payload.get("filename")
+        purpose = payload.get("purpose")
+        status = payload.get("status")
+        details = payload.get("status_details")
+        if (
+            not isinstance(file_id, str)
+            or not file_id
+            or size is None
+            or created_at is None
+            or not isinstance(filename, str)
+            or not isinstance(purpose, str)
+        ):
+            raise self.unexpected_response()
+        return ProviderFile(
+            id=file_id,
+            bytes=size,
+            created_at=created_at,
+            filename=filename,
+            purpose=purpose,
+            status=status if isinstance(status, str) else None,
+            status_details=details if isinstance(details, str) else None,
+        )
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None

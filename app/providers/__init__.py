@@ -1,0 +1,85 @@
+"""Provider adapters (Moonshot, Z.ai) and the pre-flight purpose/size/type check."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from app.core.errors import UnsupportedPurpose
+from app.providers.base import (
+    IMAGE_EXTENSIONS,
+    CallObserver,
+    MiB,
+    ProviderAdapter,
+    ProviderConfig,
+    ProviderFile,
+    PurposeRule,
+    parse_retry_after,
+)
+from app.providers.moonshot import MoonshotAdapter
+from app.providers.zai import ZaiAdapter
+
+__all__ = [
+    "ADAPTERS",
+    "CallObserver",
+    "MoonshotAdapter",
+    "ProviderAdapter",
+    "ProviderConfig",
+    "ProviderFile",
+    "PurposeRule",
+    "ZaiAdapter",
+    "check_purpose",
+    "parse_retry_after",
+]
+
+ADAPTERS: dict[str, type[ProviderAdapter]] = {
+    "moonshot": MoonshotAdapter,
+    "zai": ZaiAdapter,
+}
+
+
+def check_purpose(
+    adapter: type[ProviderAdapter] | ProviderAdapter, *, purpose: str, filename: str, size: int
+) -> PurposeRule:
+    """The provider's rule for `purpose` if this file fits it, else UnsupportedPurpose."""
+    name = adapter.name
+    rule = adapter.purposes.get(purpose)
+    if rule is None:
+        accepted = ", ".join(sorted(adapter.purposes))
+        raise UnsupportedPurpose(
+            f"{name} does not accept purpose '{purpose}'; it accepts: {accepted}.",
+            param="purpose",
+        )
+    extension = _extension(filename)
+    if rule.extensions is not None and extension not in rule.extensions:
+        what = f"'.{extension}' files" if extension else "files without an extension"
+        allowed = ", ".join(f".{e}" for e in sorted(rule.extensions))
+        raise UnsupportedPurpose(
+            f"{name} does not accept {what} for purpose '{purpose}'; allowed: {allowed}.",
+            param="file",
+        )
+    if size <= 0:
+        # Both providers refuse empty files; failing here saves a doomed upload.
+        raise UnsupportedPurpose(
+            f"{name} does not accept empty files for purpose '{purpose}'.", param="file"
+        )
+    limit, scope = rule.max_bytes, ""
+    if rule.image_max_bytes is not None and extension in IMAGE_EXTENSIONS:
+        limit, scope = rule.image_max_bytes, "images with "
+    if size > limit:
+        raise UnsupportedPurpose(
+            f"{name} accepts at most {_mib(limit)} for {scope}purpose '{purpose}' "
+            f"(this file is {size / MiB:.1f} MiB).",
+            param="file",
+        )
+    return rule
+
+
+def _extension(filename: str) -> str:
+    # Browsers may send Windows paths; only the last component's suffix matters.
+    base = PurePosixPath(filename.replace("\\", "/")).name
+    return PurePosixPath(base).suffix.lstrip(".").lower()
+
+
+def _mib(limit: int) -> str:
+    value = limit / MiB
+    return f"{value:g} MiB" if value >= 1 else f"{limit} bytes"
