@@ -1,0 +1,110 @@
+"""Every /v1 and /admin route needs a key; scopes decide what it may do."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.models import AuditEvent, File
+from tests.api.test_files import upload
+from tests.conftest import TEST_SECRET, Gateway
+
+ROUTES = [
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files"),
+    ("GET", "/v1/files/file-AAAAAAAAAAAAAAAAAAAAAAAA"),
+    ("GET", "/v1/files/file-AAAAAAAAAAAAAAAAAAAAAAAA/content"),
+    ("GET", "/v1/files/file-AAAAAAAAAAAAAAAAAAAAAAAA/extract"),
+    ("DELETE", "/v1/files/file-AAAAAAAAAAAAAAAAAAAAAAAA"),
+    ("POST", "/admin/keys"),
+    ("GET", "/admin/keys"),
+    ("DELETE", "/admin/keys/abcdefabcdef"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_missing_key_is_401(gateway: Gateway, method: str, path: str) -> None:
+    async with gateway.client() as anon:
+        resp = await anon.request(method, path)
+    assert resp.status_code == 401
+    assert resp.json()["error"]["type"] == "authentication_error"
+    assert resp.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage",
+        "fg_abcdefabcdef_" + "x" * 43,  # well-formed, unknown id
+        "sk-" + "a" * 40,
+    ],
+)
+async def test_invalid_keys_are_401_and_audited(gateway: Gateway, token: str) -> None:
+    async with gateway.client(token) as c:
+        resp = await c.get("/v1/files")
+    assert resp.status_code == 401
+    assert token not in resp.text
+    async with gateway.runtime.sessionmaker() as session:
+        rows = (await session.execute(select(AuditEvent))).scalars().all()
+    assert [(r.actor, r.outcome, r.status_code) for r in rows] == [("anonymous", "denied", 401)]
+    assert token not in (rows[0].detail or "")
+
+
+async def test_wrong_secret_for_a_real_key_id_is_401(gateway: Gateway) -> None:
+    token = await gateway.key()
+    forged = token[: token.rindex("_") + 1] + "A" * 43
+    async with gateway.client(forged) as c:
+        assert (await c.get("/v1/files")).status_code == 401
+    async with gateway.client(token) as c:
+        assert (await c.get("/v1/files")).status_code == 200
+
+
+async def test_x_api_key_header_works(gateway: Gateway) -> None:
+    token = await gateway.key()
+    async with gateway.client() as c:
+        resp = await c.get("/v1/files", headers={"X-API-Key": token})
+    assert resp.status_code == 200
+
+
+async def test_revoked_key_is_refused(gateway: Gateway) -> None:
+    admin = await gateway.key("ops", ("admin",))
+    token = await gateway.key()
+    key_id = token.split("_")[1]
+    async with gateway.client(token) as user, gateway.client(admin) as ops:
+        assert (await user.get("/v1/files")).status_code == 200
+        revoked = await ops.delete(f"/admin/keys/{key_id}")
+        assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+        assert (await user.get("/v1/files")).status_code == 401
+
+
+async def test_read_only_key_cannot_write(gateway: Gateway) -> None:
+    reader = await gateway.key(scopes=("files:read",))
+    async with gateway.client(reader) as c:
+        resp = await upload(c)
+        assert resp.status_code == 403
+        assert resp.json()["error"]["code"] == "permission_denied"
+        assert (await c.get("/v1/files")).status_code == 200
+    async with gateway.runtime.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(File)) == 0
+    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 0
+
+
+async def test_non_admin_cannot_use_admin_routes(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    resp = await client.post("/admin/keys", json={"tenant": "x", "name": "y"})
+    assert resp.status_code == 403
+    assert (await client.get("/admin/keys")).status_code == 403
+
+
+async def test_secrets_are_stored_only_as_hmac(gateway: Gateway) -> None:
+    token = await gateway.key()
+    secret = token.split("_", 2)[2]
+    async with gateway.runtime.engine.connect() as conn:
+        from sqlalchemy import text
+
+        rows = (await conn.execute(text("SELECT * FROM api_keys"))).all()
+    flat = " ".join(str(v) for row in rows for v in row)
+    assert secret not in flat and token not in flat
+    assert TEST_SECRET not in flat

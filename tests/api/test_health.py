@@ -1,0 +1,90 @@
+"""Probes, metrics and the published API description."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.api.test_files import upload
+from tests.conftest import REDIS_URL, Gateway
+
+
+async def test_live_and_ready(gateway: Gateway) -> None:
+    async with gateway.client() as c:
+        assert (await c.get("/health/live")).json() == {"status": "ok"}
+        ready = await c.get("/health/ready")
+    assert ready.status_code == 200
+    checks = ready.json()["checks"]
+    assert checks["database"]["status"] == "ok"
+    assert checks["blob_store"]["status"] == "ok"
+    assert checks["provider:moonshot"]["mode"] == "sandbox"
+    assert checks["provider:zai"]["mode"] == "sandbox"
+    if REDIS_URL:
+        assert checks["redis"]["status"] == "ok"
+
+
+async def test_ready_reports_down_database(gateway: Gateway) -> None:
+    await gateway.runtime.engine.dispose()
+    gateway.runtime.engine.url = gateway.runtime.engine.url.set(
+        database="/nonexistent/dir/x.db" if gateway.runtime.settings.is_sqlite else "nope_db"
+    )
+    from app.core.db import create_engine
+
+    broken = create_engine(
+        "sqlite+aiosqlite:////nonexistent/dir/x.db"
+        if gateway.runtime.settings.is_sqlite
+        else "postgresql+psycopg://postgres@127.0.0.1:1/nope"
+    )
+    real, gateway.runtime.engine = gateway.runtime.engine, broken
+    try:
+        async with gateway.client() as c:
+            ready = await c.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"]["status"] == "down"
+    finally:
+        gateway.runtime.engine = real
+        await broken.dispose()
+
+
+async def test_metrics_count_uploads_dedup_and_provider_calls(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    file_id = (await upload(client)).json()["id"]
+    await upload(client)
+    async with gateway.client() as c:
+        text = (await c.get("/metrics")).text
+    assert 'filegate_uploads_total{outcome="created",provider="moonshot"} 1.0' in text
+    assert "filegate_dedup_hits_total 1.0" in text
+    assert (
+        'filegate_provider_calls_total{operation="upload",outcome="ok",provider="moonshot"} 1.0'
+        in text
+    )
+    assert "filegate_provider_call_seconds_bucket" in text
+    assert "http_requests_total" in text or "http_request_duration" in text
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    assert not [line for line in samples if "tenant" in line or file_id in line]
+
+
+async def test_openapi_declares_error_shapes_for_every_route(gateway: Gateway) -> None:
+    async with gateway.client() as c:
+        schema = (await c.get("/openapi.json")).json()
+        assert (await c.get("/docs")).status_code == 200
+    paths = schema["paths"]
+    for path in ("/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content"):
+        assert path in paths
+    for path, ops in paths.items():
+        if not path.startswith(("/v1", "/admin")):
+            continue
+        for method, op in ops.items():
+            for status in ("400", "401", "403"):
+                assert status in op["responses"], (method, path, status)
+                ref = op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith("/ErrorBody")
+    upload_op = paths["/v1/files"]["post"]
+    assert "multipart/form-data" in upload_op["requestBody"]["content"]
+
+
+async def test_unknown_route_uses_error_shape(gateway: Gateway) -> None:
+    async with gateway.client() as c:
+        resp = await c.get("/v2/nothing")
+    assert resp.status_code == 404
+    assert set(resp.json()["error"]) == {"message", "type", "code", "param"}

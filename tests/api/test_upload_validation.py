@@ -1,0 +1,260 @@
+"""Bad uploads get a clear 4xx and leave no row, no blob and no provider call behind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.models import AuditEvent, Blob, File, ProviderCopy
+from tests.api.test_files import upload
+from tests.conftest import Gateway
+
+BOUNDARY = "testboundary123"
+
+
+def multipart(*parts: tuple[str, str | None, bytes], close: bool = True) -> bytes:
+    out = b""
+    for name, filename, data in parts:
+        disp = f'form-data; name="{name}"'
+        if filename is not None:
+            disp += f'; filename="{filename}"'
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n"
+    if close:
+        out += f"--{BOUNDARY}--\r\n".encode()
+    return out
+
+
+async def raw_post(
+    client: httpx.AsyncClient, body: bytes, ctype: str | None = None
+) -> httpx.Response:
+    return await client.post(
+        "/v1/files",
+        content=body,
+        headers={"Content-Type": ctype or f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+
+
+async def assert_nothing_left(gateway: Gateway) -> None:
+    async with gateway.runtime.sessionmaker() as session:
+        for model in (File, Blob, ProviderCopy):
+            n = await session.scalar(select(func.count()).select_from(model))
+            assert n == 0, f"{model.__name__} rows left behind"
+    data = gateway.runtime.settings.data_dir
+    assert not [p for p in (data / "blobs").rglob("*") if p.is_file()]
+    assert list((data / "tmp").iterdir()) == []
+    for provider in ("moonshot", "zai"):
+        stats = await gateway.sandbox_stats(provider)
+        assert stats["calls"]["upload"] == 0, provider
+
+
+def assert_error(resp: httpx.Response, status: int, param: str | None = None) -> dict:  # type: ignore[type-arg]
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "code", "param"}
+    assert body["error"]["message"]
+    if param is not None:
+        assert body["error"]["param"] == param
+    return body["error"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("parts", "status", "param", "needle"),
+    [
+        ([("purpose", None, b"file-extract"), ("file", "e.txt", b"")], 400, "file", "empty"),
+        ([("file", "a.txt", b"hello")], 400, "purpose", "purpose"),
+        ([("purpose", None, b"nonsense"), ("file", "a.txt", b"hi")], 400, "purpose", "Unknown"),
+        (
+            [
+                ("purpose", None, b"file-extract"),
+                ("provider", None, b"openai"),
+                ("file", "a.txt", b"hi"),
+            ],
+            400,
+            "provider",
+            "Unknown provider",
+        ),
+        ([("purpose", None, b"file-extract")], 400, "file", "no 'file'"),
+        ([("purpose", None, b"file-extract"), ("file", None, b"hi")], 400, "file", "filename"),
+        (
+            [("purpose", None, b"file-extract"), ("file", "../etc/passwd", b"hi")],
+            400,
+            "file",
+            "separator",
+        ),
+        (
+            [("purpose", None, b"file-extract"), ("file", "a\\b.txt", b"hi")],
+            400,
+            "file",
+            "separator",
+        ),
+        (
+            [("purpose", None, b"file-extract"), ("file", "bad\x07name.txt", b"hi")],
+            400,
+            "file",
+            "control",
+        ),
+        (
+            [("purpose", None, b"file-extract"), ("file", "a.txt", b"1"), ("file", "b.txt", b"2")],
+            400,
+            "file",
+            "exactly one",
+        ),
+        (
+            [
+                ("purpose", None, b"file-extract"),
+                ("purpose", None, b"batch"),
+                ("file", "a.txt", b"x"),
+            ],
+            400,
+            "purpose",
+            "twice",
+        ),
+        (
+            [("purpose", None, b"vision"), ("provider", None, b"zai"), ("file", "a.png", b"x")],
+            400,
+            "purpose",
+            "zai",
+        ),
+        (
+            [("purpose", None, b"batch"), ("file", "a.txt", b"x")],
+            400,
+            None,
+            "jsonl",
+        ),
+    ],
+)
+async def test_bad_multipart_fields(
+    gateway: Gateway,
+    client: httpx.AsyncClient,
+    parts: list[tuple[str, str | None, bytes]],
+    status: int,
+    param: str | None,
+    needle: str,
+) -> None:
+    err = assert_error(await raw_post(client, multipart(*parts)), status, param)
+    assert needle.lower() in err["message"].lower()
+    await assert_nothing_left(gateway)
+
+
+async def test_too_many_parts(gateway: Gateway, client: httpx.AsyncClient) -> None:
+    parts = [("purpose", None, b"file-extract"), ("file", "a.txt", b"x")]
+    parts += [(f"extra{i}", None, b"y") for i in range(20)]
+    err = assert_error(await raw_post(client, multipart(*parts)), 400)
+    assert "too many" in err["message"].lower()
+    await assert_nothing_left(gateway)
+
+
+async def test_truncated_body(gateway: Gateway, client: httpx.AsyncClient) -> None:
+    body = multipart(
+        ("purpose", None, b"file-extract"), ("file", "a.txt", b"x" * 5000), close=False
+    )
+    err = assert_error(await raw_post(client, body[:-10]), 400)
+    assert "truncated" in err["message"]
+    await assert_nothing_left(gateway)
+
+
+async def test_malformed_body(gateway: Gateway, client: httpx.AsyncClient) -> None:
+    err = assert_error(await raw_post(client, b"this is not multipart at all\r\n\r\n"), 400)
+    assert "multipart" in err["message"]
+    await assert_nothing_left(gateway)
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    ["application/json", "text/plain", "application/x-www-form-urlencoded"],
+)
+async def test_wrong_content_type(gateway: Gateway, client: httpx.AsyncClient, ctype: str) -> None:
+    err = assert_error(await raw_post(client, b'{"purpose": "file-extract"}', ctype), 415)
+    assert "multipart/form-data" in err["message"]
+    await assert_nothing_left(gateway)
+
+
+async def test_missing_boundary(gateway: Gateway, client: httpx.AsyncClient) -> None:
+    assert_error(await raw_post(client, b"x", "multipart/form-data"), 400)
+    await assert_nothing_left(gateway)
+
+
+async def test_oversize_file_is_refused_while_streaming(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    limit = gateway.runtime.settings.max_upload_bytes
+    gateway.runtime.settings.max_upload_bytes = 64 * 1024
+    try:
+        sent = 0
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal sent
+            yield (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+                f"file-extract\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; "
+                f'name="file"; filename="big.txt"\r\n\r\n'
+            ).encode()
+            for _ in range(4096):  # up to 256 MiB if the gateway kept reading
+                sent += 65536
+                yield b"a" * 65536
+
+        resp = await client.post(
+            "/v1/files",
+            content=body(),
+            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
+        err = assert_error(resp, 413, "file")
+        assert "limit" in err["message"]
+        assert sent < 4 * 1024 * 1024, "the gateway kept reading after the limit"
+    finally:
+        gateway.runtime.settings.max_upload_bytes = limit
+    await assert_nothing_left(gateway)
+
+
+async def test_provider_limit_checked_before_provider_call(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    # Z.ai takes at most 5 MiB images for file-extract; refuse before any provider call.
+    resp = await upload(
+        client, b"\x89PNG" + b"0" * (5 * 1024 * 1024 + 1), filename="big.png", provider="zai"
+    )
+    err = assert_error(resp, 400, "file")
+    assert "zai" in err["message"]
+    await assert_nothing_left(gateway)
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 10001}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"order": "sideways"}, "order"),
+        ({"after": "file-doesnotexistdoesnotexist"}, "after"),
+    ],
+)
+async def test_list_parameters_out_of_range(
+    client: httpx.AsyncClient, params: dict[str, object], param: str
+) -> None:
+    assert_error(await client.get("/v1/files", params=params), 400, param)
+
+
+@pytest.mark.parametrize("bad_id", ["nope", "file-short", "file-" + "!" * 24, "x" * 300])
+async def test_malformed_ids(client: httpx.AsyncClient, bad_id: str) -> None:
+    for method, path in (
+        ("GET", f"/v1/files/{bad_id}"),
+        ("GET", f"/v1/files/{bad_id}/content"),
+        ("GET", f"/v1/files/{bad_id}/extract"),
+        ("DELETE", f"/v1/files/{bad_id}"),
+    ):
+        err = assert_error(await client.request(method, path), 400, "id")
+        assert err["code"] == "invalid_file_id"
+
+
+async def test_refused_mutation_is_audited(gateway: Gateway, client: httpx.AsyncClient) -> None:
+    await raw_post(client, multipart(("file", "a.txt", b"hello")))
+    async with gateway.runtime.sessionmaker() as session:
+        rows = (await session.execute(select(AuditEvent))).scalars().all()
+    assert [(r.action, r.outcome, r.status_code) for r in rows] == [
+        ("POST /v1/files", "failed", 400)
+    ]
+    assert rows[0].actor.startswith("key:") and rows[0].request_id
