@@ -38,17 +38,45 @@ _HTTP_ERRORS: dict[int, type[GatewayError]] = {
 
 
 def responses(*errors: type[GatewayError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for the errors a route can answer."""
+    """OpenAPI `responses=` entries, with an example body for each error a route can answer."""
     out: dict[int | str, dict[str, Any]] = {}
     for err in errors:
-        out.setdefault(
+        entry = out.setdefault(
             err.status_code,
             {
                 "model": ErrorBody,
                 "description": (err.__doc__ or err.__name__).strip().splitlines()[0],
+                "content": {"application/json": {"examples": {}}},
             },
         )
+        entry["content"]["application/json"]["examples"][err.__name__] = {
+            "summary": err.__name__,
+            "value": {
+                "error": {
+                    "message": EXAMPLE_MESSAGES.get(err.__name__, "See the message for details."),
+                    "type": err.type,
+                    "code": err.code,
+                    "param": None,
+                }
+            },
+        }
     return out
+
+
+EXAMPLE_MESSAGES = {
+    "InvalidRequest": "The 'purpose' field is required.",
+    "UnsupportedPurpose": "zai does not accept purpose 'vision'.",
+    "AuthenticationFailed": "Missing API key: send 'Authorization: Bearer fg_...' or 'X-API-Key'.",
+    "PermissionDenied": "This API key lacks the 'files:write' scope.",
+    "NotFound": "No such File object: file-3Zk9qLmN2xYb7cVd1eFg4hJp",
+    "PayloadTooLarge": "The file is larger than the gateway's limit of 104857600 bytes.",
+    "UnsupportedMediaType": "Uploads must be sent as multipart/form-data.",
+    "ProviderAuthFailed": "moonshot refused the gateway's credentials.",
+    "ProviderRateLimited": "moonshot is rate limiting the gateway; retry after 5 seconds.",
+    "ProviderFileTooLarge": "zai refused the file as too large.",
+    "ProviderQuotaExceeded": "moonshot's file quota for the gateway's account is full.",
+    "ProviderUnavailable": "zai could not be reached; try again later.",
+}
 
 
 async def _audit_refusal(request: Request, exc: GatewayError) -> None:

@@ -92,12 +92,14 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+Scope = Literal["files:read", "files:write", "admin"]
+DEFAULT_SCOPES: tuple[Scope, ...] = ("files:read", "files:write")
+
+
 class KeyCreate(BaseModel):
     tenant: str = Field(min_length=1, max_length=100, examples=["acme"])
     name: str = Field(min_length=1, max_length=100, examples=["ingest-service"])
-    scopes: list[Literal["files:read", "files:write", "admin"]] = Field(
-        default_factory=lambda: ["files:read", "files:write"]
-    )
+    scopes: list[Scope] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
     model_config = {"extra": "forbid"}
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.expression import Executable
 
 from app.core.db import utcnow
 from app.models import Blob, File, FileStatus, LifecycleEvent, ProviderCopy
@@ -109,6 +110,7 @@ class FileRepository:
             "storage_key": storage_key,
             "created_at": utcnow(),
         }
+        stmt: Executable
         if dialect == "postgresql":
             pg = postgresql.insert(Blob).values(**values)
             stmt = pg.on_conflict_do_update(
