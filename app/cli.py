@@ -78,7 +78,7 @@ def keys_create(
     admin: Annotated[bool, typer.Option(help="Grant the admin scope")] = False,
 ) -> None:
     """Issue an API key; the key alone is printed on the last line."""
-    from app.core.db import create_engine, create_sessionmaker, session_scope
+    from app.core.db import create_engine, create_sessionmaker
     from app.services.keys import issue_key
 
     settings = _settings()
@@ -87,7 +87,7 @@ def keys_create(
     async def run() -> str:
         engine = create_engine(settings.resolved_database_url)
         try:
-            async for session in session_scope(create_sessionmaker(engine)):
+            async with create_sessionmaker(engine)() as session:
                 issued = await issue_key(
                     session=session,
                     hmac_key=settings.hmac_key(),
@@ -95,14 +95,14 @@ def keys_create(
                     name=name,
                     scopes=scopes,
                 )
-                typer.echo(
-                    f"key id {issued.key.id} for tenant {issued.tenant_name} "
-                    f"(scopes: {' '.join(scopes)}); it is shown only once:"
-                )
-                return issued.token
+                await session.commit()
         finally:
             await engine.dispose()
-        raise RuntimeError("no session")
+        typer.echo(
+            f"key id {issued.key.id} for tenant {issued.tenant_name} "
+            f"(scopes: {' '.join(scopes)}); it is shown only once:"
+        )
+        return issued.token
 
     from app.core.migrations import upgrade
 

@@ -14,6 +14,7 @@ from app.api.routes import admin, files, health
 from app.core.config import Settings, load_settings
 from app.core.metrics import GatewayMetrics
 from app.runtime import build_runtime
+from app.services.worker import running_workers
 
 DESCRIPTION = """\
 One OpenAI-compatible Files API in front of Moonshot (Kimi) and Z.ai (GLM).
@@ -29,7 +30,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with build_runtime(settings, metrics=metrics) as runtime:
+        async with (
+            build_runtime(settings, metrics=metrics) as runtime,
+            running_workers(runtime, count=settings.workers_in_process),
+        ):
             app.state.runtime = runtime
             yield
 

@@ -22,6 +22,7 @@ PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("FILEGATE_TEST_REDIS_URL")
 TEST_SECRET = "test-secret-key-for-hmac-0123456789"
 TABLES = (
+    "jobs",
     "audit_events",
     "lifecycle_events",
     "provider_copies",
@@ -57,7 +58,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[str]:
-    """Standalone sandbox (both providers under /sandbox) on a loopback port; yields its base URL."""
+    """The standalone sandbox (both providers under /sandbox) on a loopback port."""
     from app.sandbox import create_standalone_app
 
     with serve_in_thread(create_standalone_app()) as url:
@@ -81,9 +82,9 @@ def pg_url() -> str:
     url = Settings(database_url=PG_URL).resolved_database_url
     engine = create_engine(sync_url(url))
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-        for table in TABLES:
-            conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+        # A clean slate each run: tables, functions and triggers of earlier runs all go.
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     upgrade(url)
     downgrade(url)  # the migrations must also be reversible
@@ -145,6 +146,9 @@ def settings(database_url: str, tmp_path: Path, sandbox_reset: str) -> Settings:
         sandbox_url=f"{sandbox_reset}/sandbox",
         mount_sandbox=False,
         dedup_wait_seconds=30,
+        workers_in_process=0,
+        job_backoff_base=0.01,
+        job_backoff_max=0.05,
         provider_timeout=20,
     )
 

@@ -81,6 +81,50 @@ class Extracted(BaseModel):
     type: str | None = "file"
 
 
+class ReplicateRequest(BaseModel):
+    provider: Literal["moonshot", "zai"] = Field(examples=["zai"])
+    model_config = {"extra": "forbid"}
+
+
+class FileEvent(BaseModel):
+    object: Literal["file.event"] = "file.event"
+    provider: str | None = Field(examples=["moonshot"])
+    from_status: str | None = Field(examples=["placing"])
+    to_status: str = Field(examples=["active"])
+    reason: str = Field(examples=["placed as cnhgqnucp7f5h7jfb3s0"])
+    created_at: int
+
+
+class FileEventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileEvent]
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    state: str
+    attempts: int
+    max_attempts: int
+    payload: dict[str, object]
+    last_error: str | None
+    run_after: int
+    created_at: int
+
+
+class JobSummary(BaseModel):
+    object: Literal["jobs.summary"] = "jobs.summary"
+    counts: dict[str, int]
+    oldest_queued_age_seconds: float | None
+    dead_letters: list[JobOut]
+
+
+class CheckReport(BaseModel):
+    file_id: str
+    blob: str = Field(examples=["ok"], description="ok, corrupt or missing")
+    copies: dict[str, str] = Field(examples=[{"moonshot": "ok"}])
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

@@ -44,6 +44,18 @@ class Settings(BaseSettings):
     provider_timeout: float = Field(default=120.0, gt=0)
     dedup_wait_seconds: float = Field(default=120.0, ge=0)
 
+    workers_in_process: int = Field(default=1, ge=0, le=16)
+    job_lease_seconds: float = Field(default=60.0, gt=0)
+    job_poll_seconds: float = Field(default=1.0, gt=0)
+    job_max_attempts: int = Field(default=8, ge=1)
+    job_backoff_base: float = Field(default=2.0, gt=0)
+    job_backoff_max: float = Field(default=300.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=300.0, gt=0)
+    orphan_grace_seconds: float = Field(default=900.0, ge=0)
+    health_check_interval_seconds: float = Field(default=3600.0, gt=0)
+    expiry_interval_seconds: float = Field(default=60.0, gt=0)
+    default_retention_seconds: int | None = Field(default=None, gt=0)
+
     docs_enabled: bool = True
     log_level: str = "INFO"
 

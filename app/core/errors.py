@@ -12,6 +12,7 @@ GatewayError
 ├── Unprocessable (422)
 ├── RangeNotSatisfiable (416)
 ├── RateLimited (429)
+├── BlobCorrupt (500)                stored content failed its integrity check
 └── ProviderError (502/503/504, or the status a provider fault maps to)
     ├── ProviderAuthFailed (502)     our key was refused by the provider
     ├── ProviderRateLimited (429)    provider throttled us; carries retry_after
@@ -130,6 +131,14 @@ class RateLimited(GatewayError):
     status_code = 429
     type = "rate_limit_error"
     code = "rate_limited"
+
+
+class BlobCorrupt(GatewayError):
+    """The canonical copy failed its integrity check; it is withheld until repaired."""
+
+    status_code = 500
+    type = "server_error"
+    code = "blob_corrupt"
 
 
 class ProviderError(GatewayError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -39,6 +39,42 @@ class GatewayMetrics:
             "Latency of provider file-API calls.",
             ["provider", "operation", "outcome"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.fallbacks = Counter(
+            "filegate_fallbacks_total",
+            "Placements that moved on to a later provider in the order.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.jobs = Gauge(
+            "filegate_jobs",
+            "Jobs in the durable queue by state.",
+            ["state"],
+            registry=self.registry,
+        )
+        self.oldest_job_age = Gauge(
+            "filegate_oldest_queued_job_age_seconds",
+            "Age of the oldest due queued job.",
+            registry=self.registry,
+        )
+        self.job_runs = Counter(
+            "filegate_job_runs_total",
+            "Job runs by kind and outcome (done, retry, dead, lost).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.health_checks = Counter(
+            "filegate_health_checks_total",
+            "File health-check findings (ok, blob_corrupt, copy_missing).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.reconcile_drift = Counter(
+            "filegate_reconcile_drift_total",
+            "Registry drift found by reconciliation (missing, adopted, orphan_removed).",
+            ["provider", "kind"],
             registry=self.registry,
         )
 

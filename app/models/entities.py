@@ -39,6 +39,13 @@ class ProviderCopyStatus(StrEnum):
     MISSING = "missing"
 
 
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
 
@@ -70,6 +77,9 @@ class Blob(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    verified_at: Mapped[datetime | None] = mapped_column(default=None)
+    corrupt_at: Mapped[datetime | None] = mapped_column(default=None)
+    corrupt_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class File(Base):
@@ -118,6 +128,7 @@ class ProviderCopy(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     extracted: Mapped[str | None] = mapped_column(Text, default=None)
+    checked_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -151,3 +162,35 @@ class AuditEvent(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     client_addr: Mapped[str | None] = mapped_column(String(64), default=None)
     detail: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Job(Base):
+    """A durable unit of background work, claimed under a lease by one worker at a time."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # At most one queued or running job per dedupe key (periodic jobs, one placement per copy).
+        Index(
+            "uq_jobs_active_dedupe_key",
+            "dedupe_key",
+            unique=True,
+            postgresql_where=text("state IN ('queued', 'running')"),
+            sqlite_where=text("state IN ('queued', 'running')"),
+        ),
+        Index("ix_jobs_state_run_after", "state", "run_after"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[str] = mapped_column(Text, default="{}")
+    state: Mapped[str] = mapped_column(String(20), default=JobState.QUEUED)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=8)
+    run_after: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    locked_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -19,9 +19,12 @@ class FileRepository:
         self.session = session
 
     async def get_live(self, *, tenant_id: str, file_id: str) -> File | None:
-        """A tenant's file that has not been deleted (another tenant's id finds nothing)."""
+        """A tenant's live, unexpired file (another tenant's id finds nothing)."""
         stmt = select(File).where(
-            File.id == file_id, File.tenant_id == tenant_id, File.deleted_at.is_(None)
+            File.id == file_id,
+            File.tenant_id == tenant_id,
+            File.deleted_at.is_(None),
+            or_(File.expires_at.is_(None), File.expires_at > utcnow()),
         )
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
@@ -51,7 +54,11 @@ class FileRepository:
         purpose: str | None,
         after: tuple[datetime, str] | None,
     ) -> Sequence[File]:
-        stmt = select(File).where(File.tenant_id == tenant_id, File.deleted_at.is_(None))
+        stmt = select(File).where(
+            File.tenant_id == tenant_id,
+            File.deleted_at.is_(None),
+            or_(File.expires_at.is_(None), File.expires_at > utcnow()),
+        )
         if purpose is not None:
             stmt = stmt.where(File.purpose == purpose)
         if after is not None:
@@ -100,6 +107,42 @@ class FileRepository:
             .execution_options(populate_existing=True)
         )
         return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def copies_on(self, provider: str) -> Sequence[ProviderCopy]:
+        stmt = (
+            select(ProviderCopy)
+            .where(
+                ProviderCopy.provider == provider,
+                ProviderCopy.status.not_in(("deleted",)),
+            )
+            .order_by(ProviderCopy.id)
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def due_for_check(self, *, before: datetime, limit: int) -> list[str]:
+        """Live files whose blob was never verified, or not since `before`."""
+        stmt = (
+            select(File.id)
+            .join(Blob, Blob.sha256 == File.sha256)
+            .where(
+                File.deleted_at.is_(None),
+                or_(Blob.verified_at.is_(None), Blob.verified_at < before),
+            )
+            .order_by(Blob.verified_at.is_(None).desc(), Blob.verified_at, File.id)
+            .limit(limit)
+        )
+        return list((await self.session.execute(stmt)).scalars().all())
+
+    async def expired(self, *, now: datetime, limit: int) -> Sequence[File]:
+        stmt = (
+            select(File)
+            .where(File.deleted_at.is_(None), File.expires_at.is_not(None), File.expires_at <= now)
+            .order_by(File.expires_at)
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(stmt)).scalars().all()
 
     async def lock_blob(self, *, sha256: str, size: int, storage_key: str) -> None:
         """Insert the blob row or lock the existing one, so a concurrent collect waits."""

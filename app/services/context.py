@@ -14,10 +14,11 @@ class Principal:
     key_id: str
     tenant_id: str
     scopes: frozenset[str] = field(default_factory=frozenset)
+    kind: str = "key"  # key, jwt or system
 
     @property
     def actor(self) -> str:
-        return f"key:{self.key_id}"
+        return f"{self.kind}:{self.key_id}"
 
 
 @dataclass(frozen=True)
@@ -27,3 +28,11 @@ class CallContext:
     principal: Principal
     request_id: str | None = None
     client_addr: str | None = None
+
+
+def system_context(*, tenant_id: str, task: str) -> CallContext:
+    """The context background work runs under: audited as the system, scoped to one tenant."""
+    return CallContext(
+        principal=Principal(key_id="worker", tenant_id=tenant_id, kind="system"),
+        request_id=task,
+    )

@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
 from app.core.errors import (
+    BlobCorrupt,
     GatewayError,
     InvalidRequest,
     NotFound,
@@ -22,10 +24,10 @@ from app.core.errors import (
     ProviderNotFound,
     ProviderUnavailable,
 )
-from app.models import File, FileStatus, ProviderCopy, ProviderCopyStatus
+from app.models import File, FileStatus, LifecycleEvent, ProviderCopy, ProviderCopyStatus
 from app.repositories.files import FileRepository
 from app.runtime import Runtime
-from app.services import audit
+from app.services import audit, jobs, placement
 from app.services.context import CallContext
 from app.services.intake import IncomingUpload
 from app.services.placement import Target
@@ -122,6 +124,7 @@ async def create_file(
     upload: IncomingUpload,
     purpose: str,
     provider: str,
+    expires_at: datetime | None = None,
 ) -> CreateResult:
     """Accept an upload: reuse the tenant's identical file or store and place a new one."""
     try:
@@ -133,6 +136,10 @@ async def create_file(
         existing = await repo.find_duplicate(
             tenant_id=ctx.principal.tenant_id, sha256=upload.sha256, purpose=purpose
         )
+        if existing is not None and existing.expires_at and existing.expires_at <= utcnow():
+            await expire_file(session=session, rt=rt, ctx=ctx, file=existing)
+            await session.commit()
+            existing = None
         if existing is None:
             claimed = await _claim(
                 session=session,
@@ -142,9 +149,17 @@ async def create_file(
                 purpose=purpose,
                 provider=provider,
                 first=targets[0],
+                expires_at=expires_at,
             )
             if claimed is not None:
-                view = await _place(session=session, rt=rt, ctx=ctx, file=claimed, targets=targets)
+                view = await _place_new(
+                    session=session,
+                    rt=rt,
+                    ctx=ctx,
+                    file=claimed,
+                    targets=targets,
+                    provider=provider,
+                )
                 rt.metrics.uploads.labels(_placed_on(view), "created").inc()
                 return CreateResult(view, created=True)
             existing = await repo.find_duplicate(
@@ -182,13 +197,17 @@ async def _claim(
     purpose: str,
     provider: str,
     first: Target,
+    expires_at: datetime | None,
 ) -> File | None:
-    """Commit blob, file row and the first placement intent; None if a twin won the race."""
+    """Commit blob and file row; None if a concurrent twin won the unique index."""
     repo = FileRepository(session)
     await session.commit()  # end any read snapshot so the write transaction starts fresh
     key = rt.blob_store.key_for(upload.sha256)
     await repo.lock_blob(sha256=upload.sha256, size=upload.size, storage_key=key)
     await rt.blob_store.commit(upload.spool, sha256=upload.sha256)
+    now = utcnow()
+    if expires_at is None and rt.settings.default_retention_seconds:
+        expires_at = now + timedelta(seconds=rt.settings.default_retention_seconds)
     file = File(
         id=new_file_id(),
         tenant_id=ctx.principal.tenant_id,
@@ -199,33 +218,18 @@ async def _claim(
         purpose=purpose,
         status=FileStatus.UPLOADED,
         requested_provider=provider,
+        created_at=now,
+        expires_at=expires_at,
     )
     session.add(file)
-    session.add(
-        ProviderCopy(
-            file_id=file.id,
-            provider=first.provider,
-            native_purpose=first.rule.native,
-            status=ProviderCopyStatus.PLACING,
-            attempts=0,
-        )
-    )
     repo.add_event(
         file_id=file.id,
         to_status=FileStatus.UPLOADED,
         reason="upload accepted",
         request_id=ctx.request_id,
     )
-    repo.add_event(
-        file_id=file.id,
-        provider=first.provider,
-        to_status=ProviderCopyStatus.PLACING,
-        reason=f"placing as '{first.rule.native}'",
-        request_id=ctx.request_id,
-    )
     audit.record(session=session, ctx=ctx, action="file.create", resource=file.id)
     try:
-        # The intent must be durable before the provider call, so a crash leaves a trail.
         await session.commit()
     except IntegrityError:
         await session.rollback()
@@ -233,120 +237,48 @@ async def _claim(
     return file
 
 
-async def _place(
+async def _place_new(
     *,
     session: AsyncSession,
     rt: Runtime,
     ctx: CallContext,
     file: File,
     targets: Sequence[Target],
+    provider: str,
 ) -> FileView:
-    """Upload the canonical blob to the first target that takes it; commit each step."""
+    """Place a just-claimed file; keep it pending when providers are only failing for now."""
     repo = FileRepository(session)
-    blob_path = rt.blob_store.local_path(rt.blob_store.key_for(file.sha256))
-    last_error: ProviderError | None = None
-    for target in targets:
-        copy = await repo.copy_for(file_id=file.id, provider=target.provider)
-        if copy is None:
-            copy = ProviderCopy(
-                file_id=file.id,
-                provider=target.provider,
-                native_purpose=target.rule.native,
-                status=ProviderCopyStatus.PLACING,
-                attempts=0,
+    outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
+    if outcome.placed_on is None:
+        error = outcome.first_error
+        if outcome.deferred:
+            retry_after = max((e.retry_after or 0 for e in outcome.errors), default=0) or None
+            await placement.defer(
+                session=session,
+                rt=rt,
+                ctx=ctx,
+                file=file,
+                provider=provider,
+                reason=error.message,
+                retry_after=retry_after,
             )
-            session.add(copy)
-            repo.add_event(
-                file_id=file.id,
-                provider=target.provider,
-                to_status=ProviderCopyStatus.PLACING,
-                reason=f"placing as '{target.rule.native}'",
-                request_id=ctx.request_id,
-            )
-        elif copy.status != ProviderCopyStatus.PLACING:
-            repo.add_event(
-                file_id=file.id,
-                provider=target.provider,
-                from_status=copy.status,
-                to_status=ProviderCopyStatus.PLACING,
-                reason="placing again",
-                request_id=ctx.request_id,
-            )
-            copy.status = ProviderCopyStatus.PLACING
-            copy.native_purpose = target.rule.native
-        copy.attempts += 1
-        await session.commit()
-        try:
-            placed = await _upload(rt, target.provider, blob_path, file, target.rule.native)
-        except ProviderError as exc:
-            last_error = exc
-            copy.status = ProviderCopyStatus.FAILED
-            copy.last_error = exc.message
-            repo.add_event(
-                file_id=file.id,
-                provider=target.provider,
-                from_status=ProviderCopyStatus.PLACING,
-                to_status=ProviderCopyStatus.FAILED,
-                reason=exc.message,
-                request_id=ctx.request_id,
-            )
-            await session.commit()
-            continue
-        copy.status = ProviderCopyStatus.ACTIVE
-        copy.provider_file_id = placed
-        copy.last_error = None
-        repo.add_event(
-            file_id=file.id,
-            provider=target.provider,
-            from_status=ProviderCopyStatus.PLACING,
-            to_status=ProviderCopyStatus.ACTIVE,
-            reason=f"placed as {placed}",
-            request_id=ctx.request_id,
-        )
-        if file.status != FileStatus.PROCESSED:
-            repo.add_event(
-                file_id=file.id,
-                from_status=file.status,
-                to_status=FileStatus.PROCESSED,
-                reason=f"live on {target.provider}",
-                request_id=ctx.request_id,
-            )
-            file.status = FileStatus.PROCESSED
-            file.status_details = None
-        audit.record(
-            session=session,
-            ctx=ctx,
-            action="file.place",
-            resource=f"{file.id}@{target.provider}",
-        )
-        await session.commit()
-        copies = (await repo.copies_for([file.id]))[file.id]
-        return FileView(file, copies)
-    assert last_error is not None
-    await _fail_placement(session=session, rt=rt, ctx=ctx, file=file, error=last_error)
-    raise last_error
-
-
-async def _upload(rt: Runtime, provider: str, path: Path, file: File, native: str) -> str:
-    adapter = rt.providers.adapter(provider)
-    result = await adapter.upload(
-        path=path, filename=file.filename, purpose=native, content_type=file.content_type
-    )
-    return result.id
+        else:
+            await _fail_placement(session=session, rt=rt, ctx=ctx, file=file, error=error)
+            raise error
+    copies = (await repo.copies_for([file.id]))[file.id]
+    return FileView(file, copies)
 
 
 async def _fail_placement(
     *, session: AsyncSession, rt: Runtime, ctx: CallContext, file: File, error: ProviderError
 ) -> None:
-    """No provider took a newly accepted file: retire it so nothing half-made stays live."""
-    if file.status == FileStatus.PROCESSED:
-        return  # an extra copy failed; the file itself is fine
+    """Every provider refused a new file for good: retire it so nothing half-made stays live."""
     repo = FileRepository(session)
     repo.add_event(
         file_id=file.id,
         from_status=file.status,
         to_status=FileStatus.ERROR,
-        reason=f"placement failed: {error.message}",
+        reason=f"placement refused: {error.message}",
         request_id=ctx.request_id,
     )
     file.status = FileStatus.ERROR
@@ -375,7 +307,7 @@ async def _deduplicated(
     provider: str,
     targets: Sequence[Target],
 ) -> FileView:
-    """Answer with the tenant's existing file once its placement has settled."""
+    """Answer with the tenant's existing file once its in-flight placement has settled."""
     repo = FileRepository(session)
     deadline = time.monotonic() + rt.settings.dedup_wait_seconds
     current: File | None = file
@@ -394,10 +326,15 @@ async def _deduplicated(
     rt.metrics.dedup_hits.inc()
     copies = (await repo.copies_for([current.id]))[current.id]
     live_on = {c.provider for c in copies if c.status == ProviderCopyStatus.ACTIVE}
-    if provider != "auto" and provider not in live_on and current.status != FileStatus.UPLOADED:
-        # An explicit provider is honoured: add a copy there rather than answer elsewhere.
-        view = await _place(session=session, rt=rt, ctx=ctx, file=current, targets=targets)
-        rt.metrics.uploads.labels(provider, "created").inc()
+    wanted = provider != "auto" and provider not in live_on
+    if current.status in (FileStatus.PROCESSED, FileStatus.ERROR) and (
+        wanted or current.status == FileStatus.ERROR
+    ):
+        # An explicit provider is honoured, and a file that ended in error gets another try.
+        view = await _place_new(
+            session=session, rt=rt, ctx=ctx, file=current, targets=targets, provider=provider
+        )
+        rt.metrics.uploads.labels(_placed_on(view), "created").inc()
         return view
     rt.metrics.uploads.labels(_placed_on(FileView(current, copies)), "deduplicated").inc()
     audit.record(
@@ -424,45 +361,14 @@ async def collect_blob(*, session: AsyncSession, rt: Runtime, sha256: str) -> bo
 
 
 async def delete_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str) -> str:
-    """Remove every provider copy, then the file; the blob goes when nothing else uses it."""
+    """Delete a file now; provider copies that cannot be removed yet are retried by a job."""
     view = await get_file(session=session, ctx=ctx, file_id=file_id)
     file = view.file
     repo = FileRepository(session)
-    failure: ProviderError | None = None
     for copy in view.copies:
         if copy.status in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED):
             continue
-        if copy.provider_file_id:
-            try:
-                await rt.providers.adapter(copy.provider).delete(copy.provider_file_id)
-            except ProviderNotFound:
-                pass  # already gone at the provider: the goal is reached
-            except ProviderError as exc:
-                failure = failure or exc
-                copy.last_error = exc.message
-                continue
-        repo.add_event(
-            file_id=file.id,
-            provider=copy.provider,
-            from_status=copy.status,
-            to_status=ProviderCopyStatus.DELETED,
-            reason="file deleted",
-            request_id=ctx.request_id,
-        )
-        copy.status = ProviderCopyStatus.DELETED
-    if failure is not None:
-        # Keep what was removed; the file stays until every provider copy is gone.
-        audit.record(
-            session=session,
-            ctx=ctx,
-            action="file.delete",
-            resource=file.id,
-            outcome="failed",
-            status_code=failure.status_code,
-            detail=failure.message,
-        )
-        await session.commit()
-        raise failure
+        await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason="file deleted")
     repo.add_event(
         file_id=file.id,
         from_status=file.status,
@@ -478,6 +384,108 @@ async def delete_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, f
     return file.id
 
 
+async def expire_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, file: File) -> None:
+    """Remove an expired file at every provider and retire it; the blob goes when unused."""
+    repo = FileRepository(session)
+    for copy in (await repo.copies_for([file.id]))[file.id]:
+        if copy.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED):
+            await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason="file expired")
+    repo.add_event(
+        file_id=file.id,
+        from_status=file.status,
+        to_status=FileStatus.DELETED,
+        reason="expired",
+        request_id=ctx.request_id,
+    )
+    file.status = FileStatus.DELETED
+    file.deleted_at = utcnow()
+    audit.record(session=session, ctx=ctx, action="file.expire", resource=file.id)
+    await session.flush()
+    await collect_blob(session=session, rt=rt, sha256=file.sha256)
+
+
+async def replicate(
+    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str, provider: str
+) -> FileView:
+    """Place a copy of a file on another provider from the canonical blob."""
+    view = await get_file(session=session, ctx=ctx, file_id=file_id)
+    file = view.file
+    if provider == "auto":
+        raise InvalidRequest("Name the provider to copy the file to.", param="provider")
+    if any(c.provider == provider and c.status == ProviderCopyStatus.ACTIVE for c in view.copies):
+        return view
+    targets = rt.providers.targets(
+        purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
+    )
+    outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
+    if outcome.placed_on is None:
+        error = outcome.first_error
+        if not outcome.deferred:
+            raise error
+        await placement.defer(
+            session=session,
+            rt=rt,
+            ctx=ctx,
+            file=file,
+            provider=provider,
+            reason=error.message,
+            retry_after=error.retry_after,
+        )
+    copies = (await FileRepository(session).copies_for([file.id]))[file.id]
+    return FileView(file, copies)
+
+
+async def events(
+    *, session: AsyncSession, ctx: CallContext, file_id: str
+) -> Sequence[LifecycleEvent]:
+    view = await get_file(session=session, ctx=ctx, file_id=file_id)
+    return await FileRepository(session).events_for(view.file.id)
+
+
+async def remove_copy(
+    *, session: AsyncSession, rt: Runtime, ctx: CallContext, copy: ProviderCopy, reason: str
+) -> bool:
+    """Delete one provider copy; on a provider fault mark it deleting and queue a retry."""
+    repo = FileRepository(session)
+    if copy.provider_file_id:
+        try:
+            await rt.providers.adapter(copy.provider).delete(copy.provider_file_id)
+        except ProviderNotFound:
+            pass  # already gone at the provider: the goal is reached
+        except ProviderError as exc:
+            if copy.status != ProviderCopyStatus.DELETING:
+                repo.add_event(
+                    file_id=copy.file_id,
+                    provider=copy.provider,
+                    from_status=copy.status,
+                    to_status=ProviderCopyStatus.DELETING,
+                    reason=f"{reason}; provider delete will be retried: {exc.message}",
+                    request_id=ctx.request_id,
+                )
+            copy.status = ProviderCopyStatus.DELETING
+            copy.last_error = exc.message
+            await jobs.enqueue(
+                session=session,
+                kind=jobs.DELETE_COPY,
+                payload={"copy_id": copy.id},
+                dedupe_key=f"delete_copy:{copy.id}",
+                delay_seconds=exc.retry_after or rt.settings.job_backoff_base,
+                max_attempts=rt.settings.job_max_attempts,
+            )
+            return False
+    repo.add_event(
+        file_id=copy.file_id,
+        provider=copy.provider,
+        from_status=copy.status,
+        to_status=ProviderCopyStatus.DELETED,
+        reason=reason,
+        request_id=ctx.request_id,
+    )
+    copy.status = ProviderCopyStatus.DELETED
+    copy.last_error = None
+    return True
+
+
 async def content_path(
     *, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str
 ) -> tuple[FileView, Path]:
@@ -485,6 +493,10 @@ async def content_path(
     blob = await FileRepository(session).blob(view.file.sha256)
     if blob is None:
         raise NotFound(f"The content of {file_id} is no longer stored.", param="id")
+    if blob.corrupt_at is not None:
+        raise BlobCorrupt(
+            f"The stored content of {file_id} failed its integrity check and is withheld."
+        )
     return view, rt.blob_store.local_path(blob.storage_key)
 
 

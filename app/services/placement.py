@@ -1,12 +1,31 @@
-"""Choosing providers for a file and holding the adapters built at start-up."""
+"""Choosing providers for a file and putting the canonical blob on them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from app.core.errors import InvalidRequest, UnsupportedPurpose
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.errors import (
+    BlobCorrupt,
+    InvalidRequest,
+    ProviderError,
+    ProviderUnavailable,
+    UnsupportedPurpose,
+)
+from app.models import File, FileStatus, ProviderCopy, ProviderCopyStatus
 from app.providers import check_purpose
 from app.providers.base import ProviderAdapter, PurposeRule
+from app.repositories.files import FileRepository
+from app.services import audit, jobs
+from app.services.context import CallContext
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+PROVIDER_FILENAME_MAX = 255
 
 
 @dataclass(frozen=True)
@@ -75,3 +94,217 @@ class ProviderHub:
     async def aclose(self) -> None:
         for adapter in self.adapters.values():
             await adapter.aclose()
+
+
+def provider_filename(file: File) -> str:
+    """The name a copy gets at the provider: it carries the file id, so orphans are recognisable."""
+    return f"{file.id}__{file.filename}"[:PROVIDER_FILENAME_MAX]
+
+
+def file_id_from_provider_name(name: str) -> str | None:
+    """The gateway file id a provider-side filename was given by provider_filename, if any."""
+    head, sep, _ = name.partition("__")
+    if sep and head.startswith("file-") and len(head) == 29:
+        return head
+    return None
+
+
+@dataclass
+class Placement:
+    """What a placement attempt achieved."""
+
+    placed_on: str | None = None
+    errors: list[ProviderError] = field(default_factory=list)
+    deferred: bool = False  # some target failed for a reason that may pass
+
+    @property
+    def first_error(self) -> ProviderError:
+        return self.errors[0]
+
+
+def _available(adapter: ProviderAdapter) -> bool:
+    check = getattr(adapter, "available", None)
+    return bool(check()) if callable(check) else True
+
+
+async def place(
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    file: File,
+    targets: Sequence[Target],
+) -> Placement:
+    """Upload the canonical blob to the first target that takes it, committing each step."""
+    repo = FileRepository(session)
+    outcome = Placement()
+    blob = await repo.blob(file.sha256)
+    if blob is None or blob.corrupt_at is not None:
+        raise BlobCorrupt(
+            f"The stored content of {file.id} failed its integrity check; it is not pushed again."
+        )
+    blob_path = rt.blob_store.local_path(blob.storage_key)
+    for index, target in enumerate(targets):
+        adapter = rt.providers.adapter(target.provider)
+        if not _available(adapter):
+            outcome.deferred = True
+            outcome.errors.append(
+                ProviderUnavailable(
+                    f"{target.provider} is failing (circuit open); it is skipped for now.",
+                    provider=target.provider,
+                    code="provider_circuit_open",
+                )
+            )
+            continue
+        if index > 0:
+            rt.metrics.fallbacks.labels(target.provider).inc()
+        copy = await _intent(session=session, ctx=ctx, file=file, target=target)
+        try:
+            result = await adapter.upload(
+                path=blob_path,
+                filename=provider_filename(file),
+                purpose=target.rule.native,
+                content_type=file.content_type,
+            )
+        except ProviderError as exc:
+            outcome.errors.append(exc)
+            outcome.deferred = outcome.deferred or exc.retryable
+            copy.status = ProviderCopyStatus.FAILED
+            copy.last_error = exc.message
+            repo.add_event(
+                file_id=file.id,
+                provider=target.provider,
+                from_status=ProviderCopyStatus.PLACING,
+                to_status=ProviderCopyStatus.FAILED,
+                reason=exc.message,
+                request_id=ctx.request_id,
+            )
+            await session.commit()
+            continue
+        await _activate(session=session, ctx=ctx, file=file, copy=copy, provider_file_id=result.id)
+        outcome.placed_on = target.provider
+        return outcome
+    return outcome
+
+
+async def _intent(
+    *, session: AsyncSession, ctx: CallContext, file: File, target: Target
+) -> ProviderCopy:
+    """Write (and commit) the copy row before calling the provider, so a crash leaves a trail."""
+    repo = FileRepository(session)
+    copy = await repo.copy_for(file_id=file.id, provider=target.provider)
+    if copy is None:
+        copy = ProviderCopy(
+            file_id=file.id,
+            provider=target.provider,
+            native_purpose=target.rule.native,
+            status=ProviderCopyStatus.PLACING,
+            attempts=0,
+        )
+        session.add(copy)
+    if copy.status != ProviderCopyStatus.PLACING or copy.attempts == 0:
+        repo.add_event(
+            file_id=file.id,
+            provider=target.provider,
+            from_status=copy.status if copy.attempts else None,
+            to_status=ProviderCopyStatus.PLACING,
+            reason=f"placing as '{target.rule.native}'",
+            request_id=ctx.request_id,
+        )
+    copy.status = ProviderCopyStatus.PLACING
+    copy.native_purpose = target.rule.native
+    copy.provider_file_id = None
+    copy.attempts += 1
+    await session.commit()
+    return copy
+
+
+async def adopt(
+    *,
+    session: AsyncSession,
+    ctx: CallContext,
+    file: File,
+    copy: ProviderCopy,
+    provider_file_id: str,
+) -> None:
+    """Take over a provider file the gateway uploaded but never recorded (crash before commit)."""
+    copy.status = ProviderCopyStatus.PLACING
+    await _activate(
+        session=session,
+        ctx=ctx,
+        file=file,
+        copy=copy,
+        provider_file_id=provider_file_id,
+        reason=f"adopted {provider_file_id} found by reconciliation",
+    )
+
+
+async def _activate(
+    *,
+    session: AsyncSession,
+    ctx: CallContext,
+    file: File,
+    copy: ProviderCopy,
+    provider_file_id: str,
+    reason: str | None = None,
+) -> None:
+    repo = FileRepository(session)
+    copy.status = ProviderCopyStatus.ACTIVE
+    copy.provider_file_id = provider_file_id
+    copy.last_error = None
+    copy.extracted = None
+    repo.add_event(
+        file_id=file.id,
+        provider=copy.provider,
+        from_status=ProviderCopyStatus.PLACING,
+        to_status=ProviderCopyStatus.ACTIVE,
+        reason=reason or f"placed as {provider_file_id}",
+        request_id=ctx.request_id,
+    )
+    if file.status != FileStatus.PROCESSED:
+        repo.add_event(
+            file_id=file.id,
+            from_status=file.status,
+            to_status=FileStatus.PROCESSED,
+            reason=f"live on {copy.provider}",
+            request_id=ctx.request_id,
+        )
+        file.status = FileStatus.PROCESSED
+        file.status_details = None
+    audit.record(
+        session=session, ctx=ctx, action="file.place", resource=f"{file.id}@{copy.provider}"
+    )
+    await session.commit()
+
+
+async def defer(
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    file: File,
+    provider: str,
+    reason: str,
+    retry_after: float | None = None,
+) -> None:
+    """Keep the accepted file and let a job place it once a provider can take it."""
+    repo = FileRepository(session)
+    if file.status not in (FileStatus.PROCESSED, FileStatus.PENDING):
+        repo.add_event(
+            file_id=file.id,
+            from_status=file.status,
+            to_status=FileStatus.PENDING,
+            reason=f"waiting for a provider: {reason}",
+            request_id=ctx.request_id,
+        )
+        file.status = FileStatus.PENDING
+        file.status_details = f"Waiting for a provider: {reason}"
+    await jobs.enqueue(
+        session=session,
+        kind=jobs.PLACE,
+        payload={"file_id": file.id, "provider": provider},
+        dedupe_key=f"place:{file.id}:{provider}",
+        delay_seconds=retry_after or rt.settings.job_backoff_base,
+        max_attempts=rt.settings.job_max_attempts,
+    )
+    await session.commit()

@@ -8,7 +8,7 @@ import hashlib
 import httpx
 from sqlalchemy import func, select
 
-from app.models import AuditEvent, Blob, File, LifecycleEvent, ProviderCopy
+from app.models import AuditEvent, Blob, File, Job, LifecycleEvent, ProviderCopy
 from tests.conftest import Gateway
 
 TEXT = b"quarterly numbers: revenue up, costs down\n"
@@ -113,9 +113,9 @@ async def test_cross_tenant_same_bytes_are_separate_files(gateway: Gateway) -> N
         foreign = await acme.get(f"/v1/files/{b['id']}")
         missing = await acme.get("/v1/files/file-" + "Z" * 24)
         assert foreign.status_code == missing.status_code == 404
-        assert foreign.json()["error"]["message"].replace(b["id"], "X") == missing.json()[
-            "error"
-        ]["message"].replace("file-" + "Z" * 24, "X")
+        assert foreign.json()["error"]["message"].replace(b["id"], "X") == missing.json()["error"][
+            "message"
+        ].replace("file-" + "Z" * 24, "X")
         for path in ("", "/content", "/extract"):
             r = await acme.get(f"/v1/files/{b['id']}{path}")
             assert r.status_code == 404, path
@@ -216,29 +216,46 @@ async def test_lifecycle_and_audit_rows_record_changes(
     await client.delete(f"/v1/files/{body['id']}")
     async with gateway.runtime.sessionmaker() as session:
         events = (
-            await session.execute(
-                select(LifecycleEvent.to_status).where(LifecycleEvent.file_id == body["id"])
+            (
+                await session.execute(
+                    select(LifecycleEvent.to_status).where(LifecycleEvent.file_id == body["id"])
+                )
             )
-        ).scalars().all()
-        actions = (
-            await session.execute(select(AuditEvent.action, AuditEvent.outcome))
-        ).all()
+            .scalars()
+            .all()
+        )
+        actions = (await session.execute(select(AuditEvent.action, AuditEvent.outcome))).all()
     assert events == ["uploaded", "placing", "active", "processed", "deleted", "deleted"]
     assert ("file.create", "success") in actions
     assert ("file.place", "success") in actions
     assert ("file.delete", "success") in actions
 
 
-async def test_provider_failure_leaves_nothing_live(
+async def test_provider_refusal_leaves_nothing_live(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    await gateway.sandbox_fault("zai", status=400, rate=1.0)
+    resp = await upload(client, b"a,b\n", filename="t.csv", provider="zai")
+    assert resp.status_code == 400
+    err = resp.json()["error"]
+    assert err["code"] == "provider_rejected" and "zai" in err["message"]
+    assert (await client.get("/v1/files")).json()["data"] == []
+    assert await count(gateway, Blob) == 0
+
+
+async def test_provider_outage_accepts_upload_as_pending(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
     await gateway.sandbox_fault("zai", status=500, rate=1.0)
     resp = await upload(client, b"a,b\n", filename="t.csv", provider="zai")
-    assert resp.status_code == 503
-    err = resp.json()["error"]
-    assert err["code"] == "provider_unavailable" and "zai" in err["message"]
-    assert (await client.get("/v1/files")).json()["data"] == []
-    assert await count(gateway, Blob) == 0
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["status"] == "pending" and "zai" in body["status_details"]
+    assert [(p["provider"], p["status"]) for p in body["providers"]] == [("zai", "failed")]
+    assert await count(gateway, Blob) == 1
+    async with gateway.runtime.sessionmaker() as session:
+        jobs = (await session.execute(select(Job.kind, Job.payload))).all()
+    assert [kind for kind, _ in jobs] == ["place"] and '"provider": "zai"' in jobs[0][1]
 
 
 async def test_auto_falls_back_to_next_provider(

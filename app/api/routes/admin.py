@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from app.api.deps import AdminCtx, RuntimeDep, SessionDep
 from app.api.errors import responses
-from app.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
+from app.api.schemas import CheckReport, JobOut, JobSummary, KeyCreate, KeyCreated, KeyList, KeyOut
 from app.core.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
-from app.models import ApiKey
+from app.models import ApiKey, Job
+from app.services import admin as admin_service
 from app.services import audit
 from app.services import keys as key_service
 
@@ -77,3 +79,60 @@ async def revoke_key(key_id: str, ctx: AdminCtx, session: SessionDep, rt: Runtim
     rt.key_cache.pop(key_id, None)
     audit.record(session=session, ctx=ctx, action="key.revoke", resource=key_id)
     return _key_out(row)
+
+
+def _job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        state=job.state,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        payload=json.loads(job.payload or "{}"),
+        last_error=job.last_error,
+        run_after=int(job.run_after.timestamp()),
+        created_at=int(job.created_at.timestamp()),
+    )
+
+
+@router.get(
+    "/jobs",
+    response_model=JobSummary,
+    summary="Job queue: counts by state, oldest due job, dead letters",
+    responses=responses(*ADMIN_ERRORS),
+)
+async def job_summary(
+    ctx: AdminCtx,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobSummary:
+    summary = await admin_service.job_summary(session=session, dead_limit=limit)
+    return JobSummary(
+        counts=summary.counts,
+        oldest_queued_age_seconds=summary.oldest_age,
+        dead_letters=[_job_out(job) for job in summary.dead],
+    )
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    response_model=JobOut,
+    summary="Queue a dead (or finished) job again with fresh attempts",
+    responses=responses(*ADMIN_ERRORS, NotFound),
+)
+async def retry_job(job_id: int, ctx: AdminCtx, session: SessionDep) -> JobOut:
+    job = await admin_service.retry_job(session=session, ctx=ctx, job_id=job_id)
+    return _job_out(job)
+
+
+@router.post(
+    "/files/{file_id}/check",
+    response_model=CheckReport,
+    summary="Check a file now: re-hash its blob and confirm every provider copy exists",
+    responses=responses(*ADMIN_ERRORS, NotFound),
+)
+async def check_file(
+    file_id: str, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
+) -> CheckReport:
+    report = await admin_service.check_file(session=session, rt=rt, ctx=ctx, file_id=file_id)
+    return CheckReport(**report)

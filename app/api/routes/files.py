@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from app.api.deps import ReadCtx, RuntimeDep, SessionDep, WriteCtx
 from app.api.errors import responses
-from app.api.schemas import Extracted, FileDeleted, FileList, FileObject
+from app.api.schemas import (
+    Extracted,
+    FileDeleted,
+    FileEvent,
+    FileEventList,
+    FileList,
+    FileObject,
+    ReplicateRequest,
+)
+from app.core.db import utcnow
 from app.core.errors import (
     AuthenticationFailed,
+    BlobCorrupt,
     Conflict,
     InvalidRequest,
     NotFound,
@@ -25,6 +36,7 @@ from app.core.errors import (
     ProviderUnavailable,
     UnsupportedMediaType,
 )
+from app.models import FileStatus
 from app.services import files as file_service
 from app.services.intake import receive_upload
 
@@ -38,7 +50,11 @@ PROVIDER_ERRORS = (
     ProviderQuotaExceeded,
     ProviderUnavailable,
 )
-UPLOAD_FIELDS = frozenset({"purpose", "provider"})
+UPLOAD_FIELDS = frozenset(
+    {"purpose", "provider", "expires_after[anchor]", "expires_after[seconds]"}
+)
+EXPIRES_MIN_SECONDS = 3600
+EXPIRES_MAX_SECONDS = 30 * 24 * 3600
 FileId = Annotated[str, "file id"]
 
 UPLOAD_BODY = {
@@ -62,6 +78,12 @@ UPLOAD_BODY = {
                             "enum": ["auto", "moonshot", "zai"],
                             "default": "auto",
                         },
+                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[seconds]": {
+                            "type": "integer",
+                            "minimum": EXPIRES_MIN_SECONDS,
+                            "maximum": EXPIRES_MAX_SECONDS,
+                        },
                     },
                 }
             }
@@ -79,12 +101,19 @@ UPLOAD_BODY = {
         "purpose return the tenant's existing file (same id) without a second provider upload."
     ),
     openapi_extra=UPLOAD_BODY,
-    responses=responses(
-        *AUTH_ERRORS, PayloadTooLarge, UnsupportedMediaType, Conflict, *PROVIDER_ERRORS
-    ),
+    responses={
+        202: {
+            "model": FileObject,
+            "description": "Accepted as pending: no allowed provider can take it right now; "
+            "the gateway places it later by itself (poll GET /v1/files/{id})",
+        },
+        **responses(
+            *AUTH_ERRORS, PayloadTooLarge, UnsupportedMediaType, Conflict, *PROVIDER_ERRORS
+        ),
+    },
 )
 async def upload_file(
-    request: Request, ctx: WriteCtx, session: SessionDep, rt: RuntimeDep
+    request: Request, response: Response, ctx: WriteCtx, session: SessionDep, rt: RuntimeDep
 ) -> FileObject:
     upload = await receive_upload(
         body=request.stream(),
@@ -101,11 +130,44 @@ async def upload_file(
         provider = (upload.fields.get("provider") or "auto").lower()
         rt.providers.check_provider_known(provider)
         result = await file_service.create_file(
-            session=session, rt=rt, ctx=ctx, upload=upload, purpose=purpose, provider=provider
+            session=session,
+            rt=rt,
+            ctx=ctx,
+            upload=upload,
+            purpose=purpose,
+            provider=provider,
+            expires_at=_expires_at(upload.fields),
         )
     finally:
         upload.spool.discard()
+    if result.view.file.status == FileStatus.PENDING:
+        response.status_code = 202
     return FileObject.of(result.view)
+
+
+def _expires_at(fields: dict[str, str]) -> datetime | None:
+    """The OpenAI `expires_after` form fields (anchor created_at, seconds) as a UTC time."""
+    anchor = fields.get("expires_after[anchor]")
+    seconds = fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest(
+            "expires_after[anchor] must be 'created_at'.", param="expires_after[anchor]"
+        )
+    if seconds is None or not seconds.isdigit():
+        raise InvalidRequest(
+            "expires_after[seconds] must be a whole number of seconds.",
+            param="expires_after[seconds]",
+        )
+    value = int(seconds)
+    if not EXPIRES_MIN_SECONDS <= value <= EXPIRES_MAX_SECONDS:
+        raise InvalidRequest(
+            f"expires_after[seconds] must be between {EXPIRES_MIN_SECONDS} and "
+            f"{EXPIRES_MAX_SECONDS}.",
+            param="expires_after[seconds]",
+        )
+    return utcnow() + timedelta(seconds=value)
 
 
 @router.get(
@@ -153,7 +215,7 @@ async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: SessionDep) -> F
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes"},
         206: {"description": "Partial content for a Range request"},
-        **responses(*AUTH_ERRORS, NotFound),
+        **responses(*AUTH_ERRORS, NotFound, BlobCorrupt),
     },
 )
 async def download_content(
@@ -209,3 +271,52 @@ async def delete_file(
 ) -> FileDeleted:
     deleted = await file_service.delete_file(session=session, rt=rt, ctx=ctx, file_id=file_id)
     return FileDeleted(id=deleted)
+
+
+@router.post(
+    "/{file_id}/providers",
+    response_model=FileObject,
+    summary="Copy a file to another provider",
+    description="Places a copy from the canonical blob; 202 when the provider cannot take it now "
+    "and the gateway will finish the copy by itself.",
+    responses={
+        202: {"model": FileObject, "description": "Accepted; the copy is placed later"},
+        **responses(*AUTH_ERRORS, NotFound, *PROVIDER_ERRORS),
+    },
+)
+async def replicate_file(
+    file_id: FileId,
+    body: ReplicateRequest,
+    response: Response,
+    ctx: WriteCtx,
+    session: SessionDep,
+    rt: RuntimeDep,
+) -> FileObject:
+    view = await file_service.replicate(
+        session=session, rt=rt, ctx=ctx, file_id=file_id, provider=body.provider
+    )
+    if not any(c.provider == body.provider and c.status == "active" for c in view.copies):
+        response.status_code = 202
+    return FileObject.of(view)
+
+
+@router.get(
+    "/{file_id}/events",
+    response_model=FileEventList,
+    summary="A file's lifecycle: every state change of the file and its provider copies",
+    responses=responses(*AUTH_ERRORS, NotFound),
+)
+async def file_events(file_id: FileId, ctx: ReadCtx, session: SessionDep) -> FileEventList:
+    rows = await file_service.events(session=session, ctx=ctx, file_id=file_id)
+    return FileEventList(
+        data=[
+            FileEvent(
+                provider=row.provider,
+                from_status=row.from_status,
+                to_status=row.to_status,
+                reason=row.reason,
+                created_at=int(row.created_at.timestamp()),
+            )
+            for row in rows
+        ]
+    )

@@ -1,0 +1,178 @@
+"""SQL for the durable job queue: enqueue, claim under a lease, finish, retry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.expression import Executable
+
+from app.core.db import utcnow
+from app.models import Job, JobState
+
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+
+class JobRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def _dialect(self) -> str:
+        return self.session.bind.dialect.name if self.session.bind else "sqlite"
+
+    async def enqueue(
+        self,
+        *,
+        kind: str,
+        payload: str,
+        dedupe_key: str | None,
+        run_after: datetime,
+        max_attempts: int,
+    ) -> bool:
+        """Insert a job; with a dedupe key, nothing happens while an equal job is active."""
+        values = {
+            "kind": kind,
+            "payload": payload,
+            "dedupe_key": dedupe_key,
+            "run_after": run_after,
+            "max_attempts": max_attempts,
+            "state": JobState.QUEUED,
+            "attempts": 0,
+            "created_at": utcnow(),
+            "updated_at": utcnow(),
+        }
+        where = text("state IN ('queued', 'running')")
+        stmt: Executable
+        if self._dialect == "postgresql":
+            stmt = (
+                postgresql.insert(Job)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=where)
+            )
+        else:
+            stmt = (
+                sqlite.insert(Job)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=where)
+            )
+        result = await self.session.execute(stmt)
+        return bool(getattr(result, "rowcount", 0))
+
+    async def claim(self, *, worker_id: str, lease_seconds: float) -> Job | None:
+        """Take the next due job (or one whose lease expired) and lease it to `worker_id`."""
+        now = utcnow()
+        due = (
+            select(Job.id)
+            .where(
+                ((Job.state == JobState.QUEUED) & (Job.run_after <= now))
+                | ((Job.state == JobState.RUNNING) & (Job.lease_until < now))
+            )
+            .order_by(Job.run_after, Job.id)
+            .limit(1)
+        )
+        if self._dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        stmt = (
+            update(Job)
+            .where(Job.id == due.scalar_subquery())
+            .values(
+                state=JobState.RUNNING,
+                attempts=Job.attempts + 1,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                locked_by=worker_id,
+                updated_at=now,
+            )
+            .returning(Job)
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def extend_lease(self, *, job: Job, worker_id: str, lease_seconds: float) -> bool:
+        """Renew our lease; False when another worker has taken the job over."""
+        stmt = (
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.locked_by == worker_id,
+                Job.attempts == job.attempts,
+                Job.state == JobState.RUNNING,
+            )
+            .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+        )
+        result = await self.session.execute(stmt)
+        return bool(getattr(result, "rowcount", 0))
+
+    async def finish(
+        self,
+        *,
+        job: Job,
+        worker_id: str,
+        state: str,
+        error: str | None = None,
+        run_after: datetime | None = None,
+    ) -> bool:
+        """Record the outcome of our run, fenced by lease owner and attempt number."""
+        now = utcnow()
+        values: dict[str, object] = {
+            "state": state,
+            "last_error": error,
+            "lease_until": None,
+            "locked_by": None,
+            "updated_at": now,
+        }
+        if state in (JobState.DONE, JobState.DEAD):
+            values["finished_at"] = now
+        if run_after is not None:
+            values["run_after"] = run_after
+        stmt = (
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.locked_by == worker_id,
+                Job.attempts == job.attempts,
+                Job.state == JobState.RUNNING,
+            )
+            .values(**values)
+        )
+        result = await self.session.execute(stmt)
+        return bool(getattr(result, "rowcount", 0))
+
+    async def requeue(self, job_id: int) -> Job | None:
+        """Put a dead (or finished) job back in the queue with fresh attempts."""
+        job = await self.session.get(Job, job_id)
+        if job is None:
+            return None
+        job.state = JobState.QUEUED
+        job.attempts = 0
+        job.run_after = utcnow()
+        job.finished_at = None
+        job.lease_until = None
+        job.locked_by = None
+        await self.session.flush()
+        return job
+
+    async def get(self, job_id: int) -> Job | None:
+        return await self.session.get(Job, job_id)
+
+    async def counts(self) -> dict[str, int]:
+        stmt = select(Job.state, func.count()).group_by(Job.state)
+        return {state: int(n) for state, n in (await self.session.execute(stmt)).all()}
+
+    async def oldest_queued(self) -> datetime | None:
+        stmt = select(func.min(Job.run_after)).where(Job.state == JobState.QUEUED)
+        value = await self.session.scalar(stmt)
+        return value if isinstance(value, datetime) else None
+
+    async def list(self, *, state: str | None, limit: int) -> Sequence[Job]:
+        stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+        if state is not None:
+            stmt = stmt.where(Job.state == state)
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def active_for(self, *, dedupe_key: str) -> Job | None:
+        stmt = select(Job).where(Job.dedupe_key == dedupe_key, Job.state.in_(ACTIVE))
+        return (await self.session.execute(stmt)).scalar_one_or_none()

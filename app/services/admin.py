@@ -1,0 +1,68 @@
+"""Operator actions: job queue inspection and retry, on-demand file checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import utcnow
+from app.core.errors import NotFound
+from app.models import Job, JobState
+from app.repositories.files import FileRepository
+from app.repositories.jobs import JobRepository
+from app.services import audit, recovery
+from app.services.context import CallContext, system_context
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class JobQueueSummary:
+    counts: dict[str, int]
+    oldest_age: float | None
+    dead: Sequence[Job]
+
+
+async def job_summary(*, session: AsyncSession, dead_limit: int) -> JobQueueSummary:
+    repo = JobRepository(session)
+    counts = await repo.counts()
+    oldest = await repo.oldest_queued()
+    return JobQueueSummary(
+        counts={state.value: counts.get(state.value, 0) for state in JobState},
+        oldest_age=max(0.0, (utcnow() - oldest).total_seconds()) if oldest else None,
+        dead=await repo.list(state=JobState.DEAD, limit=dead_limit),
+    )
+
+
+async def retry_job(*, session: AsyncSession, ctx: CallContext, job_id: int) -> Job:
+    repo = JobRepository(session)
+    job = await repo.get(job_id)
+    if job is None:
+        raise NotFound(f"No job with id {job_id}.", param="job_id")
+    if job.state in (JobState.QUEUED, JobState.RUNNING):
+        return job
+    job = await repo.requeue(job_id)
+    assert job is not None
+    audit.record(session=session, ctx=ctx, action="job.retry", resource=f"job:{job_id}")
+    return job
+
+
+async def check_file(
+    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str
+) -> dict[str, Any]:
+    """Run a file's health check now, for any tenant's file (operators only)."""
+    file = await FileRepository(session).refresh(file_id)
+    if file is None or file.deleted_at is not None:
+        raise NotFound(f"No such File object: {file_id}", param="id")
+    report = await recovery.check_file(
+        session=session,
+        rt=rt,
+        ctx=system_context(tenant_id=file.tenant_id, task=ctx.request_id or "admin-check"),
+        file=file,
+    )
+    audit.record(session=session, ctx=ctx, action="file.check", resource=file.id)
+    return report

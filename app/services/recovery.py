@@ -1,0 +1,350 @@
+"""Job handlers that repair the registry: placement retries, deletes, health, reconcile, expiry."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import utcnow
+from app.core.errors import ProviderError, ProviderNotFound, UnsupportedPurpose
+from app.models import File, FileStatus, Job, ProviderCopy, ProviderCopyStatus
+from app.repositories.files import FileRepository
+from app.services import audit, files, jobs, placement
+from app.services.context import CallContext, system_context
+from app.services.jobs import RetryLater
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+HEALTH_SWEEP_BATCH = 100
+EXPIRY_BATCH = 100
+
+
+async def handle_place(
+    session: AsyncSession, rt: Runtime, job: Job, payload: dict[str, Any]
+) -> None:
+    """Finish placing a pending file (or an extra copy) once a provider can take it."""
+    repo = FileRepository(session)
+    file = await repo.refresh(str(payload["file_id"]))
+    if file is None or file.deleted_at is not None:
+        return
+    provider = str(payload.get("provider", "auto"))
+    copies = (await repo.copies_for([file.id]))[file.id]
+    live_on = {c.provider for c in copies if c.status == ProviderCopyStatus.ACTIVE}
+    if (provider == "auto" and live_on) or provider in live_on:
+        return
+    ctx = system_context(tenant_id=file.tenant_id, task=f"job-{job.id}")
+    try:
+        targets = rt.providers.targets(
+            purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
+        )
+    except UnsupportedPurpose as exc:
+        await _give_up(session=session, ctx=ctx, file=file, reason=exc.message)
+        return
+    outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
+    if outcome.placed_on is not None:
+        return
+    error = outcome.first_error
+    if outcome.deferred:
+        raise RetryLater(error.message, retry_after=error.retry_after)
+    await _give_up(session=session, ctx=ctx, file=file, reason=error.message)
+
+
+async def _give_up(*, session: AsyncSession, ctx: CallContext, file: File, reason: str) -> None:
+    """Mark a file that no provider will take; its blob stays so nothing accepted is lost."""
+    if file.status == FileStatus.PROCESSED:
+        return
+    FileRepository(session).add_event(
+        file_id=file.id,
+        from_status=file.status,
+        to_status=FileStatus.ERROR,
+        reason=f"placement gave up: {reason}",
+        request_id=ctx.request_id,
+    )
+    file.status = FileStatus.ERROR
+    file.status_details = f"No provider took the file: {reason}"
+    audit.record(
+        session=session,
+        ctx=ctx,
+        action="file.place",
+        resource=file.id,
+        outcome="failed",
+        status_code=None,
+        detail=reason,
+    )
+
+
+async def on_place_dead(
+    session: AsyncSession, rt: Runtime, job: Job, payload: dict[str, Any]
+) -> None:
+    """A placement that exhausted its attempts leaves the file in error, blob kept."""
+    file = await FileRepository(session).refresh(str(payload["file_id"]))
+    if file is not None and file.deleted_at is None:
+        ctx = system_context(tenant_id=file.tenant_id, task=f"job-{job.id}")
+        await _give_up(
+            session=session,
+            ctx=ctx,
+            file=file,
+            reason=f"gave up after {job.attempts} attempts: {job.last_error or 'failures'}",
+        )
+
+
+async def handle_delete_copy(
+    session: AsyncSession, rt: Runtime, job: Job, payload: dict[str, Any]
+) -> None:
+    """Retry removing a provider copy whose delete failed earlier."""
+    copy = await session.get(ProviderCopy, int(payload["copy_id"]), populate_existing=True)
+    if copy is None or copy.status == ProviderCopyStatus.DELETED:
+        return
+    file = await FileRepository(session).refresh(copy.file_id)
+    tenant = file.tenant_id if file else "unknown"
+    ctx = system_context(tenant_id=tenant, task=f"job-{job.id}")
+    adapter = rt.providers.adapter(copy.provider)
+    if copy.provider_file_id:
+        try:
+            await adapter.delete(copy.provider_file_id)
+        except ProviderNotFound:
+            pass
+        except ProviderError as exc:
+            copy.last_error = exc.message
+            raise RetryLater(exc.message, retry_after=exc.retry_after) from exc
+    FileRepository(session).add_event(
+        file_id=copy.file_id,
+        provider=copy.provider,
+        from_status=copy.status,
+        to_status=ProviderCopyStatus.DELETED,
+        reason="provider delete retried",
+        request_id=ctx.request_id,
+    )
+    copy.status = ProviderCopyStatus.DELETED
+    copy.last_error = None
+    audit.record(
+        session=session, ctx=ctx, action="copy.delete", resource=f"{copy.file_id}@{copy.provider}"
+    )
+
+
+async def check_file(
+    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file: File
+) -> dict[str, Any]:
+    """Re-hash the blob and confirm every live copy still exists; repair what is missing."""
+    repo = FileRepository(session)
+    report: dict[str, Any] = {"file_id": file.id, "blob": "ok", "copies": {}}
+    blob = await repo.blob(file.sha256)
+    if blob is None or not await rt.blob_store.exists(blob.storage_key):
+        report["blob"] = "missing"
+    else:
+        digest = await rt.blob_store.rehash(blob.storage_key)
+        if digest != file.sha256:
+            report["blob"] = "corrupt"
+            if blob.corrupt_at is None:
+                blob.corrupt_at = utcnow()
+                blob.corrupt_reason = f"re-hash gave {digest[:16]}…, expected {file.sha256[:16]}…"
+        else:
+            blob.verified_at = utcnow()
+    if report["blob"] != "ok":
+        rt.metrics.health_checks.labels("blob_" + report["blob"]).inc()
+        reason = f"blob {report['blob']}: content withheld until repaired"
+        if file.status_details != reason:
+            repo.add_event(
+                file_id=file.id,
+                from_status=file.status,
+                to_status=file.status,
+                reason=reason,
+                request_id=ctx.request_id,
+            )
+            file.status_details = reason
+    copies = (await repo.copies_for([file.id]))[file.id]
+    for copy in copies:
+        if copy.status != ProviderCopyStatus.ACTIVE or not copy.provider_file_id:
+            continue
+        try:
+            await rt.providers.adapter(copy.provider).retrieve(copy.provider_file_id)
+        except ProviderNotFound:
+            report["copies"][copy.provider] = "missing"
+            rt.metrics.health_checks.labels("copy_missing").inc()
+            await mark_missing(
+                session=session,
+                rt=rt,
+                ctx=ctx,
+                file=file,
+                copy=copy,
+                reason="health check: the provider no longer has it",
+            )
+            continue
+        except ProviderError as exc:
+            report["copies"][copy.provider] = f"unknown ({exc.error_code})"
+            continue
+        copy.checked_at = utcnow()
+        report["copies"][copy.provider] = "ok"
+    if report["blob"] == "ok" and all(v == "ok" for v in report["copies"].values()):
+        rt.metrics.health_checks.labels("ok").inc()
+    audit.record(
+        session=session,
+        ctx=ctx,
+        action="file.check",
+        resource=file.id,
+        detail=json.dumps(report, sort_keys=True),
+    )
+    return report
+
+
+async def mark_missing(
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    file: File,
+    copy: ProviderCopy,
+    reason: str,
+) -> None:
+    """Record a copy the provider lost and queue its re-placement from the canonical blob."""
+    FileRepository(session).add_event(
+        file_id=file.id,
+        provider=copy.provider,
+        from_status=copy.status,
+        to_status=ProviderCopyStatus.MISSING,
+        reason=reason,
+        request_id=ctx.request_id,
+    )
+    copy.status = ProviderCopyStatus.MISSING
+    copy.last_error = reason
+    if file.deleted_at is None and (file.expires_at is None or file.expires_at > utcnow()):
+        await jobs.enqueue(
+            session=session,
+            kind=jobs.PLACE,
+            payload={"file_id": file.id, "provider": copy.provider},
+            dedupe_key=f"place:{file.id}:{copy.provider}",
+            max_attempts=rt.settings.job_max_attempts,
+        )
+
+
+async def handle_check_file(
+    session: AsyncSession, rt: Runtime, job: Job, payload: dict[str, Any]
+) -> None:
+    file = await FileRepository(session).refresh(str(payload["file_id"]))
+    if file is None or file.deleted_at is not None:
+        return
+    ctx = system_context(tenant_id=file.tenant_id, task=f"job-{job.id}")
+    await check_file(session=session, rt=rt, ctx=ctx, file=file)
+
+
+async def handle_health_sweep(
+    session: AsyncSession, rt: Runtime, job: Job, payload: dict[str, Any]
+) -> None:
+    """Queue health checks for the live files checked least recently."""
+    repo = FileRepository(session)
+    cutoff = utcnow() - timedelta(seconds=rt.settings.health_check_interval_seconds)
+    for file_id in await repo.due_for_check(before=cutoff, limit=HEALTH_SWEEP_BATCH):
+        await jobs.enqueue(
+            session=session,
+            kind=jobs.CHECK_FILE,
+            payload={"file_id": file_id},
+            dedupe_key=f"check_file:{file_id}",
+            max_attempts=3,
+        )
+
+
+async def handle_reconcile(
+    session: AsyncSession, rt: Runtime, job: Job, payload: dict[str, Any]
+) -> None:
+    """Compare a provider's listing with the registry; re-place lost copies, settle orphans."""
+    provider = str(payload["provider"])
+    adapter = rt.providers.adapter(provider)
+    repo = FileRepository(session)
+    try:
+        listing = await adapter.list()
+    except ProviderError as exc:
+        raise RetryLater(exc.message, retry_after=exc.retry_after) from exc
+    listed = {f.id: f for f in listing}
+    copies = await repo.copies_on(provider)
+    known = {c.provider_file_id: c for c in copies if c.provider_file_id}
+    now = utcnow()
+    grace = timedelta(seconds=rt.settings.orphan_grace_seconds)
+    for copy in copies:
+        if copy.status != ProviderCopyStatus.ACTIVE or copy.provider_file_id in listed:
+            continue
+        # Confirm before acting: a listing can be partial.
+        try:
+            await adapter.retrieve(str(copy.provider_file_id))
+            continue
+        except ProviderNotFound:
+            pass
+        except ProviderError:
+            continue
+        file = await repo.refresh(copy.file_id)
+        if file is None:
+            continue
+        ctx = system_context(tenant_id=file.tenant_id, task=f"job-{job.id}")
+        rt.metrics.reconcile_drift.labels(provider, "missing").inc()
+        await mark_missing(
+            session=session,
+            rt=rt,
+            ctx=ctx,
+            file=file,
+            copy=copy,
+            reason="reconciliation: not listed by the provider",
+        )
+    for pfile in listing:
+        if pfile.id in known:
+            continue
+        file_id = placement.file_id_from_provider_name(pfile.filename)
+        if file_id is None:
+            continue  # not ours: never touched
+        file = await repo.refresh(file_id)
+        entry = await repo.copy_for(file_id=file_id, provider=provider) if file else None
+        ctx = system_context(tenant_id=file.tenant_id if file else "unknown", task=f"job-{job.id}")
+        adoptable = (
+            file is not None
+            and file.deleted_at is None
+            and entry is not None
+            and copy.status
+            in (ProviderCopyStatus.PLACING, ProviderCopyStatus.FAILED, ProviderCopyStatus.MISSING)
+        )
+        if adoptable and file is not None and entry is not None:
+            rt.metrics.reconcile_drift.labels(provider, "adopted").inc()
+            await placement.adopt(
+                session=session, ctx=ctx, file=file, copy=entry, provider_file_id=pfile.id
+            )
+            known[pfile.id] = entry
+            continue
+        created = pfile.created_at
+        if now.timestamp() - created < grace.total_seconds():
+            continue
+        try:
+            await adapter.delete(pfile.id)
+        except ProviderNotFound:
+            pass
+        except ProviderError:
+            continue
+        rt.metrics.reconcile_drift.labels(provider, "orphan_removed").inc()
+        audit.record(
+            session=session,
+            ctx=ctx,
+            action="provider.orphan_delete",
+            resource=f"{provider}:{pfile.id}",
+            detail=f"orphan copy of {file_id}",
+        )
+
+
+async def handle_expire(
+    session: AsyncSession, rt: Runtime, job: Job, payload: dict[str, Any]
+) -> None:
+    """Delete files past their expiry at every provider; blobs go once unreferenced."""
+    repo = FileRepository(session)
+    for file in await repo.expired(now=utcnow(), limit=EXPIRY_BATCH):
+        ctx = system_context(tenant_id=file.tenant_id, task=f"job-{job.id}")
+        await files.expire_file(session=session, rt=rt, ctx=ctx, file=file)
+
+
+HANDLERS = {
+    jobs.PLACE: handle_place,
+    jobs.DELETE_COPY: handle_delete_copy,
+    jobs.CHECK_FILE: handle_check_file,
+    jobs.HEALTH_SWEEP: handle_health_sweep,
+    jobs.RECONCILE: handle_reconcile,
+    jobs.EXPIRE: handle_expire,
+}
+DEAD_HANDLERS = {jobs.PLACE: on_place_dead}

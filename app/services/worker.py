@@ -1,0 +1,231 @@
+"""Workers: claim durable jobs under a lease, run their handlers, keep periodic jobs queued."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from app.core.db import utcnow
+from app.models import Job, JobState
+from app.repositories.jobs import JobRepository
+from app.services import jobs
+from app.services.jobs import RetryLater, backoff_at
+from app.services.recovery import DEAD_HANDLERS, HANDLERS
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+log = logging.getLogger("filegate.worker")
+SCHEDULE_EVERY_SECONDS = 5.0
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over (our lease expired); our run must stop."""
+
+
+class Worker:
+    """Runs jobs from the shared queue; any number of these may run on any number of hosts."""
+
+    def __init__(self, rt: Runtime, *, concurrency: int = 2, worker_id: str | None = None) -> None:
+        self.rt = rt
+        self.concurrency = concurrency
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.rng = random.Random()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until `stop` is set; also keeps periodic jobs scheduled."""
+        loops = [self._loop(stop) for _ in range(self.concurrency)]
+        await asyncio.gather(self._scheduler(stop), *loops)
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                ran = await self.run_once()
+            except Exception:  # a broken database must not kill the worker loop
+                log.exception("job loop error")
+                ran = False
+            if not ran:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.rt.settings.job_poll_seconds)
+
+    async def _scheduler(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.schedule_periodic()
+                await self.publish_metrics()
+            except Exception:
+                log.exception("job scheduler error")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SCHEDULE_EVERY_SECONDS)
+
+    async def schedule_periodic(self) -> None:
+        """Keep one queued instance of each periodic job (dedupe keys settle races)."""
+        s = self.rt.settings
+        periodic: list[tuple[str, dict[str, object], str, float]] = [
+            (jobs.EXPIRE, {}, "expire", s.expiry_interval_seconds),
+            (jobs.HEALTH_SWEEP, {}, "health_sweep", s.health_check_interval_seconds),
+        ] + [
+            (jobs.RECONCILE, {"provider": name}, f"reconcile:{name}", s.reconcile_interval_seconds)
+            for name in self.rt.providers.order
+        ]
+        async with self.rt.sessionmaker() as session:
+            for kind, payload, key, every in periodic:
+                await jobs.enqueue(
+                    session=session,
+                    kind=kind,
+                    payload=payload,
+                    dedupe_key=key,
+                    delay_seconds=every,
+                    max_attempts=3,
+                )
+            await session.commit()
+
+    async def publish_metrics(self) -> None:
+        async with self.rt.sessionmaker() as session:
+            repo = JobRepository(session)
+            counts = await repo.counts()
+            oldest = await repo.oldest_queued()
+        for state in JobState:
+            self.rt.metrics.jobs.labels(state.value).set(counts.get(state.value, 0))
+        age = max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0
+        self.rt.metrics.oldest_job_age.set(age)
+
+    async def run_once(self) -> bool:
+        """Claim one due job and run it; False when nothing was due."""
+        async with self.rt.sessionmaker() as session:
+            job = await JobRepository(session).claim(
+                worker_id=self.worker_id, lease_seconds=self.rt.settings.job_lease_seconds
+            )
+            await session.commit()
+        if job is None:
+            return False
+        await self.execute(job)
+        return True
+
+    async def drain(self, *, max_jobs: int = 1000) -> int:
+        """Run due jobs until none is left (tests and `filegate worker --once`)."""
+        done = 0
+        while done < max_jobs and await self.run_once():
+            done += 1
+        return done
+
+    async def execute(self, job: Job) -> None:
+        handler = HANDLERS.get(job.kind)
+        payload = json.loads(job.payload or "{}")
+        run = asyncio.ensure_future(self._run_handler(job, payload))
+        beat = asyncio.ensure_future(self._heartbeat(job, run))
+        try:
+            error = await run
+        except asyncio.CancelledError:
+            if not beat.done() or beat.exception() is None:
+                raise
+            error = LeaseLost("lease lost")
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await beat
+        if isinstance(error, LeaseLost):
+            self.rt.metrics.job_runs.labels(job.kind, "lost").inc()
+            return
+        await self._finish(job, payload, error, unknown=handler is None)
+
+    async def _run_handler(self, job: Job, payload: dict[str, object]) -> BaseException | None:
+        handler = HANDLERS.get(job.kind)
+        if handler is None:
+            return ValueError(f"no handler for job kind {job.kind!r}")
+        async with self.rt.sessionmaker() as session:
+            try:
+                await handler(session, self.rt, job, payload)
+                await session.commit()
+            except RetryLater as exc:
+                await session.commit()  # keep what the handler recorded about the failure
+                return exc
+            except Exception as exc:
+                await session.rollback()
+                log.exception("job %s (%s) failed", job.id, job.kind)
+                return exc
+        return None
+
+    async def _heartbeat(self, job: Job, run: asyncio.Future[BaseException | None]) -> None:
+        lease = self.rt.settings.job_lease_seconds
+        while not run.done():
+            await asyncio.sleep(lease / 3)
+            async with self.rt.sessionmaker() as session:
+                kept = await JobRepository(session).extend_lease(
+                    job=job, worker_id=self.worker_id, lease_seconds=lease
+                )
+                await session.commit()
+            if not kept:
+                run.cancel()
+                raise LeaseLost(f"job {job.id} was taken over")
+
+    async def _finish(
+        self, job: Job, payload: dict[str, object], error: BaseException | None, *, unknown: bool
+    ) -> None:
+        s = self.rt.settings
+        async with self.rt.sessionmaker() as session:
+            repo = JobRepository(session)
+            if error is None:
+                outcome = JobState.DONE.value
+                kept = await repo.finish(job=job, worker_id=self.worker_id, state=JobState.DONE)
+            elif unknown or job.attempts >= job.max_attempts:
+                outcome = JobState.DEAD.value
+                job.last_error = _describe(error)
+                kept = await repo.finish(
+                    job=job, worker_id=self.worker_id, state=JobState.DEAD, error=job.last_error
+                )
+                dead = DEAD_HANDLERS.get(job.kind)
+                if kept and dead is not None:
+                    await dead(session, self.rt, job, payload)
+            else:
+                outcome = "retry"
+                retry_after = error.retry_after if isinstance(error, RetryLater) else None
+                kept = await repo.finish(
+                    job=job,
+                    worker_id=self.worker_id,
+                    state=JobState.QUEUED,
+                    error=_describe(error),
+                    run_after=backoff_at(
+                        attempts=job.attempts,
+                        base=s.job_backoff_base,
+                        cap=s.job_backoff_max,
+                        retry_after=retry_after,
+                        rng=self.rng,
+                    ),
+                )
+            await session.commit()
+        self.rt.metrics.job_runs.labels(job.kind, outcome if kept else "lost").inc()
+
+
+def _describe(error: BaseException) -> str:
+    message = str(error) or type(error).__name__
+    return message[:500]
+
+
+@contextlib.asynccontextmanager
+async def running_workers(rt: Runtime, *, count: int) -> AsyncIterator[Worker | None]:
+    """Run `count` in-process worker loops while the context is open (the server lifespan)."""
+    if count <= 0:
+        yield None
+        return
+    stop = asyncio.Event()
+    worker = Worker(rt, concurrency=count)
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

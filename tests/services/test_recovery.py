@@ -1,0 +1,284 @@
+"""Resilience end to end: pending placement, lost copies, orphans, expiry, dead letters."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import select
+
+from app.core.db import utcnow
+from app.models import File, Job, ProviderCopy
+from app.services.placement import provider_filename
+from app.services.worker import Worker
+from tests.api.test_files import upload
+from tests.conftest import Gateway
+from tests.support.invariants import assert_registry_sound
+
+
+async def clear_faults(gateway: Gateway) -> None:
+    async with httpx.AsyncClient() as c:
+        for provider in ("moonshot", "zai"):
+            await c.delete(f"{gateway.sandbox_url}/sandbox/{provider}/_faults")
+
+
+async def drain(gateway: Gateway) -> int:
+    return await Worker(gateway.runtime, concurrency=1).drain()
+
+
+async def test_burst_on_preferred_provider_lands_on_the_other(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    await gateway.sandbox_fault("moonshot", status=502, rate=1.0)
+    bodies = []
+    for i in range(5):
+        resp = await upload(client, f"row,{i}\n".encode(), filename=f"r{i}.csv")
+        assert resp.status_code == 200, resp.text
+        bodies.append(resp.json())
+    assert all(
+        [p["provider"] for p in b["providers"] if p["status"] == "active"] == ["zai"]
+        for b in bodies
+    )
+    assert (await gateway.sandbox_stats("zai"))["files"] == 5
+    await clear_faults(gateway)
+    await assert_registry_sound(gateway)
+
+
+async def test_both_down_then_back_completes_without_client_retry(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    await gateway.sandbox_fault("moonshot", status=503, rate=1.0)
+    await gateway.sandbox_fault("zai", status=503, rate=1.0)
+    resp = await upload(client, b"a,b\n1,2\n", filename="t.csv")
+    assert resp.status_code == 202
+    file_id = resp.json()["id"]
+    assert resp.json()["status"] == "pending"
+    await drain(gateway)  # still down: the job backs off and stays queued
+    assert (await client.get(f"/v1/files/{file_id}")).json()["status"] == "pending"
+    await clear_faults(gateway)
+    import asyncio
+
+    for _ in range(50):
+        await drain(gateway)
+        body = (await client.get(f"/v1/files/{file_id}")).json()
+        if body["status"] == "processed":
+            break
+        await asyncio.sleep(0.05)
+    assert body["status"] == "processed"
+    assert any(p["status"] == "active" for p in body["providers"])
+    content = await client.get(f"/v1/files/{file_id}/content")
+    assert content.content == b"a,b\n1,2\n"
+    events = (await client.get(f"/v1/files/{file_id}/events")).json()["data"]
+    assert [e["to_status"] for e in events if e["provider"] is None] == [
+        "uploaded",
+        "pending",
+        "processed",
+    ]
+    await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_lost_copy_is_found_by_health_check_and_replaced(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    body = (await upload(client)).json()
+    old_id = body["providers"][0]["provider_file_id"]
+    async with httpx.AsyncClient() as c:
+        lost = await c.post(f"{gateway.sandbox_url}/sandbox/moonshot/_lose/{old_id}")
+        assert lost.status_code == 200
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        report = (await ops.post(f"/admin/files/{body['id']}/check")).json()
+    assert report == {"file_id": body["id"], "blob": "ok", "copies": {"moonshot": "missing"}}
+    await drain(gateway)
+    after = (await client.get(f"/v1/files/{body['id']}")).json()
+    [copy] = [p for p in after["providers"] if p["status"] == "active"]
+    assert copy["provider"] == "moonshot" and copy["provider_file_id"] != old_id
+    await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_corrupt_blob_is_withheld_and_never_pushed(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    body = (await upload(client, b"a,b\n", filename="t.csv")).json()
+    path = gateway.runtime.blob_store.local_path(gateway.runtime.blob_store.key_for(body["sha256"]))
+    path.write_bytes(b"bit rot")
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        report = (await ops.post(f"/admin/files/{body['id']}/check")).json()
+    assert report["blob"] == "corrupt"
+    content = await client.get(f"/v1/files/{body['id']}/content")
+    assert content.status_code == 500
+    assert content.json()["error"]["code"] == "blob_corrupt"
+    retrieved = (await client.get(f"/v1/files/{body['id']}")).json()
+    assert "blob corrupt" in retrieved["status_details"]
+    replicate = await client.post(f"/v1/files/{body['id']}/providers", json={"provider": "zai"})
+    assert replicate.status_code == 500
+    assert (await gateway.sandbox_stats("zai"))["calls"]["upload"] == 0
+
+
+async def test_reconciliation_adopts_upload_whose_commit_was_lost(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    # Simulate a crash after the provider answered but before the commit: the intent row
+    # stays 'placing' while the provider holds the file.
+    await gateway.sandbox_fault("moonshot", status=503, rate=1.0, operations=["upload"])
+    await gateway.sandbox_fault("zai", status=503, rate=1.0, operations=["upload"])
+    body = (await upload(client)).json()
+    await clear_faults(gateway)
+    rt = gateway.runtime
+    async with rt.sessionmaker() as session:
+        file = await session.get(File, body["id"])
+        copy = (
+            await session.execute(
+                select(ProviderCopy).where(
+                    ProviderCopy.file_id == body["id"], ProviderCopy.provider == "moonshot"
+                )
+            )
+        ).scalar_one()
+        copy.status = "placing"
+        await session.commit()
+        assert file is not None
+        placed = await rt.providers.adapter("moonshot").upload(
+            path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
+            filename=provider_filename(file),
+            purpose="file-extract",
+            content_type="text/plain",
+        )
+        # and one orphan of a file the registry never kept
+        ghost = await rt.providers.adapter("moonshot").upload(
+            path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
+            filename="file-" + "Q" * 24 + "__ghost.txt",
+            purpose="file-extract",
+            content_type="text/plain",
+        )
+        stranger = await rt.providers.adapter("moonshot").upload(
+            path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
+            filename="not-ours.txt",
+            purpose="file-extract",
+            content_type="text/plain",
+        )
+        await session.execute(select(Job))  # keep session open across the await above
+    rt.settings.orphan_grace_seconds = 0
+    async with rt.sessionmaker() as session:
+        from app.services import jobs
+
+        await session.execute(Job.__table__.delete())
+        await jobs.enqueue(session=session, kind=jobs.RECONCILE, payload={"provider": "moonshot"})
+        await session.commit()
+    await drain(gateway)
+    after = (await client.get(f"/v1/files/{body['id']}")).json()
+    active = [p for p in after["providers"] if p["status"] == "active"]
+    assert [(p["provider"], p["provider_file_id"]) for p in active] == [("moonshot", placed.id)]
+    assert after["status"] == "processed"
+    async with httpx.AsyncClient() as c:
+        listing = (
+            await c.get(
+                f"{gateway.sandbox_url}/sandbox/moonshot/v1/files",
+                headers={"Authorization": "Bearer sk-x"},
+            )
+        ).json()["data"]
+    ids = {f["id"] for f in listing}
+    assert placed.id in ids and stranger.id in ids and ghost.id not in ids
+    async with httpx.AsyncClient() as c:
+        await c.delete(
+            f"{gateway.sandbox_url}/sandbox/moonshot/v1/files/{stranger.id}",
+            headers={"Authorization": "Bearer sk-x"},
+        )
+    await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_expired_files_are_removed_everywhere(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    resp = await client.post(
+        "/v1/files",
+        data={
+            "purpose": "file-extract",
+            "expires_after[anchor]": "created_at",
+            "expires_after[seconds]": "3600",
+        },
+        files={"file": ("e.txt", b"ephemeral", "text/plain")},
+    )
+    body = resp.json()
+    assert body["expires_at"] - body["created_at"] in (3599, 3600, 3601)
+    async with gateway.runtime.sessionmaker() as session:
+        file = await session.get(File, body["id"])
+        assert file is not None
+        file.expires_at = utcnow() - timedelta(seconds=1)
+        await session.commit()
+    assert (await client.get(f"/v1/files/{body['id']}")).status_code == 404
+    async with gateway.runtime.sessionmaker() as session:
+        from app.services import jobs
+
+        await jobs.enqueue(session=session, kind=jobs.EXPIRE, payload={})
+        await session.commit()
+    await drain(gateway)
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 0
+    assert not [p for p in (gateway.runtime.settings.data_dir / "blobs").rglob("*") if p.is_file()]
+    bad = await client.post(
+        "/v1/files",
+        data={
+            "purpose": "file-extract",
+            "expires_after[anchor]": "created_at",
+            "expires_after[seconds]": "5",
+        },
+        files={"file": ("e.txt", b"x", "text/plain")},
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "expires_after[seconds]"
+
+
+async def test_replicate_to_another_provider(gateway: Gateway, client: httpx.AsyncClient) -> None:
+    body = (await upload(client, b"a,b\n", filename="t.csv")).json()
+    resp = await client.post(f"/v1/files/{body['id']}/providers", json={"provider": "zai"})
+    assert resp.status_code == 200, resp.text
+    active = {p["provider"] for p in resp.json()["providers"] if p["status"] == "active"}
+    assert active == {"moonshot", "zai"}
+    again = await client.post(f"/v1/files/{body['id']}/providers", json={"provider": "zai"})
+    assert again.status_code == 200
+    assert (await gateway.sandbox_stats("zai"))["calls"]["upload"] == 1
+    deleted = await client.delete(f"/v1/files/{body['id']}")
+    assert deleted.status_code == 200
+    assert (await gateway.sandbox_stats("zai"))["files"] == 0
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 0
+
+
+async def test_failed_provider_delete_is_retried_by_a_job(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    body = (await upload(client)).json()
+    await gateway.sandbox_fault("moonshot", status=503, rate=1.0, operations=["delete"])
+    resp = await client.delete(f"/v1/files/{body['id']}")
+    assert resp.status_code == 200
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 1
+    await clear_faults(gateway)
+    await drain(gateway)
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 0
+
+
+async def test_dead_letters_are_listed_and_retryable(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    gateway.runtime.settings.job_max_attempts = 2
+    await gateway.sandbox_fault("zai", status=503, rate=1.0)
+    resp = await upload(client, b"a,b\n", filename="t.csv", provider="zai")
+    assert resp.status_code == 202
+    import asyncio
+
+    for _ in range(40):
+        await drain(gateway)
+        await asyncio.sleep(0.05)
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        summary = (await ops.get("/admin/jobs")).json()
+        assert summary["counts"]["dead"] == 1
+        [dead] = summary["dead_letters"]
+        assert dead["kind"] == "place" and dead["payload"]["provider"] == "zai"
+        file = (await client.get(f"/v1/files/{resp.json()['id']}")).json()
+        assert file["status"] == "error" and "gave up" in file["status_details"]
+        await clear_faults(gateway)
+        retried = await ops.post(f"/admin/jobs/{dead['id']}/retry")
+        assert retried.status_code == 200 and retried.json()["state"] == "queued"
+    await drain(gateway)
+    file = (await client.get(f"/v1/files/{resp.json()['id']}")).json()
+    assert file["status"] == "processed"
+    await assert_registry_sound(gateway, reconciled=True)

@@ -1,0 +1,198 @@
+"""The `filegate` command in child processes: keys, migrate, configuration errors, serve."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from alembic.script import ScriptDirectory
+
+from app.core.migrations import alembic_config
+from tests.conftest import TABLES
+from tests.support.processes import (
+    ServerProcess,
+    child_env,
+    create_key,
+    mint_key,
+    run_cli,
+    start_gateway,
+)
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.slow
+
+KEY_LINE = re.compile(r"^fg_[a-z0-9]{12}_[A-Za-z0-9_-]+$")
+
+
+@dataclass
+class Embedded:
+    """`filegate serve --sandbox` with nothing configured but FILEGATE_DATA_DIR."""
+
+    proc: ServerProcess
+    env: dict[str, str]
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.proc.url
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "filegate.db"
+
+    def hmac_key(self) -> bytes:
+        # no FILEGATE_SECRET_KEY: the gateway generates one under the data dir on first start
+        return (self.data_dir / "secret_key").read_text(encoding="ascii").strip().encode()
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+    data_dir = tmp_path_factory.mktemp("embedded") / "data"
+    env = child_env({"FILEGATE_DATA_DIR": str(data_dir)})
+    with start_gateway(env, None, "--sandbox") as proc:
+        yield Embedded(proc=proc, env=env, data_dir=data_dir)
+
+
+def sqlite_rows(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+@pytest.mark.parametrize("admin", [False, True], ids=["plain", "admin"])
+def test_keys_create_prints_the_key_alone_on_its_last_line(tmp_path: Path, admin: bool) -> None:
+    env = child_env({"FILEGATE_DATA_DIR": str(tmp_path / "data")})
+    args = ["keys", "create", "--tenant", "acme", "--name", "ci"] + (["--admin"] if admin else [])
+    proc = run_cli(args, env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    token = lines[-1]
+    assert KEY_LINE.match(token), proc.stdout
+    assert proc.stdout.count(token) == 1  # shown once, and only on that line
+    key_id = token.split("_")[1]
+    assert f"key id {key_id} for tenant acme" in lines[-2]
+    scopes = re.search(r"\(scopes: ([^)]*)\)", lines[-2])
+    assert scopes is not None
+    assert set(scopes.group(1).split()) == {"files:read", "files:write"} | (
+        {"admin"} if admin else set()
+    )
+    # two runs never print the same key
+    again = run_cli(args, env)
+    assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] != token
+
+
+def test_keys_create_stores_a_key_the_gateway_accepts(embedded: Embedded) -> None:
+    token = create_key(embedded.env, tenant="acme", name="cli-plain")
+    key_id = token.split("_")[1]
+    assert sqlite_rows(embedded.db_path, "SELECT scopes FROM api_keys WHERE id = ?", key_id) == [
+        ("files:read files:write",)
+    ]
+    headers = {"Authorization": f"Bearer {token}"}
+    listed = httpx.get(f"{embedded.url}/v1/files", headers=headers)
+    assert listed.status_code == 200, listed.text
+    denied = httpx.get(f"{embedded.url}/admin/keys", headers=headers)
+    assert denied.status_code == 403, denied.text
+
+
+def test_keys_create_admin_grants_the_admin_scope(embedded: Embedded) -> None:
+    token = create_key(embedded.env, tenant="ops", name="cli-admin", admin=True)
+    key_id = token.split("_")[1]
+    [(scopes,)] = sqlite_rows(embedded.db_path, "SELECT scopes FROM api_keys WHERE id = ?", key_id)
+    assert "admin" in str(scopes).split()
+    resp = httpx.get(f"{embedded.url}/admin/keys", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.text
+    [mine] = [k for k in resp.json()["data"] if k["id"] == key_id]
+    assert set(mine["scopes"]) == {"admin", "files:read", "files:write"}
+
+
+def test_migrate_creates_the_tables_on_a_fresh_sqlite_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh" / "data"
+    env = child_env({"FILEGATE_DATA_DIR": str(data_dir)})
+    proc = run_cli(["migrate"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "database is at the latest revision" in proc.stdout
+    db = data_dir / "filegate.db"
+    assert db.is_file()
+    tables = {
+        row[0] for row in sqlite_rows(db, "SELECT name FROM sqlite_master WHERE type='table'")
+    }
+    assert set(TABLES) | {"alembic_version"} <= tables
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert sqlite_rows(db, "SELECT version_num FROM alembic_version") == [(head,)]
+    # idempotent
+    again = run_cli(["migrate"], env)
+    assert again.returncode == 0, again.stderr
+    assert sqlite_rows(db, "SELECT version_num FROM alembic_version") == [(head,)]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("FILEGATE_PROVIDER_ORDER", "foo"), ("FILEGATE_DATABASE_URL", "mysql://db/x")],
+)
+@pytest.mark.parametrize(
+    "command",
+    [["migrate"], ["keys", "create", "--tenant", "t", "--name", "n"], ["serve", "--port", "0"]],
+    ids=["migrate", "keys-create", "serve"],
+)
+def test_bad_configuration_exits_nonzero_naming_the_variable(
+    tmp_path: Path, command: list[str], variable: str, value: str
+) -> None:
+    data_dir = tmp_path / "data"
+    env = child_env({"FILEGATE_DATA_DIR": str(data_dir), variable: value})
+    if command[0] == "serve":
+        command = ["serve", "--port", str(free_port())]
+    proc = run_cli(command, env, timeout=30)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert variable in proc.stderr
+    assert "invalid configuration" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not data_dir.exists()  # nothing was migrated or created
+
+
+async def test_serve_sandbox_embeds_everything_on_sqlite(embedded: Embedded) -> None:
+    payload = b"embedded default: sqlite, local blobs, in-process sandbox\n"
+    log = embedded.proc.log()
+    assert "providers in SANDBOX mode: moonshot, zai" in log
+    assert embedded.db_path.is_file()  # SQLite under the data dir, migrated at start
+    token = await mint_key(f"sqlite+aiosqlite:///{embedded.db_path}", embedded.hmac_key())
+    async with httpx.AsyncClient(
+        base_url=embedded.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        assert (await client.post("/sandbox/moonshot/_reset")).status_code == 200
+
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200, ready.text
+        checks = ready.json()["checks"]
+        assert ready.json()["status"] == "ok"
+        assert checks["provider:moonshot"]["mode"] == "sandbox"
+        assert checks["provider:zai"]["mode"] == "sandbox"
+        assert checks["database"]["status"] == "ok"
+        assert "redis" not in checks
+
+        created = await client.post(
+            "/v1/files",
+            data={"purpose": "file-extract"},
+            files={"file": ("notes.txt", payload, "text/plain")},
+        )
+        assert created.status_code == 200, created.text
+        body = created.json()
+        assert body["bytes"] == len(payload) and body["filename"] == "notes.txt"
+        assert [(p["provider"], p["status"]) for p in body["providers"]] == [("moonshot", "active")]
+
+        got = await client.get(f"/v1/files/{body['id']}")
+        assert got.status_code == 200 and got.json()["id"] == body["id"]
+        content = await client.get(f"/v1/files/{body['id']}/content")
+        assert content.status_code == 200 and content.content == payload
+        listed = await client.get("/v1/files")
+        assert body["id"] in [f["id"] for f in listed.json()["data"]]
+
+        stats = (await client.get("/sandbox/moonshot/_stats")).json()
+        assert stats["calls"]["upload"] == 1 and stats["files"] == 1
+        assert stats["bytes"] == len(payload)
+    blobs = [p for p in (embedded.data_dir / "blobs").rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in blobs] == [payload]
