@@ -110,6 +110,36 @@ def keys_create(
     typer.echo(asyncio.run(run()))
 
 
+@cli.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once by this process")] = 2,
+    once: Annotated[bool, typer.Option(help="Run the due jobs, then exit")] = False,
+) -> None:
+    """Run background jobs (placement retries, deletes, health checks, reconcile, expiry)."""
+    import signal
+
+    from app.core.metrics import GatewayMetrics
+    from app.runtime import build_runtime
+    from app.services.worker import Worker
+
+    settings = _settings()
+
+    async def run() -> None:
+        async with build_runtime(settings, metrics=GatewayMetrics()) as rt:
+            runner = Worker(rt, concurrency=concurrency)
+            if once:
+                typer.echo(f"ran {await runner.drain()} jobs")
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            typer.echo(f"worker {runner.worker_id} running {concurrency} job loops")
+            await runner.run(stop)
+
+    asyncio.run(run())
+
+
 @cli.command("sandbox")
 def sandbox_cmd(
     host: Annotated[str, typer.Option()] = "127.0.0.1",

@@ -1,0 +1,147 @@
+"""The job queue: claims are exclusive, leases fence stale workers, backoff and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from app.core.db import utcnow
+from app.models import Job
+from app.repositories.jobs import JobRepository
+from app.services import jobs, recovery
+from app.services.jobs import RetryLater
+from app.services.worker import Worker
+from tests.conftest import Gateway
+
+
+async def add_jobs(gateway: Gateway, kind: str, n: int) -> None:
+    async with gateway.runtime.sessionmaker() as session:
+        for i in range(n):
+            await JobRepository(session).enqueue(
+                kind=kind,
+                payload=json.dumps({"n": i}),
+                dedupe_key=None,
+                run_after=utcnow(),
+                max_attempts=3,
+            )
+        await session.commit()
+
+
+async def test_two_workers_never_run_one_job_twice(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running: set[int] = set()
+    overlaps: list[int] = []
+    runs: Counter[int] = Counter()
+
+    async def probe(session: Any, rt: Any, job: Job, payload: dict[str, Any]) -> None:
+        if job.id in running:
+            overlaps.append(job.id)
+        running.add(job.id)
+        runs[job.id] += 1
+        await asyncio.sleep(0.02)
+        running.discard(job.id)
+
+    monkeypatch.setitem(recovery.HANDLERS, "probe", probe)
+    await add_jobs(gateway, "probe", 30)
+    first, second = Worker(gateway.runtime), Worker(gateway.runtime)
+    done = await asyncio.gather(*(w.drain() for w in (first, second, first, second)))
+    assert sum(done) == 30
+    assert overlaps == []
+    assert len(runs) == 30 and set(runs.values()) == {1}
+    async with gateway.runtime.sessionmaker() as session:
+        states = (await session.execute(select(Job.state))).scalars().all()
+    assert set(states) == {"done"}
+
+
+async def test_expired_lease_is_taken_over_and_the_stale_worker_is_fenced(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def probe(session: Any, rt: Any, job: Job, payload: dict[str, Any]) -> None:
+        return None
+
+    monkeypatch.setitem(recovery.HANDLERS, "probe", probe)
+    await add_jobs(gateway, "probe", 1)
+    rt = gateway.runtime
+    async with rt.sessionmaker() as session:
+        stale = await JobRepository(session).claim(worker_id="stale", lease_seconds=60)
+        await session.commit()
+    assert stale is not None
+    async with rt.sessionmaker() as session:
+        assert await JobRepository(session).claim(worker_id="other", lease_seconds=60) is None
+        await session.execute(update(Job).values(lease_until=utcnow() - timedelta(seconds=1)))
+        await session.commit()
+    assert await Worker(rt, worker_id="fresh").drain() == 1
+    async with rt.sessionmaker() as session:
+        repo = JobRepository(session)
+        assert not await repo.finish(job=stale, worker_id="stale", state="done")
+        assert not await repo.extend_lease(job=stale, worker_id="stale", lease_seconds=60)
+        job = await repo.get(stale.id)
+        assert job is not None and job.state == "done" and job.attempts == 2
+
+
+async def test_retry_backoff_then_dead_letter(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    async def flaky(session: Any, rt: Any, job: Job, payload: dict[str, Any]) -> None:
+        nonlocal calls
+        calls += 1
+        raise RetryLater("provider still down")
+
+    monkeypatch.setitem(recovery.HANDLERS, "probe", flaky)
+    await add_jobs(gateway, "probe", 1)
+    for _ in range(30):
+        await Worker(gateway.runtime).drain()
+        await asyncio.sleep(0.03)
+    async with gateway.runtime.sessionmaker() as session:
+        [job] = (await session.execute(select(Job))).scalars().all()
+    assert calls == 3
+    assert job.state == "dead" and job.attempts == 3
+    assert job.last_error == "provider still down"
+
+
+async def test_periodic_jobs_are_scheduled_once_across_workers(gateway: Gateway) -> None:
+    workers = [Worker(gateway.runtime) for _ in range(3)]
+    await asyncio.gather(*(w.schedule_periodic() for w in workers))
+    await asyncio.gather(*(w.schedule_periodic() for w in workers))
+    async with gateway.runtime.sessionmaker() as session:
+        keys = (await session.execute(select(Job.dedupe_key))).scalars().all()
+    assert sorted(keys) == ["expire", "health_sweep", "reconcile:moonshot", "reconcile:zai"]
+
+
+async def test_unknown_kinds_are_refused_at_enqueue(gateway: Gateway) -> None:
+    async with gateway.runtime.sessionmaker() as session:
+        with pytest.raises(ValueError, match="unknown job kind"):
+            await jobs.enqueue(session=session, kind="nope", payload={})
+
+
+async def test_in_process_workers_run_with_the_server(settings: Any) -> None:
+    from app.main import create_app
+
+    settings.workers_in_process = 2
+    settings.job_poll_seconds = 0.05
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        rt = app.state.runtime
+        async with rt.sessionmaker() as session:
+            await jobs.enqueue(session=session, kind=jobs.EXPIRE, payload={})
+            await session.commit()
+        for _ in range(100):
+            async with rt.sessionmaker() as session:
+                states = (
+                    (await session.execute(select(Job.state).where(Job.dedupe_key.is_(None))))
+                    .scalars()
+                    .all()
+                )
+            if states == ["done"]:
+                break
+            await asyncio.sleep(0.05)
+        assert states == ["done"]
