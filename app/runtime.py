@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -35,6 +35,7 @@ class Runtime:
     metrics: GatewayMetrics
     redis: Redis | None
     key_cache: dict[str, tuple[float, KeyRecord | None]]
+    key_touched: dict[str, float] = field(default_factory=dict)
 
     @property
     def hmac_key(self) -> bytes:

@@ -22,6 +22,7 @@ PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("FILEGATE_TEST_REDIS_URL")
 TEST_SECRET = "test-secret-key-for-hmac-0123456789"
 TABLES = (
+    "idempotency_keys",
     "jobs",
     "audit_events",
     "lifecycle_events",

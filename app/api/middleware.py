@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.services.keys import KeyRecord, load_key_record, principal_for
+from app.services.keys import KeyRecord, load_key_record, principal_for, touch_key
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 KEY_CACHE_SECONDS = 2.0
 KEY_CACHE_MAX = 10_000
+LAST_USED_EVERY_SECONDS = 60.0
 IDENTIFIED_PREFIXES = ("/v1", "/admin")
 
 
@@ -88,4 +89,19 @@ async def identify(runtime: Runtime, token: str):  # type: ignore[no-untyped-def
         if len(runtime.key_cache) >= KEY_CACHE_MAX:
             runtime.key_cache.clear()
         runtime.key_cache[parsed.key_id] = (now + KEY_CACHE_SECONDS, record)
-    return principal_for(token, record, hmac_key=runtime.hmac_key)
+    principal = principal_for(token, record, hmac_key=runtime.hmac_key)
+    if principal is not None:
+        await _note_use(runtime, principal.key_id, now)
+    return principal
+
+
+async def _note_use(runtime: Runtime, key_id: str, now: float) -> None:
+    """Write last_used_at at most once a minute per key and process (writes are throttled)."""
+    if runtime.key_touched.get(key_id, -LAST_USED_EVERY_SECONDS) + LAST_USED_EVERY_SECONDS > now:
+        return
+    runtime.key_touched[key_id] = now
+    if len(runtime.key_touched) > KEY_CACHE_MAX:
+        runtime.key_touched.clear()
+    async with runtime.sessionmaker() as session:
+        await touch_key(session=session, key_id=key_id)
+        await session.commit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -125,6 +126,27 @@ class CheckReport(BaseModel):
     copies: dict[str, str] = Field(examples=[{"moonshot": "ok"}])
 
 
+class QuotaUpdate(BaseModel):
+    max_bytes: int | None = Field(default=None, ge=0, examples=[10 * 1024**3])
+    max_files: int | None = Field(default=None, ge=0, examples=[1000])
+    model_config = {"extra": "forbid"}
+
+
+class TenantOut(BaseModel):
+    id: str
+    object: Literal["tenant"] = "tenant"
+    name: str
+    max_bytes: int | None
+    max_files: int | None
+    used_bytes: int
+    used_files: int
+
+
+class TenantList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TenantOut]
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -144,6 +166,20 @@ class KeyCreate(BaseModel):
     tenant: str = Field(min_length=1, max_length=100, examples=["acme"])
     name: str = Field(min_length=1, max_length=100, examples=["ingest-service"])
     scopes: list[Scope] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
+    expires_at: datetime | None = Field(
+        default=None, description="RFC 3339 time after which the key stops working"
+    )
+    rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    model_config = {"extra": "forbid"}
+
+
+class KeyRotate(BaseModel):
+    overlap_seconds: int = Field(
+        default=3600,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="How long the old key keeps working beside the new one",
+    )
     model_config = {"extra": "forbid"}
 
 
@@ -156,6 +192,9 @@ class KeyOut(BaseModel):
     created_at: int
     expires_at: int | None
     revoked_at: int | None
+    last_used_at: int | None
+    rate_limit_per_minute: int | None
+    rotated_from: str | None
 
 
 class KeyCreated(KeyOut):

@@ -5,6 +5,7 @@ GatewayError
 │   └── UnsupportedPurpose (400)     purpose a provider cannot take
 ├── AuthenticationFailed (401)
 ├── PermissionDenied (403)
+│   └── QuotaExceeded (403)          the tenant's stored bytes or file count is at its quota
 ├── NotFound (404)
 ├── Conflict (409)
 ├── PayloadTooLarge (413)
@@ -89,6 +90,13 @@ class PermissionDenied(GatewayError):
     status_code = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class QuotaExceeded(PermissionDenied):
+    """The tenant's quota on stored bytes or file count would be exceeded."""
+
+    type = "insufficient_quota"
+    code = "quota_exceeded"
 
 
 class NotFound(GatewayError):

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import Executable
 
 from app.core.db import utcnow
-from app.models import Blob, File, FileStatus, LifecycleEvent, ProviderCopy
+from app.models import Blob, File, FileStatus, LifecycleEvent, ProviderCopy, Tenant
 
 
 class FileRepository:
@@ -193,9 +193,22 @@ class FileRepository:
     async def blob_referenced(self, sha256: str) -> bool:
         return bool(await self.session.scalar(select(exists().where(File.sha256 == sha256))))
 
-    async def count_live(self, *, tenant_id: str) -> int:
-        stmt = select(func.count()).where(File.tenant_id == tenant_id, File.deleted_at.is_(None))
-        return int(await self.session.scalar(stmt) or 0)
+    async def usage(self, *, tenant_id: str) -> tuple[int, int]:
+        """(live file count, live bytes) of a tenant, counting each file at its full size."""
+        stmt = select(func.count(), func.coalesce(func.sum(File.bytes), 0)).where(
+            File.tenant_id == tenant_id, File.deleted_at.is_(None)
+        )
+        count, total = (await self.session.execute(stmt)).one()
+        return int(count), int(total)
+
+    async def lock_tenant(self, tenant_id: str) -> Tenant | None:
+        """The tenant row, locked on PostgreSQL so quota checks of one tenant serialise."""
+        stmt = select(Tenant).where(Tenant.id == tenant_id)
+        if self.session.bind is not None and self.session.bind.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        return (
+            await self.session.execute(stmt.execution_options(populate_existing=True))
+        ).scalar_one_or_none()
 
     def add_event(
         self,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import ApiKey, Tenant
@@ -29,6 +30,15 @@ class KeyRepository:
         if tenant_id is not None:
             stmt = stmt.where(ApiKey.tenant_id == tenant_id)
         return (await self.session.execute(stmt)).scalars().all()
+
+    async def tenants(self) -> Sequence[Tenant]:
+        stmt = select(Tenant).order_by(Tenant.name)
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def touch(self, key_id: str, when: datetime) -> None:
+        await self.session.execute(
+            update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when)
+        )
 
     def add(self, row: Tenant | ApiKey) -> None:
         self.session.add(row)

@@ -15,6 +15,7 @@ class Principal:
     tenant_id: str
     scopes: frozenset[str] = field(default_factory=frozenset)
     kind: str = "key"  # key, jwt or system
+    rate_limit_per_minute: int | None = None
 
     @property
     def actor(self) -> str:

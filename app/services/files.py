@@ -23,8 +23,16 @@ from app.core.errors import (
     ProviderError,
     ProviderNotFound,
     ProviderUnavailable,
+    QuotaExceeded,
 )
-from app.models import File, FileStatus, LifecycleEvent, ProviderCopy, ProviderCopyStatus
+from app.models import (
+    File,
+    FileStatus,
+    LifecycleEvent,
+    ProviderCopy,
+    ProviderCopyStatus,
+    Tenant,
+)
 from app.repositories.files import FileRepository
 from app.runtime import Runtime
 from app.services import audit, jobs, placement
@@ -203,7 +211,10 @@ async def _claim(
     repo = FileRepository(session)
     await session.commit()  # end any read snapshot so the write transaction starts fresh
     key = rt.blob_store.key_for(upload.sha256)
+    tenant = await repo.lock_tenant(ctx.principal.tenant_id)
     await repo.lock_blob(sha256=upload.sha256, size=upload.size, storage_key=key)
+    if tenant is not None:
+        await _check_quota(repo=repo, tenant=tenant, size=upload.size)
     await rt.blob_store.commit(upload.spool, sha256=upload.sha256)
     now = utcnow()
     if expires_at is None and rt.settings.default_retention_seconds:
@@ -235,6 +246,23 @@ async def _claim(
         await session.rollback()
         return None
     return file
+
+
+async def _check_quota(*, repo: FileRepository, tenant: Tenant, size: int) -> None:
+    if tenant.max_files is None and tenant.max_bytes is None:
+        return
+    count, total = await repo.usage(tenant_id=tenant.id)
+    if tenant.max_files is not None and count + 1 > tenant.max_files:
+        raise QuotaExceeded(
+            f"The tenant's quota of {tenant.max_files} files is reached; delete files first.",
+            param="file",
+        )
+    if tenant.max_bytes is not None and total + size > tenant.max_bytes:
+        raise QuotaExceeded(
+            f"This file ({size} bytes) would take the tenant past its quota of "
+            f"{tenant.max_bytes} bytes ({total} in use); delete files first.",
+            param="file",
+        )
 
 
 async def _place_new(

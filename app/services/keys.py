@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,6 +42,8 @@ async def issue_key(
     name: str,
     scopes: Sequence[str],
     expires_at: datetime | None = None,
+    rate_limit_per_minute: int | None = None,
+    rotated_from: str | None = None,
 ) -> IssuedKey:
     """Create a key for a tenant (creating the tenant on first use); the token is shown once."""
     unknown = set(scopes) - SCOPES
@@ -51,6 +53,11 @@ async def issue_key(
         )
     if not tenant_name.strip() or not name.strip():
         raise InvalidRequest("Tenant and key name must not be empty.")
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise InvalidRequest("expires_at needs a time zone (e.g. 'Z').", param="expires_at")
+        if expires_at <= utcnow():
+            raise InvalidRequest("expires_at must be in the future.", param="expires_at")
     tenant = await ensure_tenant(session=session, name=tenant_name.strip())
     new = generate_key(hmac_key=hmac_key)
     row = ApiKey(
@@ -60,6 +67,8 @@ async def issue_key(
         secret_hash=new.secret_hash,
         scopes=" ".join(sorted(set(scopes))),
         expires_at=expires_at,
+        rate_limit_per_minute=rate_limit_per_minute,
+        rotated_from=rotated_from,
     )
     KeyRepository(session).add(row)
     await session.flush()
@@ -76,6 +85,40 @@ async def revoke_key(*, session: AsyncSession, key_id: str) -> ApiKey:
     return row
 
 
+async def rotate_key(
+    *, session: AsyncSession, hmac_key: bytes, key_id: str, overlap_seconds: int
+) -> IssuedKey:
+    """Issue a successor with the same tenant, name and scopes; the old one ends after overlap."""
+    repo = KeyRepository(session)
+    old = await repo.get_key(key_id)
+    if old is None or old.revoked_at is not None:
+        raise NotFound(f"No active API key with id '{key_id}'.", param="key_id")
+    tenant = await repo.tenant(old.tenant_id)
+    assert tenant is not None
+    issued = await issue_key(
+        session=session,
+        hmac_key=hmac_key,
+        tenant_name=tenant.name,
+        name=old.name,
+        scopes=old.scopes.split(),
+        expires_at=old.expires_at if old.expires_at and old.expires_at > utcnow() else None,
+        rate_limit_per_minute=old.rate_limit_per_minute,
+        rotated_from=old.id,
+    )
+    ends = utcnow() + timedelta(seconds=overlap_seconds)
+    if old.expires_at is None or old.expires_at > ends:
+        old.expires_at = ends
+    if overlap_seconds == 0:
+        old.revoked_at = utcnow()
+    await session.flush()
+    return issued
+
+
+async def touch_key(*, session: AsyncSession, key_id: str) -> None:
+    """Record use of a key (callers throttle how often)."""
+    await KeyRepository(session).touch(key_id, utcnow())
+
+
 async def list_keys(*, session: AsyncSession, tenant_id: str | None = None) -> Sequence[ApiKey]:
     return await KeyRepository(session).list_keys(tenant_id=tenant_id)
 
@@ -90,6 +133,8 @@ class KeyRecord:
     scopes: frozenset[str]
     expires_at: datetime | None
     revoked: bool
+    rate_limit_per_minute: int | None = None
+    last_used_at: datetime | None = None
 
 
 async def load_key_record(*, session: AsyncSession, key_id: str) -> KeyRecord | None:
@@ -103,6 +148,8 @@ async def load_key_record(*, session: AsyncSession, key_id: str) -> KeyRecord | 
         scopes=frozenset(row.scopes.split()),
         expires_at=row.expires_at,
         revoked=row.revoked_at is not None,
+        rate_limit_per_minute=row.rate_limit_per_minute,
+        last_used_at=row.last_used_at,
     )
 
 
@@ -115,4 +162,9 @@ def principal_for(token: str, record: KeyRecord | None, *, hmac_key: bytes) -> P
         return None
     if record.revoked or (record.expires_at is not None and record.expires_at <= utcnow()):
         return None
-    return Principal(key_id=record.key_id, tenant_id=record.tenant_id, scopes=record.scopes)
+    return Principal(
+        key_id=record.key_id,
+        tenant_id=record.tenant_id,
+        scopes=record.scopes,
+        rate_limit_per_minute=record.rate_limit_per_minute,
+    )

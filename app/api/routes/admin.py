@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 
 from app.api.deps import AdminCtx, RuntimeDep, SessionDep
 from app.api.errors import responses
-from app.api.schemas import CheckReport, JobOut, JobSummary, KeyCreate, KeyCreated, KeyList, KeyOut
+from app.api.idempotency import respond
+from app.api.schemas import (
+    CheckReport,
+    JobOut,
+    JobSummary,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyOut,
+    KeyRotate,
+    QuotaUpdate,
+    TenantList,
+    TenantOut,
+)
 from app.core.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from app.models import ApiKey, Job
 from app.services import admin as admin_service
 from app.services import audit
 from app.services import keys as key_service
+from app.services import tenants as tenant_service
+from app.services.idempotency import fingerprint
+from app.services.tenants import TenantUsage
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 ADMIN_ERRORS = (InvalidRequest, AuthenticationFailed, PermissionDenied)
@@ -29,7 +46,15 @@ def _key_out(row: ApiKey) -> KeyOut:
         created_at=int(row.created_at.timestamp()),
         expires_at=int(row.expires_at.timestamp()) if row.expires_at else None,
         revoked_at=int(row.revoked_at.timestamp()) if row.revoked_at else None,
+        last_used_at=int(row.last_used_at.timestamp()) if row.last_used_at else None,
+        rate_limit_per_minute=row.rate_limit_per_minute,
+        rotated_from=row.rotated_from,
     )
+
+
+def _without_secret(body: dict[str, Any]) -> dict[str, Any]:
+    # Secrets are never stored: a replayed key answer carries no token.
+    return {**body, "key": None}
 
 
 @router.post(
@@ -40,17 +65,75 @@ def _key_out(row: ApiKey) -> KeyOut:
     responses=responses(*ADMIN_ERRORS),
 )
 async def create_key(
-    body: KeyCreate, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
-) -> KeyCreated:
-    issued = await key_service.issue_key(
+    body: KeyCreate, request: Request, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
+) -> JSONResponse:
+    async def issue() -> tuple[int, KeyCreated]:
+        issued = await key_service.issue_key(
+            session=session,
+            hmac_key=rt.hmac_key,
+            tenant_name=body.tenant,
+            name=body.name,
+            scopes=body.scopes,
+            expires_at=body.expires_at,
+            rate_limit_per_minute=body.rate_limit_per_minute,
+        )
+        audit.record(session=session, ctx=ctx, action="key.create", resource=issued.key.id)
+        return 201, KeyCreated(**_key_out(issued.key).model_dump(), key=issued.token)
+
+    return await respond(
+        request=request,
+        rt=rt,
+        ctx=ctx,
         session=session,
-        hmac_key=rt.hmac_key,
-        tenant_name=body.tenant,
-        name=body.name,
-        scopes=body.scopes,
+        request_fingerprint=fingerprint(route="POST /admin/keys", body=body.model_dump()),
+        action=issue,
+        redact=_without_secret,
     )
-    audit.record(session=session, ctx=ctx, action="key.create", resource=issued.key.id)
-    return KeyCreated(**_key_out(issued.key).model_dump(), key=issued.token)
+
+
+@router.post(
+    "/keys/{key_id}/rotate",
+    response_model=KeyCreated,
+    status_code=201,
+    summary="Rotate a key: a successor now, the old key ends after the overlap",
+    responses=responses(*ADMIN_ERRORS, NotFound),
+)
+async def rotate_key(
+    key_id: str,
+    body: KeyRotate,
+    request: Request,
+    ctx: AdminCtx,
+    session: SessionDep,
+    rt: RuntimeDep,
+) -> JSONResponse:
+    async def rotate() -> tuple[int, KeyCreated]:
+        issued = await key_service.rotate_key(
+            session=session,
+            hmac_key=rt.hmac_key,
+            key_id=key_id,
+            overlap_seconds=body.overlap_seconds,
+        )
+        rt.key_cache.pop(key_id, None)
+        audit.record(
+            session=session,
+            ctx=ctx,
+            action="key.rotate",
+            resource=key_id,
+            detail=f"successor {issued.key.id}",
+        )
+        return 201, KeyCreated(**_key_out(issued.key).model_dump(), key=issued.token)
+
+    return await respond(
+        request=request,
+        rt=rt,
+        ctx=ctx,
+        session=session,
+        request_fingerprint=fingerprint(
+            route="POST /admin/keys/rotate", id=key_id, body=body.model_dump()
+        ),
+        action=rotate,
+        redact=_without_secret,
+    )
 
 
 @router.get(
@@ -120,9 +203,21 @@ async def job_summary(
     summary="Queue a dead (or finished) job again with fresh attempts",
     responses=responses(*ADMIN_ERRORS, NotFound),
 )
-async def retry_job(job_id: int, ctx: AdminCtx, session: SessionDep) -> JobOut:
-    job = await admin_service.retry_job(session=session, ctx=ctx, job_id=job_id)
-    return _job_out(job)
+async def retry_job(
+    job_id: int, request: Request, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
+) -> JSONResponse:
+    async def retry() -> tuple[int, JobOut]:
+        job = await admin_service.retry_job(session=session, ctx=ctx, job_id=job_id)
+        return 200, _job_out(job)
+
+    return await respond(
+        request=request,
+        rt=rt,
+        ctx=ctx,
+        session=session,
+        request_fingerprint=fingerprint(route="POST /admin/jobs/retry", id=job_id),
+        action=retry,
+    )
 
 
 @router.post(
@@ -132,7 +227,55 @@ async def retry_job(job_id: int, ctx: AdminCtx, session: SessionDep) -> JobOut:
     responses=responses(*ADMIN_ERRORS, NotFound),
 )
 async def check_file(
-    file_id: str, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
-) -> CheckReport:
-    report = await admin_service.check_file(session=session, rt=rt, ctx=ctx, file_id=file_id)
-    return CheckReport(**report)
+    file_id: str, request: Request, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
+) -> JSONResponse:
+    async def check() -> tuple[int, CheckReport]:
+        report = await admin_service.check_file(session=session, rt=rt, ctx=ctx, file_id=file_id)
+        return 200, CheckReport(**report)
+
+    return await respond(
+        request=request,
+        rt=rt,
+        ctx=ctx,
+        session=session,
+        request_fingerprint=fingerprint(route="POST /admin/files/check", id=file_id),
+        action=check,
+    )
+
+
+def _tenant_out(usage: TenantUsage) -> TenantOut:
+    return TenantOut(
+        id=usage.tenant.id,
+        name=usage.tenant.name,
+        max_bytes=usage.tenant.max_bytes,
+        max_files=usage.tenant.max_files,
+        used_bytes=usage.bytes,
+        used_files=usage.files,
+    )
+
+
+@router.get(
+    "/tenants",
+    response_model=TenantList,
+    summary="Tenants with their usage and quotas",
+    responses=responses(*ADMIN_ERRORS),
+)
+async def list_tenants(ctx: AdminCtx, session: SessionDep) -> TenantList:
+    return TenantList(
+        data=[_tenant_out(u) for u in await tenant_service.list_usage(session=session)]
+    )
+
+
+@router.put(
+    "/tenants/{tenant}/quota",
+    response_model=TenantOut,
+    summary="Set a tenant's quotas on stored bytes and file count (null clears one)",
+    responses=responses(*ADMIN_ERRORS, NotFound),
+)
+async def set_quota(
+    tenant: str, body: QuotaUpdate, ctx: AdminCtx, session: SessionDep
+) -> TenantOut:
+    usage = await tenant_service.set_quota(
+        session=session, ctx=ctx, name=tenant, max_bytes=body.max_bytes, max_files=body.max_files
+    )
+    return _tenant_out(usage)

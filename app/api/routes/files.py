@@ -6,11 +6,12 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
 
 from app.api.deps import ReadCtx, RuntimeDep, SessionDep, WriteCtx
 from app.api.errors import responses
+from app.api.idempotency import respond
 from app.api.schemas import (
     Extracted,
     FileDeleted,
@@ -38,6 +39,7 @@ from app.core.errors import (
 )
 from app.models import FileStatus
 from app.services import files as file_service
+from app.services.idempotency import fingerprint
 from app.services.intake import receive_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -113,8 +115,8 @@ UPLOAD_BODY = {
     },
 )
 async def upload_file(
-    request: Request, response: Response, ctx: WriteCtx, session: SessionDep, rt: RuntimeDep
-) -> FileObject:
+    request: Request, ctx: WriteCtx, session: SessionDep, rt: RuntimeDep
+) -> JSONResponse:
     upload = await receive_upload(
         body=request.stream(),
         content_type=request.headers.get("content-type"),
@@ -129,20 +131,38 @@ async def upload_file(
             raise InvalidRequest("The 'purpose' field is required.", param="purpose")
         provider = (upload.fields.get("provider") or "auto").lower()
         rt.providers.check_provider_known(provider)
-        result = await file_service.create_file(
-            session=session,
+        expires_at = _expires_at(upload.fields)
+
+        async def create() -> tuple[int, FileObject]:
+            result = await file_service.create_file(
+                session=session,
+                rt=rt,
+                ctx=ctx,
+                upload=upload,
+                purpose=purpose,
+                provider=provider,
+                expires_at=expires_at,
+            )
+            pending = result.view.file.status == FileStatus.PENDING
+            return (202 if pending else 200), FileObject.of(result.view)
+
+        return await respond(
+            request=request,
             rt=rt,
             ctx=ctx,
-            upload=upload,
-            purpose=purpose,
-            provider=provider,
-            expires_at=_expires_at(upload.fields),
+            session=session,
+            # Hash of the bytes plus canonical fields: a retry with a new boundary still matches.
+            request_fingerprint=fingerprint(
+                route="POST /v1/files",
+                sha256=upload.sha256,
+                purpose=purpose,
+                provider=provider,
+                expires=upload.fields.get("expires_after[seconds]"),
+            ),
+            action=create,
         )
     finally:
         upload.spool.discard()
-    if result.view.file.status == FileStatus.PENDING:
-        response.status_code = 202
-    return FileObject.of(result.view)
 
 
 def _expires_at(fields: dict[str, str]) -> datetime | None:
@@ -287,17 +307,28 @@ async def delete_file(
 async def replicate_file(
     file_id: FileId,
     body: ReplicateRequest,
-    response: Response,
+    request: Request,
     ctx: WriteCtx,
     session: SessionDep,
     rt: RuntimeDep,
-) -> FileObject:
-    view = await file_service.replicate(
-        session=session, rt=rt, ctx=ctx, file_id=file_id, provider=body.provider
+) -> JSONResponse:
+    async def copy() -> tuple[int, FileObject]:
+        view = await file_service.replicate(
+            session=session, rt=rt, ctx=ctx, file_id=file_id, provider=body.provider
+        )
+        live = any(c.provider == body.provider and c.status == "active" for c in view.copies)
+        return (200 if live else 202), FileObject.of(view)
+
+    return await respond(
+        request=request,
+        rt=rt,
+        ctx=ctx,
+        session=session,
+        request_fingerprint=fingerprint(
+            route="POST /v1/files/{id}/providers", id=file_id, body=body.model_dump()
+        ),
+        action=copy,
     )
-    if not any(c.provider == body.provider and c.status == "active" for c in view.copies):
-        response.status_code = 202
-    return FileObject.of(view)
 
 
 @router.get(

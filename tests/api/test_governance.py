@@ -1,0 +1,184 @@
+"""Idempotent POSTs, tenant quotas, key expiry and rotation, last-used tracking."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from sqlalchemy import func, select
+
+from app.models import ApiKey, File, IdempotencyKey
+from tests.api.test_files import TEXT, upload
+from tests.conftest import Gateway
+
+
+async def test_idempotent_upload_replays_and_creates_nothing(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    headers = {"Idempotency-Key": "upload-1"}
+    first = await client.post(
+        "/v1/files",
+        data={"purpose": "file-extract"},
+        files={"file": ("a.txt", TEXT, "text/plain")},
+        headers=headers,
+    )
+    assert first.status_code == 200 and "idempotent-replayed" not in first.headers
+    # A new multipart boundary (httpx picks one per request) still matches.
+    second = await client.post(
+        "/v1/files",
+        data={"purpose": "file-extract"},
+        files={"file": ("a.txt", TEXT, "text/plain")},
+        headers=headers,
+    )
+    assert second.status_code == 200
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.json() == first.json()
+    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+    different = await client.post(
+        "/v1/files",
+        data={"purpose": "file-extract"},
+        files={"file": ("a.txt", b"other bytes", "text/plain")},
+        headers=headers,
+    )
+    assert different.status_code == 422
+    assert different.json()["error"]["code"] == "idempotency_key_reused"
+
+
+async def test_idempotency_keys_are_per_tenant(gateway: Gateway) -> None:
+    headers = {"Idempotency-Key": "shared-key"}
+    async with (
+        gateway.client(await gateway.key("acme")) as acme,
+        gateway.client(await gateway.key("globex")) as globex,
+    ):
+        a = await acme.post(
+            "/v1/files",
+            data={"purpose": "file-extract"},
+            files={"file": ("a.txt", b"acme data", "text/plain")},
+            headers=headers,
+        )
+        b = await globex.post(
+            "/v1/files",
+            data={"purpose": "file-extract"},
+            files={"file": ("b.txt", b"globex data", "text/plain")},
+            headers=headers,
+        )
+    assert a.status_code == b.status_code == 200
+    assert a.json()["id"] != b.json()["id"]
+    assert "idempotent-replayed" not in b.headers
+
+
+async def test_concurrent_same_key_one_runs_other_conflicts_or_replays(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    await gateway.sandbox_fault("moonshot", status=None, latency_ms=300, rate=1.0)
+    headers = {"Idempotency-Key": "race"}
+
+    async def send() -> httpx.Response:
+        return await client.post(
+            "/v1/files",
+            data={"purpose": "file-extract"},
+            files={"file": ("a.txt", TEXT, "text/plain")},
+            headers=headers,
+        )
+
+    results = await asyncio.gather(send(), send())
+    codes = sorted(r.status_code for r in results)
+    assert codes in ([200, 409], [200, 200]), codes
+    if codes == [200, 409]:
+        conflict = next(r for r in results if r.status_code == 409)
+        assert conflict.json()["error"]["code"] == "idempotency_key_in_use"
+    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+
+
+async def test_idempotent_admin_key_replay_never_stores_the_secret(gateway: Gateway) -> None:
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        body = {"tenant": "acme", "name": "svc"}
+        first = await ops.post("/admin/keys", json=body, headers={"Idempotency-Key": "k1"})
+        again = await ops.post("/admin/keys", json=body, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 201
+    assert first.json()["key"].startswith("fg_")
+    assert again.json()["key"] is None and again.json()["id"] == first.json()["id"]
+    async with gateway.runtime.sessionmaker() as session:
+        stored = (await session.execute(select(IdempotencyKey.response_body))).scalars().all()
+        keys = await session.scalar(select(func.count()).select_from(ApiKey))
+    assert all(first.json()["key"] not in (b or "") for b in stored)
+    assert keys == 2  # the admin key and one issued key
+
+
+async def test_tenant_quota_on_files_and_bytes(gateway: Gateway) -> None:
+    admin = await gateway.key("ops", ("admin",))
+    token = await gateway.key("acme")
+    async with gateway.client(admin) as ops, gateway.client(token) as acme:
+        set_files = await ops.put("/admin/tenants/acme/quota", json={"max_files": 1})
+        assert set_files.status_code == 200 and set_files.json()["max_files"] == 1
+        assert (await upload(acme, b"first\n")).status_code == 200
+        refused = await upload(acme, b"second\n")
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "quota_exceeded"
+        # a dedup hit adds nothing, so it is still answered
+        assert (await upload(acme, b"first\n")).status_code == 200
+        await ops.put("/admin/tenants/acme/quota", json={"max_files": None, "max_bytes": 10})
+        too_big = await upload(acme, b"more than ten bytes\n")
+        assert too_big.status_code == 403 and "quota" in too_big.json()["error"]["message"]
+        tenants = (await ops.get("/admin/tenants")).json()["data"]
+        acme_row = next(t for t in tenants if t["name"] == "acme")
+        assert acme_row["used_files"] == 1 and acme_row["max_bytes"] == 10
+        assert (await ops.put("/admin/tenants/nobody/quota", json={})).status_code == 404
+    async with gateway.runtime.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(File)) == 1
+    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+
+
+async def test_expired_key_is_refused(gateway: Gateway) -> None:
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        past = await ops.post(
+            "/admin/keys",
+            json={"tenant": "acme", "name": "n", "expires_at": "2020-01-01T00:00:00Z"},
+        )
+        assert past.status_code == 400 and past.json()["error"]["param"] == "expires_at"
+        soon = datetime.now(UTC) + timedelta(seconds=2)
+        created = await ops.post(
+            "/admin/keys",
+            json={"tenant": "acme", "name": "n", "expires_at": soon.isoformat()},
+        )
+        token = created.json()["key"]
+    async with gateway.client(token) as c:
+        assert (await c.get("/v1/files")).status_code == 200
+        await asyncio.sleep(2.2)
+        gateway.runtime.key_cache.clear()
+        assert (await c.get("/v1/files")).status_code == 401
+
+
+async def test_rotation_keeps_old_key_during_overlap_only(gateway: Gateway) -> None:
+    admin = await gateway.key("ops", ("admin",))
+    old = await gateway.key("acme")
+    old_id = old.split("_")[1]
+    async with gateway.client(admin) as ops:
+        rotated = await ops.post(f"/admin/keys/{old_id}/rotate", json={"overlap_seconds": 0})
+        assert rotated.status_code == 201
+        assert rotated.json()["rotated_from"] == old_id
+        new = rotated.json()["key"]
+    gateway.runtime.key_cache.clear()
+    async with gateway.client(new) as c:
+        assert (await c.get("/v1/files")).status_code == 200
+    async with gateway.client(old) as c:
+        assert (await c.get("/v1/files")).status_code == 401
+    other = await gateway.key("acme")
+    async with gateway.client(admin) as ops:
+        overlap = await ops.post(
+            f"/admin/keys/{other.split('_')[1]}/rotate", json={"overlap_seconds": 3600}
+        )
+    assert overlap.json()["key"] != other
+    gateway.runtime.key_cache.clear()
+    async with gateway.client(other) as c:
+        assert (await c.get("/v1/files")).status_code == 200
+
+
+async def test_last_used_is_recorded(gateway: Gateway, client: httpx.AsyncClient) -> None:
+    await client.get("/v1/files")
+    async with gateway.runtime.sessionmaker() as session:
+        used = (await session.execute(select(ApiKey.last_used_at))).scalars().all()
+    assert [u for u in used if u is not None]
