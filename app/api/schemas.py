@@ -147,6 +147,28 @@ class TenantList(BaseModel):
     data: list[TenantOut]
 
 
+class AuditOut(BaseModel):
+    id: int
+    object: Literal["audit.event"] = "audit.event"
+    created_at: str = Field(examples=["2026-11-25T12:00:00+00:00"])
+    request_id: str | None
+    actor: str = Field(examples=["key:ab12cd34ef56"])
+    tenant_id: str | None
+    action: str = Field(examples=["file.create"])
+    resource: str | None
+    outcome: str = Field(examples=["success"])
+    status_code: int | None
+    client_addr: str | None
+    detail: str | None
+
+
+class AuditList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AuditOut]
+    has_more: bool
+    next_cursor: int | None = Field(description="Pass as `cursor` for the next (older) page")
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

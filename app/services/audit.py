@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import AuditEvent
@@ -61,3 +64,10 @@ def record_refusal(
             detail=reason[:500],
         )
     )
+
+
+async def page(
+    *, session: AsyncSession, before_id: int | None, limit: int, **filters: Any
+) -> Sequence[AuditEvent]:
+    """A page of the trail, newest first."""
+    return await AuditRepository(session).page(before_id=before_id, limit=limit, **filters)

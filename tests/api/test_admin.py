@@ -45,3 +45,47 @@ async def test_key_create_rejects_unknown_fields_and_scopes(gateway: Gateway) ->
         )
         assert extra.status_code == 400
         assert extra.json()["error"]["param"] == "tenant_id"
+
+
+async def test_audit_trail_filters_pages_and_exports(gateway: Gateway) -> None:
+    import json
+
+    admin = await gateway.key("ops", ("admin",))
+    user = await gateway.key("acme")
+    async with gateway.client(user) as acme:
+        for i in range(3):
+            await acme.post(
+                "/v1/files",
+                data={"purpose": "file-extract"},
+                files={"file": (f"f{i}.txt", f"audit {i}".encode(), "text/plain")},
+            )
+    async with gateway.client("fg_nosuchkeyid_" + "x" * 43) as bad:
+        await bad.get("/v1/files")
+    async with gateway.client(admin) as ops:
+        creates = (await ops.get("/admin/audit", params={"action": "file.create"})).json()
+        assert len(creates["data"]) == 3 and creates["has_more"] is False
+        assert all(e["actor"].startswith("key:") for e in creates["data"])
+        denied = (await ops.get("/admin/audit", params={"outcome": "denied"})).json()["data"]
+        assert [(e["actor"], e["status_code"]) for e in denied] == [("anonymous", 401)]
+        first = (await ops.get("/admin/audit", params={"limit": 2})).json()
+        assert first["has_more"] is True and len(first["data"]) == 2
+        second = (
+            await ops.get("/admin/audit", params={"limit": 2, "cursor": first["next_cursor"]})
+        ).json()
+        assert {e["id"] for e in first["data"]}.isdisjoint({e["id"] for e in second["data"]})
+        assert max(e["id"] for e in second["data"]) < min(e["id"] for e in first["data"])
+        future = (
+            await ops.get("/admin/audit", params={"since": "2999-01-01T00:00:00Z"})
+        ).json()
+        assert future["data"] == []
+        naive = await ops.get("/admin/audit", params={"since": "2026-01-01T00:00:00"})
+        assert naive.status_code == 400
+        export = await ops.get("/admin/audit", params={"format": "jsonl"})
+        assert export.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in export.text.splitlines()]
+        assert len(lines) >= 7  # 3 creates, 3 placements, 1 denial
+        assert all(set(line) >= {"actor", "action", "outcome", "created_at"} for line in lines)
+        assert user not in export.text
+        assert (await ops.get("/admin/audit")).status_code == 200
+    async with gateway.client(user) as acme:
+        assert (await acme.get("/admin/audit")).status_code == 403

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.deps import AdminCtx, RuntimeDep, SessionDep
 from app.api.errors import responses
 from app.api.idempotency import respond
 from app.api.schemas import (
+    AuditList,
+    AuditOut,
     CheckReport,
     JobOut,
     JobSummary,
@@ -25,7 +29,8 @@ from app.api.schemas import (
     TenantOut,
 )
 from app.core.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
-from app.models import ApiKey, Job
+from app.models import ApiKey, AuditEvent, Job
+from app.runtime import Runtime
 from app.services import admin as admin_service
 from app.services import audit
 from app.services import keys as key_service
@@ -35,6 +40,7 @@ from app.services.tenants import TenantUsage
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 ADMIN_ERRORS = (InvalidRequest, AuthenticationFailed, PermissionDenied)
+JSONL_PAGE = 500
 
 
 def _key_out(row: ApiKey) -> KeyOut:
@@ -279,3 +285,86 @@ async def set_quota(
         session=session, ctx=ctx, name=tenant, max_bytes=body.max_bytes, max_files=body.max_files
     )
     return _tenant_out(usage)
+
+
+def _audit_out(row: AuditEvent) -> AuditOut:
+    return AuditOut(
+        id=row.id,
+        created_at=row.created_at.isoformat(),
+        request_id=row.request_id,
+        actor=row.actor,
+        tenant_id=row.tenant_id,
+        action=row.action,
+        resource=row.resource,
+        outcome=row.outcome,
+        status_code=row.status_code,
+        client_addr=row.client_addr,
+        detail=row.detail,
+    )
+
+
+@router.get(
+    "/audit",
+    response_model=AuditList,
+    summary="The audit trail, newest first, filtered; JSON Lines with format=jsonl",
+    description="Cursor pagination: pass `next_cursor` back as `cursor`. With `format=jsonl` the "
+    "whole filtered trail streams as JSON Lines (one event per line).",
+    responses={
+        200: {"content": {"application/x-ndjson": {}}},
+        **responses(*ADMIN_ERRORS),
+    },
+)
+async def audit_trail(
+    ctx: AdminCtx,
+    session: SessionDep,
+    rt: RuntimeDep,
+    tenant_id: Annotated[str | None, Query(max_length=40)] = None,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    outcome: Annotated[Literal["success", "denied", "failed"] | None, Query()] = None,
+    since: Annotated[datetime | None, Query(description="RFC 3339, inclusive")] = None,
+    until: Annotated[datetime | None, Query(description="RFC 3339, exclusive")] = None,
+    cursor: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    format: Annotated[Literal["json", "jsonl"], Query()] = "json",
+) -> Response:
+    filters = {
+        "tenant_id": tenant_id,
+        "actor": actor,
+        "action": action,
+        "outcome": outcome,
+        "since": _aware(since, "since"),
+        "until": _aware(until, "until"),
+    }
+    if format == "jsonl":
+        return StreamingResponse(_jsonl(rt, filters, cursor), media_type="application/x-ndjson")
+    rows = await audit.page(session=session, before_id=cursor, limit=limit + 1, **filters)
+    page = list(rows[:limit])
+    return JSONResponse(
+        AuditList(
+            data=[_audit_out(r) for r in page],
+            has_more=len(rows) > limit,
+            next_cursor=page[-1].id if len(rows) > limit else None,
+        ).model_dump(mode="json")
+    )
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidRequest(f"'{name}' needs a time zone (e.g. 'Z').", param=name)
+    return value
+
+
+async def _jsonl(rt: Runtime, filters: dict[str, Any], cursor: int | None) -> AsyncIterator[bytes]:
+    """Stream the filtered trail in pages, each read in its own short transaction."""
+    before = cursor
+    while True:
+        async with rt.sessionmaker() as session:
+            rows = await audit.page(
+                session=session, before_id=before, limit=JSONL_PAGE, **filters
+            )
+        for row in rows:
+            yield (_audit_out(row).model_dump_json() + "\n").encode()
+        if len(rows) < JSONL_PAGE:
+            return
+        before = rows[-1].id
