@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api import errors
@@ -52,13 +53,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(health.metrics_router)
     app.add_middleware(IdentifyMiddleware)
     app.add_middleware(RequestContextMiddleware)
     Instrumentator(
         registry=metrics.registry,
         excluded_handlers=["/metrics", "/sandbox.*"],
         should_group_status_codes=False,
-    ).instrument(app).expose(app, include_in_schema=False)
+    ).instrument(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "PUT"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+            expose_headers=["X-Request-ID", "ETag", "Content-Range", "Idempotent-Replayed"],
+        )
     if settings.mount_sandbox and any(
         settings.provider_sandboxed(name) for name in ("moonshot", "zai")
     ):

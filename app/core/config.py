@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     default_retention_seconds: int | None = Field(default=None, gt=0)
 
     docs_enabled: bool = True
+    metrics_token: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = []
     log_level: str = "INFO"
 
     @field_validator("provider_order", mode="before")
@@ -74,6 +76,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"must be a comma-separated list of distinct providers from {', '.join(PROVIDERS)}"
             )
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("database_url")

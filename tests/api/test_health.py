@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+from pydantic import SecretStr
 
 from tests.api.test_files import upload
 from tests.conftest import REDIS_URL, Gateway
@@ -88,3 +89,42 @@ async def test_unknown_route_uses_error_shape(gateway: Gateway) -> None:
         resp = await c.get("/v2/nothing")
     assert resp.status_code == 404
     assert set(resp.json()["error"]) == {"message", "type", "code", "param"}
+
+
+async def test_metrics_token_and_docs_switch(settings) -> None:  # type: ignore[no-untyped-def]
+    from app.main import create_app
+
+    settings.metrics_token = SecretStr("metrics-secret-token")
+    settings.docs_enabled = False
+    settings.cors_origins = ["https://console.example"]
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://g"
+        ) as c:
+            assert (await c.get("/metrics")).status_code == 401
+            wrong = await c.get("/metrics", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and "metrics-secret-token" not in wrong.text
+            ok = await c.get("/metrics", headers={"Authorization": "Bearer metrics-secret-token"})
+            assert ok.status_code == 200 and "filegate_uploads_total" in ok.text
+            assert (await c.get("/docs")).status_code == 404
+            assert (await c.get("/openapi.json")).status_code == 404
+            pre = await c.options(
+                "/v1/files",
+                headers={
+                    "Origin": "https://console.example",
+                    "Access-Control-Request-Method": "GET",
+                },
+            )
+            assert pre.headers["access-control-allow-origin"] == "https://console.example"
+            other = await c.options(
+                "/v1/files",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+            )
+            assert "access-control-allow-origin" not in other.headers
+
+
+async def test_cors_is_off_by_default(gateway: Gateway) -> None:
+    async with gateway.client() as c:
+        resp = await c.get("/health/live", headers={"Origin": "https://x.example"})
+    assert "access-control-allow-origin" not in resp.headers

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app.api.deps import RuntimeDep
 from app.api.schemas import Liveness, ProbeStatus, Readiness
+from app.core.errors import AuthenticationFailed
 
 router = APIRouter(prefix="/health", tags=["health"])
 PROBE_TIMEOUT = 3.0
@@ -58,3 +61,29 @@ async def ready(rt: RuntimeDep) -> JSONResponse:
         overall = "ok"
     body = Readiness(status=overall, checks=checks)
     return JSONResponse(body.model_dump(), status_code=503 if overall == "down" else 200)
+
+
+metrics_router = APIRouter(tags=["health"])
+
+
+async def _metrics_allowed(request: Request, rt: RuntimeDep) -> None:
+    """/metrics may require its own bearer token (FILEGATE_METRICS_TOKEN)."""
+    expected = rt.settings.metrics_token
+    if expected is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.get_secret_value().encode()
+    ):
+        raise AuthenticationFailed("/metrics needs 'Authorization: Bearer <metrics token>'.")
+
+
+@metrics_router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    include_in_schema=False,
+    dependencies=[Depends(_metrics_allowed)],
+)
+async def metrics(rt: RuntimeDep) -> Response:
+    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
