@@ -74,9 +74,7 @@ async def test_audit_trail_filters_pages_and_exports(gateway: Gateway) -> None:
         ).json()
         assert {e["id"] for e in first["data"]}.isdisjoint({e["id"] for e in second["data"]})
         assert max(e["id"] for e in second["data"]) < min(e["id"] for e in first["data"])
-        future = (
-            await ops.get("/admin/audit", params={"since": "2999-01-01T00:00:00Z"})
-        ).json()
+        future = (await ops.get("/admin/audit", params={"since": "2999-01-01T00:00:00Z"})).json()
         assert future["data"] == []
         naive = await ops.get("/admin/audit", params={"since": "2026-01-01T00:00:00"})
         assert naive.status_code == 400

@@ -360,9 +360,7 @@ async def _jsonl(rt: Runtime, filters: dict[str, Any], cursor: int | None) -> As
     before = cursor
     while True:
         async with rt.sessionmaker() as session:
-            rows = await audit.page(
-                session=session, before_id=before, limit=JSONL_PAGE, **filters
-            )
+            rows = await audit.page(session=session, before_id=before, limit=JSONL_PAGE, **filters)
         for row in rows:
             yield (_audit_out(row).model_dump_json() + "\n").encode()
         if len(rows) < JSONL_PAGE:
