@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.core.config import Settings
+from app.core.config import ConfigError, Settings
 from app.core.db import create_engine, create_sessionmaker
+from app.core.jwt import JWTVerifier
 from app.core.metrics import GatewayMetrics
 from app.providers import ADAPTERS
 from app.providers.base import ProviderAdapter, ProviderConfig
@@ -36,6 +37,8 @@ class Runtime:
     redis: Redis | None
     key_cache: dict[str, tuple[float, KeyRecord | None]]
     key_touched: dict[str, float] = field(default_factory=dict)
+    jwt: JWTVerifier | None = None
+    tenant_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def hmac_key(self) -> bytes:
@@ -69,6 +72,24 @@ def provider_configs(settings: Settings) -> list[ProviderConfig]:
     return configs
 
 
+def build_jwt_verifier(settings: Settings) -> JWTVerifier | None:
+    """The JWT verifier when FILEGATE_JWT_KEY is set; a bad key fails start-up with its name."""
+    if settings.jwt_key is None:
+        return None
+    try:
+        return JWTVerifier(
+            algorithm=settings.jwt_algorithm,
+            key=settings.jwt_key.get_secret_value(),
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer or "",
+            tenant_claim=settings.jwt_tenant_claim,
+            scope_claim=settings.jwt_scope_claim,
+            leeway=settings.jwt_leeway_seconds,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration:\n  FILEGATE_JWT_KEY: {exc}") from None
+
+
 @asynccontextmanager
 async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
     engine = create_engine(settings.resolved_database_url)
@@ -84,6 +105,7 @@ async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> Async
         else None
     )
     hub = ProviderHub(adapters, settings.provider_order)
+    jwt = build_jwt_verifier(settings)
     runtime = Runtime(
         settings=settings,
         engine=engine,
@@ -93,6 +115,7 @@ async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> Async
         metrics=metrics,
         redis=redis,
         key_cache={},
+        jwt=jwt,
     )
     try:
         yield runtime

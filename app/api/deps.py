@@ -24,7 +24,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
     """The request's unit of work: committed when the route returns, rolled back on error."""
-    async for session in session_scope(runtime.sessionmaker):
+    async with session_scope(runtime.sessionmaker) as session:
         yield session
 
 
@@ -42,7 +42,9 @@ def authorize(scope: str):  # type: ignore[no-untyped-def]
         principal: Principal | None = request.state.principal
         if principal is None:
             if request.state.credential_presented:
-                raise AuthenticationFailed("The API key is invalid, expired or revoked.")
+                raise AuthenticationFailed(
+                    request.state.auth_problem or "The API key is invalid, expired or revoked."
+                )
             raise AuthenticationFailed(
                 "Missing API key: send 'Authorization: Bearer fg_...' or 'X-API-Key'."
             )

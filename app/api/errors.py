@@ -68,7 +68,7 @@ EXAMPLE_MESSAGES = {
     "UnsupportedPurpose": "zai does not accept purpose 'vision'.",
     "AuthenticationFailed": "Missing API key: send 'Authorization: Bearer fg_...' or 'X-API-Key'.",
     "PermissionDenied": "This API key lacks the 'files:write' scope.",
-    "NotFound": "No such File object: file-3Zk9qLmN2xYb7cVd1eFg4hJp",
+    "NotFound": "No such File object.",
     "PayloadTooLarge": "The file is larger than the gateway's limit of 104857600 bytes.",
     "UnsupportedMediaType": "Uploads must be sent as multipart/form-data.",
     "ProviderAuthFailed": "moonshot refused the gateway's credentials.",

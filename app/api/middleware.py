@@ -7,10 +7,20 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.services.keys import KeyRecord, load_key_record, principal_for, touch_key
+from app.core.jwt import JWTRejected, JWTVerifier, looks_like_jwt
+from app.core.security import parse_key
+from app.services.context import Principal
+from app.services.keys import (
+    KeyRecord,
+    ensure_tenant,
+    load_key_record,
+    principal_for,
+    touch_key,
+)
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -65,19 +75,20 @@ class IdentifyMiddleware:
             token = presented_token(Headers(scope=scope))
             state["credential_presented"] = token is not None
             state["principal"] = None
+            state["auth_problem"] = None
             if token is not None:
                 runtime: Runtime = scope["app"].state.runtime
-                state["principal"] = await identify(runtime, token)
+                state["principal"], state["auth_problem"] = await identify(runtime, token)
         await self.app(scope, receive, send)
 
 
-async def identify(runtime: Runtime, token: str):  # type: ignore[no-untyped-def]
-    """The principal behind a token, using a short per-process cache of key rows."""
-    from app.core.security import parse_key
-
+async def identify(runtime: Runtime, token: str) -> tuple[Principal | None, str | None]:
+    """The principal behind an API key or JWT, or None with a reason safe to show."""
+    if runtime.jwt is not None and looks_like_jwt(token):
+        return await _identify_jwt(runtime, runtime.jwt, token)
     parsed = parse_key(token)
     if parsed is None:
-        return None
+        return None, None
     now = time.monotonic()
     cached = runtime.key_cache.get(parsed.key_id)
     record: KeyRecord | None
@@ -92,7 +103,37 @@ async def identify(runtime: Runtime, token: str):  # type: ignore[no-untyped-def
     principal = principal_for(token, record, hmac_key=runtime.hmac_key)
     if principal is not None:
         await _note_use(runtime, principal.key_id, now)
-    return principal
+    return principal, None
+
+
+async def _identify_jwt(
+    runtime: Runtime, verifier: JWTVerifier, token: str
+) -> tuple[Principal | None, str | None]:
+    try:
+        identity = verifier.verify(token)
+    except JWTRejected as exc:
+        return None, f"JWT refused: {exc.reason}."
+    tenant_id = runtime.tenant_ids.get(identity.tenant)
+    if tenant_id is None:
+        # The issuer is trusted to name tenants; the first token of a tenant creates it.
+        for _ in range(2):
+            try:
+                async with runtime.sessionmaker() as session:
+                    tenant = await ensure_tenant(session=session, name=identity.tenant[:100])
+                    await session.commit()
+                break
+            except IntegrityError:
+                continue  # a concurrent first request created the tenant; look it up again
+        tenant_id = runtime.tenant_ids[identity.tenant] = tenant.id
+    return (
+        Principal(
+            key_id=identity.subject[:58],
+            tenant_id=tenant_id,
+            scopes=identity.scopes,
+            kind="jwt",
+        ),
+        None,
+    )
 
 
 async def _note_use(runtime: Runtime, key_id: str, now: float) -> None:

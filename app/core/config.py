@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     expiry_interval_seconds: float = Field(default=60.0, gt=0)
     default_retention_seconds: int | None = Field(default=None, gt=0)
 
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_key: SecretStr | None = None
+    jwt_audience: str = "filegate"
+    jwt_issuer: str | None = None
+    jwt_tenant_claim: str = "tenant"
+    jwt_scope_claim: str = "scope"
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=30)
+
     docs_enabled: bool = True
     metrics_token: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = []
@@ -109,6 +117,12 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _jwt_complete(self) -> Settings:
+        if self.jwt_key is not None and not self.jwt_issuer:
+            raise ValueError("FILEGATE_JWT_ISSUER must be set when FILEGATE_JWT_KEY is")
+        return self
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> Settings:

@@ -73,7 +73,7 @@ class CreateResult:
 
 def _not_found(file_id: str) -> NotFound:
     # Identical for a missing id and for another tenant's id.
-    return NotFound(f"No such File object: {file_id}", param="id")
+    return NotFound("No such File object.", param="id")
 
 
 async def get_file(*, session: AsyncSession, ctx: CallContext, file_id: str) -> FileView:
