@@ -56,6 +56,14 @@ def serve(
     if migrate:
         upgrade(settings.resolved_database_url)
     sandboxed = [n for n in ("moonshot", "zai") if settings.provider_sandboxed(n)]
+    if sandboxed and workers > 1 and settings.mount_sandbox:
+        typer.echo(
+            "the in-process sandbox keeps its state per process: use --workers 1, or run "
+            "`filegate sandbox` once and point FILEGATE_SANDBOX_URL at it with "
+            "FILEGATE_MOUNT_SANDBOX=false",
+            err=True,
+        )
+        raise typer.Exit(2)
     typer.echo(f"filegate on http://{self_host}:{port}  (docs UI: http://{self_host}:{port}/docs)")
     if sandboxed:
         typer.echo(f"providers in SANDBOX mode: {', '.join(sandboxed)}")

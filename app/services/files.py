@@ -181,7 +181,13 @@ async def create_file(
                 )
         upload.spool.discard()
         view = await _deduplicated(
-            session=session, rt=rt, ctx=ctx, file=existing, provider=provider, targets=targets
+            session=session,
+            rt=rt,
+            ctx=ctx,
+            file=existing,
+            provider=provider,
+            targets=targets,
+            expires_at=expires_at,
         )
         return CreateResult(view, created=False)
     except GatewayError:
@@ -334,6 +340,7 @@ async def _deduplicated(
     file: File,
     provider: str,
     targets: Sequence[Target],
+    expires_at: datetime | None,
 ) -> FileView:
     """Answer with the tenant's existing file once its in-flight placement has settled."""
     repo = FileRepository(session)
@@ -352,6 +359,10 @@ async def _deduplicated(
             code="upload_conflict",
         )
     rt.metrics.dedup_hits.inc()
+    if current.expires_at is not None and (expires_at is None or expires_at > current.expires_at):
+        # One file serves every upload of it: it lives as long as the longest-lived request.
+        current.expires_at = expires_at
+        await session.commit()
     copies = (await repo.copies_for([current.id]))[current.id]
     live_on = {c.provider for c in copies if c.status == ProviderCopyStatus.ACTIVE}
     wanted = provider != "auto" and provider not in live_on
@@ -556,9 +567,11 @@ async def extract(
             param="id",
             code="not_ready",
         )
+    # The provider knows the copy by its provider-side name; callers know their own.
+    own_name = {"filename": view.file.filename}
     for copy in active:
         if copy.extracted is not None:
-            return copy.provider, json.loads(copy.extracted)
+            return copy.provider, {**json.loads(copy.extracted), **own_name}
     copy = active[0]
     assert copy.provider_file_id is not None
     raw = await rt.providers.adapter(copy.provider).content(copy.provider_file_id)
@@ -573,4 +586,4 @@ async def extract(
         ) from exc
     copy.extracted = json.dumps(parsed, ensure_ascii=False)
     await session.flush()
-    return copy.provider, parsed
+    return copy.provider, {**parsed, **own_name}

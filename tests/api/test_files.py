@@ -170,6 +170,12 @@ async def test_content_streams_original_bytes_with_etag_and_ranges(
         f"/v1/files/{body['id']}/content", headers={"Range": f"bytes={len(payload) + 5}-"}
     )
     assert bad.status_code == 416
+    assert bad.json()["error"]["code"] == "range_not_satisfiable"
+    assert bad.headers["content-range"] == f"bytes */{len(payload)}"
+    cached = await client.get(
+        f"/v1/files/{body['id']}/content", headers={"If-None-Match": resp.headers["etag"]}
+    )
+    assert cached.status_code == 304 and cached.content == b""
 
 
 async def test_extract_returns_provider_text_and_caches_it(
@@ -180,6 +186,7 @@ async def test_extract_returns_provider_text_and_caches_it(
     assert first.status_code == 200, first.text
     assert first.json()["content"] == TEXT.decode()
     assert first.json()["provider"] == "moonshot"
+    assert first.json()["filename"] == "report.txt"
     second = await client.get(f"/v1/files/{body['id']}/extract")
     assert second.json() == first.json()
     assert (await gateway.sandbox_stats("moonshot"))["calls"]["content"] == 1

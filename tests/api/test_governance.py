@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from time import time_ns
 
 import httpx
 from sqlalchemy import func, select
@@ -182,3 +183,36 @@ async def test_last_used_is_recorded(gateway: Gateway, client: httpx.AsyncClient
     async with gateway.runtime.sessionmaker() as session:
         used = (await session.execute(select(ApiKey.last_used_at))).scalars().all()
     assert [u for u in used if u is not None]
+
+
+async def test_per_key_rate_limit_is_shared_by_processes(gateway: Gateway, settings) -> None:  # type: ignore[no-untyped-def]
+    from app.main import create_app
+    from tests.conftest import REDIS_URL
+
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        created = await ops.post(
+            "/admin/keys",
+            json={"tenant": "acme", "name": f"limited-{time_ns()}", "rate_limit_per_minute": 3},
+        )
+    token = created.json()["key"]
+    async with gateway.client(token) as c:
+        codes = [(await c.get("/v1/files")).status_code for _ in range(3)]
+        assert codes == [200, 200, 200]
+        ok_headers = (await c.get("/health/live")).headers
+        refused = await c.get("/v1/files")
+    assert "ratelimit-limit" not in ok_headers  # only routes that authenticate count
+    assert refused.status_code == 429
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-limit"] == "3"
+    assert refused.headers["ratelimit-remaining"] == "0"
+    if REDIS_URL:
+        other = create_app(settings)  # a second process on the same Redis
+        async with other.router.lifespan_context(other):
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=other),
+                base_url="http://g",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as c2:
+                assert (await c2.get("/v1/files")).status_code == 429

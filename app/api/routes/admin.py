@@ -106,12 +106,14 @@ async def create_key(
 )
 async def rotate_key(
     key_id: str,
-    body: KeyRotate,
     request: Request,
     ctx: AdminCtx,
     session: SessionDep,
     rt: RuntimeDep,
+    body: KeyRotate | None = None,
 ) -> JSONResponse:
+    body = body or KeyRotate()
+
     async def rotate() -> tuple[int, KeyCreated]:
         issued = await key_service.rotate_key(
             session=session,

@@ -6,8 +6,10 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.responses import MalformedRangeHeader
+from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfiable
 
 from app.api.deps import ReadCtx, RuntimeDep, SessionDep, WriteCtx
 from app.api.errors import responses
@@ -35,6 +37,7 @@ from app.core.errors import (
     ProviderQuotaExceeded,
     ProviderRateLimited,
     ProviderUnavailable,
+    RangeNotSatisfiable,
     UnsupportedMediaType,
 )
 from app.models import FileStatus
@@ -239,19 +242,39 @@ async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: SessionDep) -> F
     },
 )
 async def download_content(
-    file_id: FileId, ctx: ReadCtx, session: SessionDep, rt: RuntimeDep
-) -> FileResponse:
+    file_id: FileId, request: Request, ctx: ReadCtx, session: SessionDep, rt: RuntimeDep
+) -> Response:
     view, path = await file_service.content_path(session=session, rt=rt, ctx=ctx, file_id=file_id)
-    name = view.file.filename
-    return FileResponse(
-        path,
-        media_type=view.file.content_type,
-        headers={
-            "ETag": f'"{view.file.sha256}"',
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}",
-            "Cache-Control": "private, max-age=0, must-revalidate",
-        },
-    )
+    etag = f'"{view.file.sha256}"'
+    headers = {
+        "ETag": etag,
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(view.file.filename)}",
+        "Cache-Control": "private, max-age=0, must-revalidate",
+    }
+    if etag in _etags(request.headers.get("if-none-match")):
+        return Response(status_code=304, headers=headers)
+    _check_range(request.headers.get("range"), view.file.bytes)
+    return FileResponse(path, media_type=view.file.content_type, headers=headers)
+
+
+def _etags(value: str | None) -> set[str]:
+    if not value:
+        return set()
+    return {tag.strip().removeprefix("W/") for tag in value.split(",")}
+
+
+def _check_range(value: str | None, size: int) -> None:
+    """Refuse an unsatisfiable or malformed Range in the gateway's own error shape."""
+    if value is None:
+        return
+    try:
+        FileResponse._parse_range_header(value, size)
+    except (StarletteRangeNotSatisfiable, MalformedRangeHeader) as exc:
+        raise RangeNotSatisfiable(
+            f"The range '{value[:100]}' cannot be served from {size} bytes.",
+            param="Range",
+            headers={"Content-Range": f"bytes */{size}"},
+        ) from exc
 
 
 @router.get(

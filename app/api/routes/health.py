@@ -51,6 +51,10 @@ async def ready(rt: RuntimeDep) -> JSONResponse:
         if redis_status.status == "down":
             redis_status = ProbeStatus(status="degraded", detail=redis_status.detail)
         checks["redis"] = redis_status
+        if rt.rate_limiter.degraded:
+            checks["rate_limiter"] = ProbeStatus(
+                status="degraded", detail="Redis unreachable: per-process limits"
+            )
     for name, adapter in rt.providers.adapters.items():
         checks[f"provider:{name}"] = ProbeStatus(status="ok", mode=adapter.mode)
     if any(c.status == "down" for c in checks.values()):

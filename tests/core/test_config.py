@@ -1,0 +1,70 @@
+"""Settings are validated at start-up with messages that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.config import ConfigError, load_settings
+from app.runtime import provider_configs
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("FILEGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"FILEGATE_PROVIDER_ORDER": "moonshot,openai"}, "FILEGATE_PROVIDER_ORDER"),
+        ({"FILEGATE_DATABASE_URL": "mysql://x/y"}, "FILEGATE_DATABASE_URL"),
+        ({"FILEGATE_REDIS_URL": "http://x"}, "FILEGATE_REDIS_URL"),
+        ({"FILEGATE_MAX_UPLOAD_BYTES": "0"}, "FILEGATE_MAX_UPLOAD_BYTES"),
+        ({"FILEGATE_JWT_LEEWAY_SECONDS": "60"}, "FILEGATE_JWT_LEEWAY_SECONDS"),
+        ({"FILEGATE_ENV": "production"}, "FILEGATE_SECRET_KEY"),
+        (
+            {"FILEGATE_ENV": "production", "FILEGATE_SECRET_KEY": "s" * 40},
+            "FILEGATE_MOONSHOT_API_KEY",
+        ),
+        ({"FILEGATE_JWT_KEY": "k" * 40}, "FILEGATE_JWT_ISSUER"),
+    ],
+)
+def test_bad_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=needle):
+        load_settings()
+
+
+def test_empty_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FILEGATE_MOONSHOT_API_KEY", "")
+    monkeypatch.setenv("FILEGATE_PROVIDER_ORDER", "")
+    settings = load_settings()
+    assert settings.moonshot_api_key is None
+    assert settings.provider_sandboxed("moonshot")
+    assert settings.provider_order == ["moonshot", "zai"]
+
+
+def test_production_never_sandboxes_a_provider_silently(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FILEGATE_ENV", "production")
+    monkeypatch.setenv("FILEGATE_SECRET_KEY", "s" * 40)
+    monkeypatch.setenv("FILEGATE_ZAI_API_KEY", "abc.def")
+    settings = load_settings()
+    configs = provider_configs(settings)
+    assert [(c.name, c.sandbox) for c in configs] == [("zai", False)]
+    assert configs[0].base_url == "https://api.z.ai/api/paas/v4"
+
+
+def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FILEGATE_MOONSHOT_API_KEY", "sk-very-secret-value")
+    monkeypatch.setenv("FILEGATE_SECRET_KEY", "hmac-secret-value-0123456789")
+    settings = load_settings()
+    assert "sk-very-secret-value" not in repr(settings)
+    assert "hmac-secret-value" not in repr(settings)
