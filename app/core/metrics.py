@@ -77,9 +77,30 @@ class GatewayMetrics:
             ["provider", "kind"],
             registry=self.registry,
         )
+        self.breaker_state = Gauge(
+            "filegate_breaker_state",
+            "Circuit breaker state per provider (0 closed, 1 half-open, 2 open).",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.breaker_transitions = Counter(
+            "filegate_breaker_transitions_total",
+            "Circuit breaker state changes made or noticed by this process.",
+            ["provider", "from", "to"],
+            registry=self.registry,
+        )
+        self.provider_retries = Counter(
+            "filegate_provider_retries_total",
+            "Provider calls retried after a retryable fault, by provider and operation.",
+            ["provider", "operation"],
+            registry=self.registry,
+        )
 
     def observe_provider_call(
         self, provider: str, operation: str, outcome: str, seconds: float
     ) -> None:
         self.provider_calls.labels(provider, operation, outcome).inc()
         self.provider_latency.labels(provider, operation, outcome).observe(seconds)
+
+    def observe_provider_retry(self, provider: str, operation: str) -> None:
+        self.provider_retries.labels(provider, operation).inc()

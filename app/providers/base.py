@@ -7,23 +7,35 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from app.core.errors import ProviderError, ProviderNotFound, ProviderUnavailable
 
+if TYPE_CHECKING:
+    from app.providers.breakers import ProviderBreaker
+    from app.providers.retry import RetryPolicy
+
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # (provider, operation, outcome, seconds) -> None; outcome is "ok" or an error code.
 CallObserver = Callable[[str, str, str, float], None]
+# (provider, operation) -> None; called before each retry of a failed try.
+RetryObserver = Callable[[str, str], None]
+
+# The operation of the enclosing observe() block, for _send() calls made inside one.
+_OPERATION: ContextVar[str | None] = ContextVar("filegate_provider_operation", default=None)
 
 
 @dataclass(frozen=True)
@@ -116,10 +128,24 @@ class ProviderAdapter(ABC):
 
     name: str
     purposes: dict[str, PurposeRule]
+    # The provider's per-account limits, where it documents them.
+    account_max_files: int | None = None
+    account_max_bytes: int | None = None
 
-    def __init__(self, config: ProviderConfig, *, observer: CallObserver | None = None) -> None:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        observer: CallObserver | None = None,
+        breaker: ProviderBreaker | None = None,
+        retry_policy: RetryPolicy | None = None,
+        retry_observer: RetryObserver | None = None,
+    ) -> None:
         self.config = config
         self._observer = observer
+        self.breaker = breaker
+        self.retry_policy = retry_policy
+        self._retry_observer = retry_observer
         self.client = httpx.AsyncClient(
             base_url=config.base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {config.api_key}"},
@@ -142,6 +168,24 @@ class ProviderAdapter(ABC):
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def available(self) -> bool:
+        """False while the circuit is open and not due for a probe (or a probe is in flight)."""
+        return self.breaker is None or self.breaker.available()
+
+    def breaker_snapshot(self) -> dict[str, Any]:
+        """The circuit's state, counters and last counted error (storage "none" without one)."""
+        if self.breaker is not None:
+            return self.breaker.snapshot()
+        return {
+            "provider": self.name,
+            "state": "closed",
+            "failure_count": 0,
+            "opened_at": None,
+            "last_error": None,
+            "storage": "none",
+            "degraded": False,
+        }
 
     @abstractmethod
     async def upload(
@@ -166,22 +210,95 @@ class ProviderAdapter(ABC):
         """Turn a non-2xx provider response into a typed ProviderError (never echo the body)."""
 
     async def request(self, operation: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """Send one call, map transport failures and error statuses, and report the outcome."""
-        with self.observe(operation):
-            return await self._send(method, url, **kwargs)
+        """One logical call: retries, then per try the breaker, observation and error mapping."""
+        return await self._call(operation, lambda: self._exchange(method, url, **kwargs))
 
     async def request_file(
         self, operation: str, method: str, url: str, **kwargs: Any
     ) -> ProviderFile:
-        """Like request(), but also parse one file object inside the same observed call."""
-        with self.observe(operation):
-            return self.file_object(self.json_object(await self._send(method, url, **kwargs)))
+        """Like request(), but also parse one file object inside each observed try."""
+
+        async def attempt() -> ProviderFile:
+            return self.file_object(self.json_object(await self._exchange(method, url, **kwargs)))
+
+        return await self._call(operation, attempt)
+
+    async def _call(
+        self, operation: str, attempt: Callable[[], Awaitable[_T]], *, observed: bool = True
+    ) -> _T:
+        """Run `attempt` until it succeeds, the policy gives up, or the deadline passes."""
+        policy = self.retry_policy
+        loop = asyncio.get_running_loop()
+        deadline = None
+        budget = policy.deadline_for(operation) if policy is not None else None
+        if budget is not None:
+            deadline = loop.time() + budget
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return await self._attempt(operation, attempt, deadline, observed=observed)
+            except ProviderError as exc:
+                if policy is None:
+                    raise
+                remaining = None if deadline is None else deadline - loop.time()
+                delay = policy.next_delay(operation, exc, tries, remaining)
+                # Never retry into an open circuit: that try would only fail fast.
+                if delay is None or (self.breaker is not None and not self.breaker.available()):
+                    raise
+                code = exc.error_code
+            logger.info(
+                "%s %s failed (%s); retry %d in %.2fs", self.name, operation, code, tries, delay
+            )
+            if self._retry_observer is not None:
+                try:
+                    self._retry_observer(self.name, operation)
+                except Exception:
+                    logger.exception("provider retry observer failed")
+            await asyncio.sleep(delay)
+
+    async def _attempt(
+        self,
+        operation: str,
+        attempt: Callable[[], Awaitable[_T]],
+        deadline: float | None,
+        *,
+        observed: bool,
+    ) -> _T:
+        """One try: the breaker admits it (or fails fast), then it is observed and timed."""
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            # No budget left for a real try; failing here keeps it off the breaker's count.
+            raise self._deadline_error()
+        guard: AbstractContextManager[None] = (
+            self.breaker.guard() if self.breaker is not None else nullcontext()
+        )
+        observation = self.observe(operation) if observed else nullcontext()
+        with guard, observation:
+            if deadline is None:
+                return await attempt()
+            timer = asyncio.timeout_at(deadline)
+            try:
+                async with timer:
+                    return await attempt()
+            except TimeoutError as exc:
+                if not timer.expired():
+                    raise
+                raise self._deadline_error() from exc
+
+    def _deadline_error(self) -> ProviderUnavailable:
+        return ProviderUnavailable(
+            f"{self.name} did not complete the call within the gateway's deadline; "
+            "try again later.",
+            provider=self.name,
+            code="provider_deadline",
+        )
 
     @contextmanager
     def observe(self, operation: str) -> Iterator[None]:
         """Time the enclosed provider call and report its outcome to the observer."""
         started = time.perf_counter()
         outcome = "ok"
+        token = _OPERATION.set(operation)
         try:
             yield
         except ProviderError as exc:
@@ -194,6 +311,7 @@ class ProviderAdapter(ABC):
             outcome = "internal_error"
             raise
         finally:
+            _OPERATION.reset(token)
             if self._observer is not None:
                 try:
                     self._observer(self.name, operation, outcome, time.perf_counter() - started)
@@ -202,6 +320,16 @@ class ProviderAdapter(ABC):
                     logger.exception("provider call observer failed")
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One call from a subclass's own observe() block, behind the breaker and retries."""
+        if self.breaker is None and self.retry_policy is None:
+            return await self._exchange(method, url, **kwargs)
+        operation = _OPERATION.get() or method.lower()
+        return await self._call(
+            operation, lambda: self._exchange(method, url, **kwargs), observed=False
+        )
+
+    async def _exchange(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP exchange, with transport failures and error statuses mapped."""
         try:
             response = await self.client.request(method, url, **kwargs)
         except httpx.TimeoutException as exc:

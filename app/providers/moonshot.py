@@ -63,6 +63,8 @@ class MoonshotAdapter(ProviderAdapter):
     """Moonshot `/v1/files`: multipart upload, single-page list, extracted-text content."""
 
     name = "moonshot"
+    account_max_files = 1000
+    account_max_bytes = 10 * 1024 * MiB
     purposes = {
         "file-extract": _FILE_EXTRACT,
         "assistants": _FILE_EXTRACT,

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +24,7 @@ from app.core.ratelimit import (
     build_rate_limiter,
     rate_limit_headers,
 )
+from tests.support.proxy import TcpProxy
 
 REDIS_URL = os.environ.get("FILEGATE_TEST_REDIS_URL")
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -354,60 +355,15 @@ async def test_fallback_times_out_a_hanging_redis(clients: Callable[..., Redis])
         await server.wait_closed()
 
 
-class TcpProxy:
-    """A loopback TCP forwarder to Redis that the test can take down and bring back."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-        for writer in self._writers:
-            writer.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._writers.clear()
-        self._tasks.clear()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers.update({writer, up_writer})
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._tasks.add(task)
-
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            dst.close()
-
-
 @pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
+def proxy() -> Iterator[TcpProxy]:
     if not REDIS_URL:
         pytest.skip("FILEGATE_TEST_REDIS_URL is not set")
     url = urlsplit(REDIS_URL)
     server = TcpProxy(url.hostname or "127.0.0.1", url.port or 6379)
-    await server.start()
+    server.start()
     yield server
-    await server.stop()
+    server.stop()
 
 
 @needs_redis
@@ -433,14 +389,14 @@ async def test_fallback_recovers_when_redis_comes_back(
     assert not limiter.degraded
     assert await redis.exists(f"{prefix}k") == 1
 
-    await proxy.stop()
+    proxy.stop()
     started = time.monotonic()
     down = await limiter.hit("k", limit_per_minute=10)
     assert time.monotonic() - started < 2  # bounded by the limiter's timeout
     assert down.allowed and down.remaining == 9  # the in-memory budget
     assert limiter.degraded
 
-    await proxy.start()  # Redis is reachable again, on the same port
+    proxy.start()  # Redis is reachable again, on the same port
     await limiter.hit("k", limit_per_minute=10)
     assert limiter.degraded  # still within the cool-down: Redis is not tried yet
     clock.advance(5)
