@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,8 +15,11 @@ from app.core.config import ConfigError, Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.jwt import JWTVerifier
 from app.core.metrics import GatewayMetrics
+from app.core.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
 from app.providers import ADAPTERS
 from app.providers.base import ProviderAdapter, ProviderConfig
+from app.providers.breakers import BreakerBoard
+from app.providers.retry import RetryPolicy
 from app.services.keys import KeyRecord
 from app.services.placement import ProviderHub
 from app.storage.blobs import LocalBlobStore
@@ -38,7 +42,9 @@ class Runtime:
     key_cache: dict[str, tuple[float, KeyRecord | None]]
     key_touched: dict[str, float] = field(default_factory=dict)
     jwt: JWTVerifier | None = None
+    rate_limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     tenant_ids: dict[str, str] = field(default_factory=dict)
+    breakers: BreakerBoard | None = None
 
     @property
     def hmac_key(self) -> bytes:
@@ -52,6 +58,8 @@ def provider_configs(settings: Settings) -> list[ProviderConfig]:
     """One config per provider: live with its key, or the sandbox at sandbox_url."""
     configs = []
     for name in ("moonshot", "zai"):
+        if not settings.provider_enabled(name):
+            continue
         sandboxed = settings.provider_sandboxed(name)
         key = settings.provider_key(name)
         configs.append(
@@ -95,8 +103,17 @@ async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> Async
     engine = create_engine(settings.resolved_database_url)
     blob_store = LocalBlobStore(settings.data_dir)
     blob_store.prepare()
+    # Blocking Redis I/O (one round trip per provider), so off the event loop.
+    breakers = await asyncio.to_thread(BreakerBoard.from_settings, settings, metrics=metrics)
+    retry_policy = RetryPolicy.from_settings(settings)
     adapters: dict[str, ProviderAdapter] = {
-        cfg.name: ADAPTERS[cfg.name](cfg, observer=metrics.observe_provider_call)
+        cfg.name: ADAPTERS[cfg.name](
+            cfg,
+            observer=metrics.observe_provider_call,
+            breaker=breakers.get(cfg.name),
+            retry_policy=retry_policy,
+            retry_observer=metrics.observe_provider_retry,
+        )
         for cfg in provider_configs(settings)
     }
     redis = (
@@ -116,11 +133,15 @@ async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> Async
         redis=redis,
         key_cache={},
         jwt=jwt,
+        rate_limiter=build_rate_limiter(redis),
+        breakers=breakers,
     )
     try:
         yield runtime
     finally:
+        await runtime.rate_limiter.aclose()
         await hub.aclose()
+        breakers.close()
         if redis is not None:
             await redis.aclose()
         await engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +137,26 @@ def sandbox_reset(sandbox_server: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path, sandbox_reset: str) -> Settings:
+def breaker_namespace() -> Iterator[str]:
+    """A Redis namespace of the test's own, so one test's open circuit never leaks to the next."""
+    namespace = f"filegate-test:{uuid.uuid4().hex}:breaker"
+    yield namespace
+    if REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{namespace}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def settings(
+    database_url: str, tmp_path: Path, sandbox_reset: str, breaker_namespace: str
+) -> Settings:
     return Settings(
+        breaker_namespace=breaker_namespace,
         env="test",
         data_dir=tmp_path / "data",
         database_url=database_url,

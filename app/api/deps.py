@@ -15,7 +15,7 @@ from app.runtime import Runtime
 from app.services.context import CallContext, Principal
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -169,6 +169,35 @@ class AuditList(BaseModel):
     next_cursor: int | None = Field(description="Pass as `cursor` for the next (older) page")
 
 
+class BreakerOut(BaseModel):
+    state: str = Field(examples=["closed"], description="closed, open or half-open")
+    failure_count: int
+    last_error: str | None
+    storage: str = Field(examples=["redis"], description="redis, memory or none")
+    degraded: bool
+    retry_after: float | None = None
+
+
+class ProviderOut(BaseModel):
+    provider: str
+    mode: str = Field(examples=["live"], description="live or sandbox")
+    breaker: BreakerOut
+    files: int = Field(description="Active copies the gateway holds there")
+    bytes: int
+    quota_files: int | None = Field(description="The provider's documented account limit")
+    quota_bytes: int | None
+
+
+class ProviderList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ProviderOut]
+
+
+class BreakerAction(BaseModel):
+    action: Literal["open", "close", "reset"]
+    model_config = {"extra": "forbid"}
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

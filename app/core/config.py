@@ -20,7 +20,11 @@ class ConfigError(RuntimeError):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="FILEGATE_", env_file=".env", extra="ignore", frozen=False
+        env_prefix="FILEGATE_",
+        env_file=".env",
+        extra="ignore",
+        frozen=False,
+        env_ignore_empty=True,
     )
 
     env: Literal["development", "production", "test"] = "development"
@@ -43,6 +47,14 @@ class Settings(BaseSettings):
     provider_connect_timeout: float = Field(default=5.0, gt=0)
     provider_timeout: float = Field(default=120.0, gt=0)
     dedup_wait_seconds: float = Field(default=120.0, ge=0)
+    breaker_fail_max: int = Field(default=5, ge=1)
+    breaker_reset_seconds: float = Field(default=30.0, gt=0)
+    breaker_namespace: str = Field(default="filegate:breaker", min_length=1)
+    retry_max_attempts: int = Field(default=3, ge=1)
+    retry_base_delay: float = Field(default=0.2, ge=0)
+    retry_max_delay: float = Field(default=5.0, ge=0)
+    provider_deadline_seconds: float = Field(default=60.0, gt=0)
+    provider_upload_deadline_seconds: float = Field(default=600.0, gt=0)
 
     workers_in_process: int = Field(default=1, ge=0, le=16)
     job_lease_seconds: float = Field(default=60.0, gt=0)
@@ -63,6 +75,8 @@ class Settings(BaseSettings):
     jwt_tenant_claim: str = "tenant"
     jwt_scope_claim: str = "scope"
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=30)
+
+    default_rate_limit_per_minute: int = Field(default=0, ge=0)
 
     docs_enabled: bool = True
     metrics_token: SecretStr | None = None
@@ -130,6 +144,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "FILEGATE_SECRET_KEY must be set in production (it keys the API-key HMAC)"
             )
+        if not any(self.provider_enabled(name) for name in PROVIDERS):
+            raise ValueError(
+                "set FILEGATE_MOONSHOT_API_KEY or FILEGATE_ZAI_API_KEY "
+                "(or FILEGATE_SANDBOX=true) in production"
+            )
         return self
 
     @cached_property
@@ -145,8 +164,14 @@ class Settings(BaseSettings):
         return key
 
     def provider_sandboxed(self, provider: str) -> bool:
-        """A provider runs against the sandbox when asked to, or when it has no key."""
-        return self.sandbox or self.provider_key(provider) is None
+        """Sandboxed when asked to, or (outside production) when the provider has no key."""
+        if self.sandbox:
+            return True
+        return self.provider_key(provider) is None and self.env != "production"
+
+    def provider_enabled(self, provider: str) -> bool:
+        """In production a provider without a key is off, never silently sandboxed."""
+        return self.provider_sandboxed(provider) or self.provider_key(provider) is not None
 
     def hmac_key(self) -> bytes:
         """The secret keying API-key HMACs; generated once under data_dir when not configured."""

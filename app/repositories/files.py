@@ -28,6 +28,27 @@ class FileRepository:
         )
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
+    async def get_live_with_copies(
+        self, *, tenant_id: str, file_id: str
+    ) -> tuple[File, list[ProviderCopy]] | None:
+        """A tenant's live file and its copies in one round trip."""
+        stmt = (
+            select(File, ProviderCopy)
+            .outerjoin(ProviderCopy, ProviderCopy.file_id == File.id)
+            .where(
+                File.id == file_id,
+                File.tenant_id == tenant_id,
+                File.deleted_at.is_(None),
+                or_(File.expires_at.is_(None), File.expires_at > utcnow()),
+            )
+            .order_by(ProviderCopy.id)
+            .execution_options(populate_existing=True)
+        )
+        rows = (await self.session.execute(stmt)).all()
+        if not rows:
+            return None
+        return rows[0][0], [copy for _, copy in rows if copy is not None]
+
     async def refresh(self, file_id: str) -> File | None:
         stmt = select(File).where(File.id == file_id).execution_options(populate_existing=True)
         return (await self.session.execute(stmt)).scalar_one_or_none()
@@ -143,6 +164,17 @@ class FileRepository:
             .execution_options(populate_existing=True)
         )
         return (await self.session.execute(stmt)).scalars().all()
+
+    async def placed_on(self, provider: str) -> tuple[int, int]:
+        """(copies, bytes) live on a provider, counting every tenant's copy."""
+        stmt = (
+            select(func.count(), func.coalesce(func.sum(File.bytes), 0))
+            .select_from(ProviderCopy)
+            .join(File, File.id == ProviderCopy.file_id)
+            .where(ProviderCopy.provider == provider, ProviderCopy.status == "active")
+        )
+        count, total = (await self.session.execute(stmt)).one()
+        return int(count), int(total)
 
     async def lock_blob(self, *, sha256: str, size: int, storage_key: str) -> None:
         """Insert the blob row or lock the existing one, so a concurrent collect waits."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
-from app.core.errors import NotFound
+from app.core.errors import InvalidRequest, NotFound
 from app.models import Job, JobState
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
@@ -66,3 +67,38 @@ async def check_file(
     )
     audit.record(session=session, ctx=ctx, action="file.check", resource=file.id)
     return report
+
+
+async def provider_overview(*, session: AsyncSession, rt: Runtime) -> list[dict[str, Any]]:
+    """Each provider's mode, breaker and what the gateway has placed there against its quota."""
+    repo = FileRepository(session)
+    out = []
+    for name in rt.providers.order:
+        adapter = rt.providers.adapter(name)
+        files, used = await repo.placed_on(name)
+        out.append(
+            {
+                "provider": name,
+                "mode": adapter.mode,
+                "breaker": adapter.breaker_snapshot(),
+                "files": files,
+                "bytes": used,
+                "quota_files": adapter.account_max_files,
+                "quota_bytes": adapter.account_max_bytes,
+            }
+        )
+    return out
+
+
+async def force_breaker(
+    *, session: AsyncSession, rt: Runtime, ctx: CallContext, provider: str, action: str
+) -> dict[str, Any]:
+    """Open, close or reset a provider's circuit by hand (every process sees it via Redis)."""
+    rt.providers.adapter(provider)  # 400 for an unknown provider
+    if rt.breakers is None or rt.breakers.get(provider) is None:
+        raise InvalidRequest(f"{provider} has no circuit breaker.", param="provider")
+    snapshot = await asyncio.to_thread(rt.breakers.force, provider, action)  # type: ignore[arg-type]
+    audit.record(
+        session=session, ctx=ctx, action=f"breaker.{action}", resource=f"provider:{provider}"
+    )
+    return snapshot

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from anyio import to_thread
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -83,12 +84,12 @@ async def get_file(*, session: AsyncSession, ctx: CallContext, file_id: str) -> 
             param="id",
             code="invalid_file_id",
         )
-    repo = FileRepository(session)
-    file = await repo.get_live(tenant_id=ctx.principal.tenant_id, file_id=file_id)
-    if file is None:
+    found = await FileRepository(session).get_live_with_copies(
+        tenant_id=ctx.principal.tenant_id, file_id=file_id
+    )
+    if found is None:
         raise _not_found(file_id)
-    copies = (await repo.copies_for([file.id]))[file.id]
-    return FileView(file, copies)
+    return FileView(*found)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ async def create_file(
                     provider="gateway",
                     code="upload_conflict",
                 )
-        upload.spool.discard()
+        await to_thread.run_sync(upload.spool.discard)
         view = await _deduplicated(
             session=session,
             rt=rt,
@@ -194,7 +195,7 @@ async def create_file(
         rt.metrics.uploads.labels(provider, "failed").inc()
         raise
     finally:
-        upload.spool.discard()
+        await to_thread.run_sync(upload.spool.discard)
 
 
 def _placed_on(view: FileView) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -89,6 +91,7 @@ class MultipartIntake:
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.finished = False
+        self.writing: asyncio.Future[None] | None = None
         self.error: Exception | None = None
         self.parser = MultipartParser(
             boundary,
@@ -207,13 +210,22 @@ class MultipartIntake:
     def _on_end(self) -> None:
         self.finished = True
 
-    async def _flush(self) -> None:
-        if not self.pending or self.spool is None:
-            return
-        chunk = b"".join(self.pending)
-        self.pending.clear()
-        self.pending_bytes = 0
-        await to_thread.run_sync(self.spool.write, chunk)
+    async def _flush(self, *, wait: bool = False) -> None:
+        """Hand buffered bytes to a writer thread; parsing goes on while it hashes and writes."""
+        await self._settle()
+        if self.pending and self.spool is not None:
+            chunk = b"".join(self.pending)
+            self.pending.clear()
+            self.pending_bytes = 0
+            # One write in flight at a time keeps order and bounds memory to two buffers.
+            self.writing = asyncio.ensure_future(to_thread.run_sync(self.spool.write, chunk))
+        if wait:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            await writing
 
     async def feed(self, chunk: bytes) -> None:
         try:
@@ -230,7 +242,7 @@ class MultipartIntake:
             raise InvalidRequest("The multipart body is truncated (no closing boundary).")
         if self.spool is None or self.filename is None:
             raise InvalidRequest("The request has no 'file' part.", param="file")
-        await self._flush()
+        await self._flush(wait=True)
         if self.file_size == 0:
             raise InvalidRequest("The file is empty.", param="file")
         sha256 = await to_thread.run_sync(self.spool.finish)
@@ -243,9 +255,13 @@ class MultipartIntake:
             fields=self.fields,
         )
 
-    def discard(self) -> None:
+    async def discard(self) -> None:
+        if self.writing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.writing)  # let the writer thread finish first
+            self.writing = None
         if self.spool is not None:
-            self.spool.discard()
+            await to_thread.run_sync(self.spool.discard)
 
 
 def multipart_boundary(content_type: str | None) -> bytes:
@@ -292,5 +308,5 @@ async def receive_upload(
                 await intake.feed(chunk)
         return await intake.finish()
     except BaseException:
-        intake.discard()
+        await intake.discard()
         raise

@@ -68,9 +68,7 @@ class SpoolFile:
         self.size += len(chunk)
 
     def finish(self) -> str:
-        """Flush to stable storage and return the hex sha256."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        """Close the spool and return the hex sha256 (fsync waits until it becomes a blob)."""
         self._fh.close()
         return self._hash.hexdigest()
 
@@ -111,6 +109,11 @@ class LocalBlobStore(BlobStore):
             if target.exists() and target.stat().st_size == spool.size:
                 spool.path.unlink(missing_ok=True)
                 return
+            fd = os.open(spool.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # durable bytes before the name points at them
+            finally:
+                os.close(fd)
             os.replace(spool.path, target)
             dir_fd = os.open(target.parent, os.O_RDONLY)
             try:

@@ -16,6 +16,8 @@ from app.api.idempotency import respond
 from app.api.schemas import (
     AuditList,
     AuditOut,
+    BreakerAction,
+    BreakerOut,
     CheckReport,
     JobOut,
     JobSummary,
@@ -24,6 +26,8 @@ from app.api.schemas import (
     KeyList,
     KeyOut,
     KeyRotate,
+    ProviderList,
+    ProviderOut,
     QuotaUpdate,
     TenantList,
     TenantOut,
@@ -368,3 +372,59 @@ async def _jsonl(rt: Runtime, filters: dict[str, Any], cursor: int | None) -> As
         if len(rows) < JSONL_PAGE:
             return
         before = rows[-1].id
+
+
+def _breaker_out(snapshot: dict[str, Any]) -> BreakerOut:
+    return BreakerOut(
+        state=str(snapshot.get("state", "closed")),
+        failure_count=int(snapshot.get("failure_count") or 0),
+        last_error=snapshot.get("last_error"),
+        storage=str(snapshot.get("storage", "none")),
+        degraded=bool(snapshot.get("degraded", False)),
+        retry_after=snapshot.get("retry_after"),
+    )
+
+
+@router.get(
+    "/providers",
+    response_model=ProviderList,
+    summary="Providers: mode, circuit breaker, files and bytes placed against the quota",
+    responses=responses(*ADMIN_ERRORS),
+)
+async def providers(ctx: AdminCtx, session: SessionDep, rt: RuntimeDep) -> ProviderList:
+    rows = await admin_service.provider_overview(session=session, rt=rt)
+    return ProviderList(
+        data=[ProviderOut(**{**row, "breaker": _breaker_out(row["breaker"])}) for row in rows]
+    )
+
+
+@router.post(
+    "/providers/{provider}/breaker",
+    response_model=BreakerOut,
+    summary="Open, close or reset a provider's circuit breaker",
+    responses=responses(*ADMIN_ERRORS),
+)
+async def force_breaker(
+    provider: str,
+    body: BreakerAction,
+    request: Request,
+    ctx: AdminCtx,
+    session: SessionDep,
+    rt: RuntimeDep,
+) -> JSONResponse:
+    async def force() -> tuple[int, BreakerOut]:
+        snapshot = await admin_service.force_breaker(
+            session=session, rt=rt, ctx=ctx, provider=provider, action=body.action
+        )
+        return 200, _breaker_out(snapshot)
+
+    return await respond(
+        request=request,
+        rt=rt,
+        ctx=ctx,
+        session=session,
+        request_fingerprint=fingerprint(
+            route="POST /admin/providers/breaker", provider=provider, body=body.model_dump()
+        ),
+        action=force,
+    )

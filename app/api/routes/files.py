@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from urllib.parse import quote
 
+from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.responses import MalformedRangeHeader
@@ -165,7 +166,7 @@ async def upload_file(
             action=create,
         )
     finally:
-        upload.spool.discard()
+        await to_thread.run_sync(upload.spool.discard)
 
 
 def _expires_at(fields: dict[str, str]) -> datetime | None:

@@ -56,7 +56,17 @@ async def ready(rt: RuntimeDep) -> JSONResponse:
                 status="degraded", detail="Redis unreachable: per-process limits"
             )
     for name, adapter in rt.providers.adapters.items():
-        checks[f"provider:{name}"] = ProbeStatus(status="ok", mode=adapter.mode)
+        breaker = adapter.breaker_snapshot()
+        state = breaker.get("state", "closed")
+        checks[f"provider:{name}"] = ProbeStatus(
+            status="degraded" if state != "closed" else "ok",
+            mode=adapter.mode,
+            detail=f"circuit {state}" if state != "closed" else None,
+        )
+    if rt.breakers is not None and rt.breakers.degraded:
+        checks["breakers"] = ProbeStatus(
+            status="degraded", detail="Redis unreachable: breaker state is per process"
+        )
     if any(c.status == "down" for c in checks.values()):
         overall = "down"
     elif any(c.status == "degraded" for c in checks.values()):

@@ -1,0 +1,153 @@
+"""Breakers through the gateway: shared state, fallback, pending, Redis failing under it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from app.core.config import Settings
+from app.main import create_app
+from tests.api.test_files import upload
+from tests.conftest import REDIS_URL, Gateway
+from tests.support.invariants import assert_registry_sound
+from tests.support.proxy import TcpProxy
+
+needs_redis = pytest.mark.skipif(not REDIS_URL, reason="FILEGATE_TEST_REDIS_URL is not set")
+
+
+async def breaker_of(c: httpx.AsyncClient, provider: str) -> dict[str, Any]:
+    data = (await c.get("/admin/providers")).json()["data"]
+    return next(p["breaker"] for p in data if p["provider"] == provider)
+
+
+@pytest.fixture
+async def second_process(settings: Settings) -> AsyncIterator[Any]:
+    """Another gateway on the same database and Redis, as a second process would be."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@needs_redis
+async def test_faults_open_the_breaker_and_another_process_sees_it(
+    gateway: Gateway, client: httpx.AsyncClient, second_process: Any
+) -> None:
+    settings = gateway.runtime.settings
+    await gateway.sandbox_fault("moonshot", status=503, rate=1.0, operations=["upload"])
+    for i in range(settings.breaker_fail_max):
+        await upload(client, f"row,{i}\n".encode(), filename=f"r{i}.csv")
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        assert (await breaker_of(ops, "moonshot"))["state"] == "open"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=second_process),
+        base_url="http://second",
+        headers={"Authorization": f"Bearer {admin}"},
+    ) as other:
+        snapshot = await breaker_of(other, "moonshot")
+        assert snapshot["state"] == "open" and snapshot["storage"] == "redis"
+        ready = (await other.get("/health/ready")).json()
+        assert ready["checks"]["provider:moonshot"]["status"] == "degraded"
+    before = (await gateway.sandbox_stats("moonshot"))["calls"]["upload"]
+    resp = await upload(client, b"after,open\n", filename="after.csv")
+    assert resp.status_code == 200
+    assert [p["provider"] for p in resp.json()["providers"] if p["status"] == "active"] == ["zai"]
+    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == before
+    await assert_registry_sound(gateway)
+
+
+async def test_forced_open_breakers_make_uploads_pending_without_provider_calls(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        for provider in ("moonshot", "zai"):
+            forced = await ops.post(f"/admin/providers/{provider}/breaker", json={"action": "open"})
+            assert forced.status_code == 200 and forced.json()["state"] == "open"
+        resp = await upload(client, b"a,b\n", filename="t.csv")
+        assert resp.status_code == 202 and resp.json()["status"] == "pending"
+        explicit = await upload(client, b"c,d\n", filename="u.csv", provider="zai")
+        assert explicit.status_code == 202
+        assert "circuit" in explicit.json()["status_details"]
+        for provider in ("moonshot", "zai"):
+            assert (await gateway.sandbox_stats(provider))["calls"]["upload"] == 0
+            reset = await ops.post(f"/admin/providers/{provider}/breaker", json={"action": "reset"})
+            assert reset.json()["state"] == "closed"
+        bad = await ops.post("/admin/providers/openai/breaker", json={"action": "open"})
+        assert bad.status_code == 400
+        listed = (await ops.get("/admin/providers")).json()["data"]
+    moonshot = next(p for p in listed if p["provider"] == "moonshot")
+    assert moonshot["quota_files"] == 1000 and moonshot["mode"] == "sandbox"
+
+
+async def test_redis_unreachable_at_start_up_still_serves(settings: Settings) -> None:
+    settings.redis_url = "redis://127.0.0.1:1/0"
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        rt = app.state.runtime
+        from app.services.keys import issue_key
+
+        async with rt.sessionmaker() as session:
+            issued = await issue_key(
+                session=session,
+                hmac_key=rt.hmac_key,
+                tenant_name="acme",
+                name="t",
+                scopes=["files:read", "files:write"],
+            )
+            await session.commit()
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://g",
+            headers={"Authorization": f"Bearer {issued.token}"},
+        ) as c:
+            assert (await upload(c)).status_code == 200
+            ready = await c.get("/health/ready")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["redis"]["status"] == "degraded"
+
+
+@needs_redis
+async def test_redis_stopping_mid_run_keeps_uploads_working(settings: Settings) -> None:
+    assert REDIS_URL
+    parts = urlsplit(REDIS_URL)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    proxy.start()
+    settings.redis_url = proxy.url(REDIS_URL)
+    app = create_app(settings)
+    try:
+        async with app.router.lifespan_context(app):
+            rt = app.state.runtime
+            from app.services.keys import issue_key
+
+            async with rt.sessionmaker() as session:
+                issued = await issue_key(
+                    session=session,
+                    hmac_key=rt.hmac_key,
+                    tenant_name="acme",
+                    name="t",
+                    scopes=["files:read", "files:write"],
+                )
+                await session.commit()
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://g",
+                headers={"Authorization": f"Bearer {issued.token}"},
+                timeout=30,
+            ) as c:
+                assert (await upload(c, b"before\n")).status_code == 200
+                proxy.stop()
+                for i in range(3):
+                    resp = await upload(c, f"during {i}\n".encode())
+                    assert resp.status_code == 200, resp.text
+                ready = (await c.get("/health/ready")).json()
+                assert ready["status"] == "degraded"
+                assert ready["checks"]["redis"]["status"] == "degraded"
+    finally:
+        proxy.stop()
