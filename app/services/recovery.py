@@ -12,6 +12,7 @@ from app.core.db import utcnow
 from app.core.errors import ProviderError, ProviderNotFound, UnsupportedPurpose
 from app.models import File, FileStatus, Job, ProviderCopy, ProviderCopyStatus
 from app.repositories.files import FileRepository
+from app.repositories.idempotency import IdempotencyRepository
 from app.services import audit, files, jobs, placement
 from app.services.context import CallContext, system_context
 from app.services.jobs import RetryLater
@@ -332,11 +333,12 @@ async def handle_reconcile(
 async def handle_expire(
     session: AsyncSession, rt: Runtime, job: Job, payload: dict[str, Any]
 ) -> None:
-    """Delete files past their expiry at every provider; blobs go once unreferenced."""
+    """Delete expired files at every provider (blobs go once unreferenced); forget old keys."""
     repo = FileRepository(session)
     for file in await repo.expired(now=utcnow(), limit=EXPIRY_BATCH):
         ctx = system_context(tenant_id=file.tenant_id, task=f"job-{job.id}")
         await files.expire_file(session=session, rt=rt, ctx=ctx, file=file)
+    await IdempotencyRepository(session).purge_expired(now=utcnow())
 
 
 HANDLERS = {

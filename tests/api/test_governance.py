@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from time import monotonic as time_monotonic
 from time import time_ns
 
 import httpx
@@ -216,3 +217,50 @@ async def test_per_key_rate_limit_is_shared_by_processes(gateway: Gateway, setti
                 headers={"Authorization": f"Bearer {token}"},
             ) as c2:
                 assert (await c2.get("/v1/files")).status_code == 429
+
+
+async def test_revocation_reaches_every_process_within_five_seconds(
+    gateway: Gateway,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    from app.main import create_app
+
+    admin = await gateway.key("ops", ("admin",))
+    token = await gateway.key("acme")
+    other = create_app(settings)
+    async with other.router.lifespan_context(other):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=other),
+            base_url="http://other",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as c:
+            assert (await c.get("/v1/files")).status_code == 200  # now cached there
+            async with gateway.client(admin) as ops:
+                await ops.delete(f"/admin/keys/{token.split('_')[1]}")
+            started = time_monotonic()
+            while (await c.get("/v1/files")).status_code == 200:
+                assert time_monotonic() - started < 5, "revocation not seen within 5 s"
+                await asyncio.sleep(0.2)
+
+
+async def test_old_idempotency_keys_are_forgotten(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    from app.services import jobs
+    from app.services.worker import Worker
+
+    headers = {"Idempotency-Key": "old"}
+    await client.post(
+        "/v1/files",
+        data={"purpose": "file-extract"},
+        files={"file": ("a.txt", b"x1", "text/plain")},
+        headers=headers,
+    )
+    async with gateway.runtime.sessionmaker() as session:
+        row = (await session.execute(select(IdempotencyKey))).scalar_one()
+        row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        await jobs.enqueue(session=session, kind=jobs.EXPIRE, payload={})
+        await session.commit()
+    await Worker(gateway.runtime).drain()
+    async with gateway.runtime.sessionmaker() as session:
+        assert (await session.execute(select(IdempotencyKey))).first() is None
