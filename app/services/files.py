@@ -403,43 +403,49 @@ async def collect_blob(*, session: AsyncSession, rt: Runtime, sha256: str) -> bo
 async def delete_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str) -> str:
     """Delete a file now; provider copies that cannot be removed yet are retried by a job."""
     view = await get_file(session=session, ctx=ctx, file_id=file_id)
-    file = view.file
-    repo = FileRepository(session)
-    for copy in view.copies:
-        if copy.status in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED):
-            continue
-        await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason="file deleted")
-    repo.add_event(
-        file_id=file.id,
-        from_status=file.status,
-        to_status=FileStatus.DELETED,
-        reason="deleted by caller",
-        request_id=ctx.request_id,
+    await _retire(
+        session=session, rt=rt, ctx=ctx, view=view, reason="deleted by caller", action="delete"
     )
-    file.status = FileStatus.DELETED
-    file.deleted_at = utcnow()
-    audit.record(session=session, ctx=ctx, action="file.delete", resource=file.id)
-    await session.flush()
-    await collect_blob(session=session, rt=rt, sha256=file.sha256)
-    return file.id
+    return view.file.id
 
 
 async def expire_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, file: File) -> None:
     """Remove an expired file at every provider and retire it; the blob goes when unused."""
-    repo = FileRepository(session)
-    for copy in (await repo.copies_for([file.id]))[file.id]:
+    copies = (await FileRepository(session).copies_for([file.id]))[file.id]
+    await _retire(
+        session=session,
+        rt=rt,
+        ctx=ctx,
+        view=FileView(file, copies),
+        reason="expired",
+        action="expire",
+    )
+
+
+async def _retire(
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    view: FileView,
+    reason: str,
+    action: str,
+) -> None:
+    """Remove every provider copy (or queue it), mark the file deleted, collect its blob."""
+    file = view.file
+    for copy in view.copies:
         if copy.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED):
-            await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason="file expired")
-    repo.add_event(
+            await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
+    FileRepository(session).add_event(
         file_id=file.id,
         from_status=file.status,
         to_status=FileStatus.DELETED,
-        reason="expired",
+        reason=reason,
         request_id=ctx.request_id,
     )
     file.status = FileStatus.DELETED
     file.deleted_at = utcnow()
-    audit.record(session=session, ctx=ctx, action="file.expire", resource=file.id)
+    audit.record(session=session, ctx=ctx, action=f"file.{action}", resource=file.id)
     await session.flush()
     await collect_blob(session=session, rt=rt, sha256=file.sha256)
 

@@ -101,27 +101,11 @@ async def handle_delete_copy(
     if copy is None or copy.status == ProviderCopyStatus.DELETED:
         return
     file = await FileRepository(session).refresh(copy.file_id)
-    tenant = file.tenant_id if file else "unknown"
-    ctx = system_context(tenant_id=tenant, task=f"job-{job.id}")
-    adapter = rt.providers.adapter(copy.provider)
-    if copy.provider_file_id:
-        try:
-            await adapter.delete(copy.provider_file_id)
-        except ProviderNotFound:
-            pass
-        except ProviderError as exc:
-            copy.last_error = exc.message
-            raise RetryLater(exc.message, retry_after=exc.retry_after) from exc
-    FileRepository(session).add_event(
-        file_id=copy.file_id,
-        provider=copy.provider,
-        from_status=copy.status,
-        to_status=ProviderCopyStatus.DELETED,
-        reason="provider delete retried",
-        request_id=ctx.request_id,
-    )
-    copy.status = ProviderCopyStatus.DELETED
-    copy.last_error = None
+    ctx = system_context(tenant_id=file.tenant_id if file else "unknown", task=f"job-{job.id}")
+    if not await files.remove_copy(
+        session=session, rt=rt, ctx=ctx, copy=copy, reason="provider delete retried"
+    ):
+        raise RetryLater(copy.last_error or "provider delete failed")
     audit.record(
         session=session, ctx=ctx, action="copy.delete", resource=f"{copy.file_id}@{copy.provider}"
     )
