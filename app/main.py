@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
-from app.api import errors
+from app.api import errors, openapi
 from app.api.middleware import IdentifyMiddleware, RequestContextMiddleware
 from app.api.routes import admin, files, health
 from app.core.config import Settings, load_settings
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_upload_bytes + 1024 * 1024,
     )
     errors.install(app)
+    openapi.install(app)
     app.include_router(files.router)
     app.include_router(admin.router)
     app.include_router(health.router)

@@ -249,7 +249,10 @@ class KeyOut(BaseModel):
 
 
 class KeyCreated(KeyOut):
-    key: str = Field(description="The secret token, shown only in this response")
+    key: str | None = Field(
+        description="The secret token, shown only in this response (null when an "
+        "Idempotency-Key replays it: secrets are never stored)"
+    )
 
 
 class KeyList(BaseModel):

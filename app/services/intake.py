@@ -34,6 +34,14 @@ class IncomingUpload:
     fields: dict[str, str] = field(default_factory=dict)
 
 
+def _utf8(raw: bytes) -> str:
+    """Header parameters are UTF-8 as browsers and HTTP clients send them; else Latin-1."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def validate_filename(raw: str) -> str:
     """Refuse names that could address paths or smuggle control characters."""
     name = unicodedata.normalize("NFC", raw).strip()
@@ -137,7 +145,8 @@ class MultipartIntake:
     def _on_header_end(self) -> None:
         assert self.part is not None
         key = self.part.header_field.decode("latin-1").strip().lower()
-        self.part.headers[key] = self.part.header_value.decode("utf-8", "replace")
+        # Latin-1 round-trips every byte; names and filenames are decoded as UTF-8 below.
+        self.part.headers[key] = self.part.header_value.decode("latin-1")
         self.part.header_field.clear()
         self.part.header_value.clear()
 
@@ -148,7 +157,7 @@ class MultipartIntake:
         if disposition != b"form-data" or b"name" not in params:
             self._fail(InvalidRequest("Each multipart part needs Content-Disposition: form-data."))
             return
-        part.name = params[b"name"].decode("utf-8", "replace")
+        part.name = _utf8(params[b"name"])
         if part.name == "file":
             if self.file_seen:
                 self._fail(InvalidRequest("Send exactly one 'file' part.", param="file"))
@@ -159,11 +168,11 @@ class MultipartIntake:
                 self._fail(InvalidRequest("The 'file' part needs a filename.", param="file"))
                 return
             try:
-                self.filename = validate_filename(raw_name.decode("utf-8", "replace"))
+                self.filename = validate_filename(_utf8(raw_name))
             except InvalidRequest as exc:
                 self._fail(exc)
                 return
-            ctype = part.headers.get("content-type", "").strip()
+            ctype = _utf8(part.headers.get("content-type", "").encode("latin-1")).strip()
             self.file_content_type = ctype[:255] or "application/octet-stream"
             self.spool = self.blob_store.new_spool()
 

@@ -22,7 +22,6 @@ from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import load_all_checks
-from schemathesis.core.failures import FailureGroup
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.python.asgi import shutdown_lifespans
 
@@ -394,12 +393,6 @@ def _content_case(api: Api) -> Any:
     return _case("/v1/files/{file_id}/content", "GET", path_parameters={"file_id": api.file_id})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FailureGroup,
-    reason="BUG: GET /v1/files/{id}/content answers with the file's own Content-Type "
-    "(text/csv here) but the schema documents only application/octet-stream",
-)
 def test_content_type_of_a_download_is_documented(api: Api, closed_circuits: None) -> None:
     case = _content_case(api)
     resp = api.call(case)
@@ -407,12 +400,6 @@ def test_content_type_of_a_download_is_documented(api: Api, closed_circuits: Non
     case.validate_response(resp, checks=CHECKS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FailureGroup,
-    reason="BUG: GET /v1/files/{id}/content answers 304 to a matching If-None-Match, "
-    "which the schema does not document",
-)
 def test_not_modified_download_is_documented(api: Api, closed_circuits: None) -> None:
     case = _content_case(api)
     etag = api.call(case).headers["etag"][0]
@@ -421,12 +408,6 @@ def test_not_modified_download_is_documented(api: Api, closed_circuits: None) ->
     case.validate_response(resp, checks=CHECKS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FailureGroup,
-    reason="BUG: GET /v1/files/{id}/content answers 416 to an unsatisfiable Range, "
-    "which the schema does not document",
-)
 def test_unsatisfiable_range_is_documented(api: Api, closed_circuits: None) -> None:
     case = _content_case(api)
     resp = api.call(case, headers={"Range": "bytes=9000-9999"})
@@ -434,12 +415,6 @@ def test_unsatisfiable_range_is_documented(api: Api, closed_circuits: None) -> N
     case.validate_response(resp, checks=CHECKS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FailureGroup,
-    reason="BUG: POST /v1/files answers 422 idempotency_key_reused (Idempotency-Key reused "
-    "with other bytes), which the schema does not document",
-)
 def test_reused_idempotency_key_on_upload_is_documented(api: Api, closed_circuits: None) -> None:
     api.upload(b"first,body\n", "first.csv", headers={"Idempotency-Key": "reuse-me"})
     case, resp = api.upload(b"second,body\n", "second.csv", headers={"Idempotency-Key": "reuse-me"})
@@ -447,12 +422,6 @@ def test_reused_idempotency_key_on_upload_is_documented(api: Api, closed_circuit
     case.validate_response(resp, checks=CHECKS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=FailureGroup,
-    reason="BUG: POST /admin/keys replayed with its Idempotency-Key answers 201 with "
-    '"key": null, but the schema (KeyCreated.key) says key is a string',
-)
 def test_replayed_key_creation_matches_the_schema(api: Api, closed_circuits: None) -> None:
     case = _case("/admin/keys", "POST", body={"tenant": "ops", "name": "replayed"})
     first = api.call(case, headers={"Idempotency-Key": "replay-schema"})
@@ -462,25 +431,12 @@ def test_replayed_key_creation_matches_the_schema(api: Api, closed_circuits: Non
     case.validate_response(replay, checks=CHECKS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="BUG: POST /v1/files with a non-Latin-1 filename (UTF-8 in Content-Disposition, as "
-    "httpx/browsers send it) is a 500: intake decodes part headers as UTF-8 and "
-    "python_multipart.parse_options_header re-encodes them as latin-1 (UnicodeEncodeError)",
-)
 def test_upload_with_a_cjk_filename_is_not_a_server_error(api: Api, closed_circuits: None) -> None:
     _, resp = api.upload("季度报告".encode() + b",1\n", "季度报告.csv")
     assert resp.status_code == 200, resp.text
     assert resp.json()["filename"] == "季度报告.csv"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="BUG: POST /v1/files with a non-Latin-1 multipart field name is a 500 "
-    "(same UnicodeEncodeError in parse_options_header) instead of the field being ignored",
-)
 def test_upload_with_a_non_latin1_field_name_is_not_a_server_error(
     api: Api, closed_circuits: None
 ) -> None:
@@ -488,26 +444,12 @@ def test_upload_with_a_non_latin1_field_name_is_not_a_server_error(
     assert resp.status_code == 200, resp.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: POST /v1/files stores a UTF-8 filename in the Latin-1 range mangled: "
-    "'résumé.csv' becomes 'r\ufffdsum\ufffd.csv' (UTF-8 decode, latin-1 re-encode, "
-    "UTF-8 decode with replacement)",
-)
 def test_upload_keeps_an_accented_filename(api: Api, closed_circuits: None) -> None:
     _, resp = api.upload(b"accent,1\n", "résumé.csv")
     assert resp.status_code == 200, resp.text
     assert resp.json()["filename"] == "résumé.csv"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: GET /admin/audit?cursor=N and POST /admin/jobs/N/retry answer 500 for N past "
-    "the database integer (PostgreSQL: N >= 2**31, SQLite: N >= 2**63); no upper bound is "
-    "validated, so the driver overflows instead of a 400/404",
-)
 async def test_out_of_range_integers_are_not_server_errors(gateway: Gateway) -> None:
     token = await gateway.key("ops", ("admin",))
     transport = httpx.ASGITransport(app=gateway.app, raise_app_exceptions=False)  # type: ignore[arg-type]

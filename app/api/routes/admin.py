@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.deps import AdminCtx, RuntimeDep, SessionDep
@@ -45,6 +45,7 @@ from app.services.tenants import TenantUsage
 router = APIRouter(prefix="/admin", tags=["admin"])
 ADMIN_ERRORS = (InvalidRequest, AuthenticationFailed, PermissionDenied)
 JSONL_PAGE = 500
+MAX_ID = 2**31 - 1  # row ids are 32-bit integers
 
 
 def _key_out(row: ApiKey) -> KeyOut:
@@ -216,7 +217,11 @@ async def job_summary(
     responses=responses(*ADMIN_ERRORS, NotFound),
 )
 async def retry_job(
-    job_id: int, request: Request, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
+    job_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    request: Request,
+    ctx: AdminCtx,
+    session: SessionDep,
+    rt: RuntimeDep,
 ) -> JSONResponse:
     async def retry() -> tuple[int, JobOut]:
         job = await admin_service.retry_job(session=session, ctx=ctx, job_id=job_id)
@@ -330,7 +335,7 @@ async def audit_trail(
     outcome: Annotated[Literal["success", "denied", "failed"] | None, Query()] = None,
     since: Annotated[datetime | None, Query(description="RFC 3339, inclusive")] = None,
     until: Annotated[datetime | None, Query(description="RFC 3339, exclusive")] = None,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     format: Annotated[Literal["json", "jsonl"], Query()] = "json",
 ) -> Response:

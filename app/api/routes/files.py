@@ -237,9 +237,16 @@ async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: SessionDep) -> F
     description="Streams the canonical copy; supports Range requests; the ETag is the sha256.",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes"},
-        206: {"description": "Partial content for a Range request"},
-        **responses(*AUTH_ERRORS, NotFound, BlobCorrupt),
+        200: {
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The file's bytes, with the Content-Type it was uploaded with",
+        },
+        206: {
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "Partial content for a Range request",
+        },
+        304: {"description": "Not modified: If-None-Match carried the current ETag"},
+        **responses(*AUTH_ERRORS, NotFound, RangeNotSatisfiable, BlobCorrupt),
     },
 )
 async def download_content(
