@@ -23,13 +23,22 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's unit of work: committed when the route returns, rolled back on error."""
-    async with session_scope(runtime.sessionmaker) as session:
+    async with session_scope(request.app.state.runtime.sessionmaker) as session:
         yield session
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session for routes that only read: nothing to commit, closed (rolled back) after."""
+    async with request.app.state.runtime.sessionmaker() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 
 
 def client_addr(request: Request) -> str | None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import Executable
@@ -48,6 +49,23 @@ class FileRepository:
         if not rows:
             return None
         return rows[0][0], [copy for _, copy in rows if copy is not None]
+
+    async def read_live_with_copies(
+        self, *, tenant_id: str, file_id: str
+    ) -> tuple[File, list[ProviderCopy]] | None:
+        """Like get_live_with_copies, for reading only: detached rows, no ORM loading cost."""
+        params = {"file_id": file_id, "tenant_id": tenant_id, "now": utcnow()}
+        rows = (await self.session.execute(_READ_VIEW, params)).all()
+        if not rows:
+            return None
+        width = len(_FILE_COLUMNS)
+        file = File(**dict(zip(_FILE_COLUMNS, rows[0][:width], strict=True)))
+        copies = [
+            ProviderCopy(**dict(zip(_COPY_COLUMNS, row[width:], strict=True)))
+            for row in rows
+            if row[width] is not None
+        ]
+        return file, copies
 
     async def refresh(self, file_id: str) -> File | None:
         stmt = select(File).where(File.id == file_id).execution_options(populate_existing=True)
@@ -273,3 +291,24 @@ class FileRepository:
 
 
 LIVE_STATUSES = (FileStatus.UPLOADED, FileStatus.PROCESSED, FileStatus.PENDING)
+
+
+def _read_view_statement() -> Select[Any]:
+    files, copies = File.__table__, ProviderCopy.__table__
+    return (
+        select(*files.c, *copies.c)
+        .outerjoin(copies, copies.c.file_id == files.c.id)
+        .where(
+            files.c.id == bindparam("file_id"),
+            files.c.tenant_id == bindparam("tenant_id"),
+            files.c.deleted_at.is_(None),
+            or_(files.c.expires_at.is_(None), files.c.expires_at > bindparam("now")),
+        )
+        .order_by(copies.c.id)
+    )
+
+
+# Built once: the hot read path should not rebuild and re-key its statement per request.
+_FILE_COLUMNS = tuple(c.name for c in File.__table__.c)
+_COPY_COLUMNS = tuple(c.name for c in ProviderCopy.__table__.c)
+_READ_VIEW = _read_view_statement()

@@ -78,18 +78,33 @@ def _not_found(file_id: str) -> NotFound:
 
 
 async def get_file(*, session: AsyncSession, ctx: CallContext, file_id: str) -> FileView:
-    if not valid_file_id(file_id):
-        raise InvalidRequest(
-            f"'{file_id}' is not a file id (expected 'file-' and 24 letters or digits).",
-            param="id",
-            code="invalid_file_id",
-        )
+    _check_id(file_id)
     found = await FileRepository(session).get_live_with_copies(
         tenant_id=ctx.principal.tenant_id, file_id=file_id
     )
     if found is None:
         raise _not_found(file_id)
     return FileView(*found)
+
+
+async def read_file(*, session: AsyncSession, ctx: CallContext, file_id: str) -> FileView:
+    """get_file for callers that only read: the rows are not tracked by the session."""
+    _check_id(file_id)
+    found = await FileRepository(session).read_live_with_copies(
+        tenant_id=ctx.principal.tenant_id, file_id=file_id
+    )
+    if found is None:
+        raise _not_found(file_id)
+    return FileView(*found)
+
+
+def _check_id(file_id: str) -> None:
+    if not valid_file_id(file_id):
+        raise InvalidRequest(
+            f"'{file_id}' is not a file id (expected 'file-' and 24 letters or digits).",
+            param="id",
+            code="invalid_file_id",
+        )
 
 
 @dataclass(frozen=True)

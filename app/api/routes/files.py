@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.responses import MalformedRangeHeader
 from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfiable
 
-from app.api.deps import ReadCtx, RuntimeDep, SessionDep, WriteCtx
+from app.api.deps import ReadCtx, ReadSessionDep, RuntimeDep, SessionDep, WriteCtx
 from app.api.errors import responses
 from app.api.idempotency import respond
 from app.api.schemas import (
@@ -202,7 +202,7 @@ def _expires_at(fields: dict[str, str]) -> datetime | None:
 )
 async def list_files(
     ctx: ReadCtx,
-    session: SessionDep,
+    session: ReadSessionDep,
     after: Annotated[str | None, Query(max_length=64, description="A file id cursor")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
@@ -226,8 +226,8 @@ async def list_files(
     summary="Retrieve a file",
     responses=responses(*AUTH_ERRORS, NotFound),
 )
-async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: SessionDep) -> FileObject:
-    view = await file_service.get_file(session=session, ctx=ctx, file_id=file_id)
+async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) -> FileObject:
+    view = await file_service.read_file(session=session, ctx=ctx, file_id=file_id)
     return FileObject.of(view)
 
 
@@ -368,7 +368,7 @@ async def replicate_file(
     summary="A file's lifecycle: every state change of the file and its provider copies",
     responses=responses(*AUTH_ERRORS, NotFound),
 )
-async def file_events(file_id: FileId, ctx: ReadCtx, session: SessionDep) -> FileEventList:
+async def file_events(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) -> FileEventList:
     rows = await file_service.events(session=session, ctx=ctx, file_id=file_id)
     return FileEventList(
         data=[
