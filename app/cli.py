@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from typing import Annotated
 
 import typer
@@ -67,7 +68,8 @@ def serve(
     typer.echo(f"filegate on http://{self_host}:{port}  (docs UI: http://{self_host}:{port}/docs)")
     if sandboxed:
         typer.echo(f"providers in SANDBOX mode: {', '.join(sandboxed)}")
-    typer.echo("create an API key: filegate keys create --tenant demo --name me")
+    command = sys.argv[0] if sys.argv[0].endswith("filegate") else "filegate"
+    typer.echo(f"create an API key: {command} keys create --tenant demo --name me")
     uvicorn.run(
         "app.main:create_app",
         factory=True,
