@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     zai_api_key: SecretStr | None = None
     zai_base_url: str = "https://api.z.ai/api/paas/v4"
     provider_connect_timeout: float = Field(default=5.0, gt=0)
-    provider_timeout: float = Field(default=120.0, gt=0)
+    provider_timeout: float = Field(default=60.0, gt=0)
     dedup_wait_seconds: float = Field(default=120.0, ge=0)
     breaker_fail_max: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=30.0, gt=0)
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     workers_in_process: int = Field(default=1, ge=0, le=16)
     job_lease_seconds: float = Field(default=60.0, gt=0)
     job_poll_seconds: float = Field(default=1.0, gt=0)
-    job_max_attempts: int = Field(default=8, ge=1)
+    job_max_attempts: int = Field(default=20, ge=1)
     job_backoff_base: float = Field(default=2.0, gt=0)
     job_backoff_max: float = Field(default=300.0, gt=0)
     reconcile_interval_seconds: float = Field(default=300.0, gt=0)

@@ -122,11 +122,6 @@ class Placement:
         return self.errors[0]
 
 
-def _available(adapter: ProviderAdapter) -> bool:
-    check = getattr(adapter, "available", None)
-    return bool(check()) if callable(check) else True
-
-
 async def place(
     *,
     session: AsyncSession,
@@ -146,13 +141,14 @@ async def place(
     blob_path = rt.blob_store.local_path(blob.storage_key)
     for index, target in enumerate(targets):
         adapter = rt.providers.adapter(target.provider)
-        if not _available(adapter):
+        if not adapter.available():
             outcome.deferred = True
             outcome.errors.append(
                 ProviderUnavailable(
                     f"{target.provider} is failing (circuit open); it is skipped for now.",
                     provider=target.provider,
                     code="provider_circuit_open",
+                    retry_after=adapter.breaker_snapshot().get("retry_after"),
                 )
             )
             continue
