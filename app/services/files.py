@@ -299,6 +299,8 @@ async def _place_new(
     """Place a just-claimed file; keep it pending when providers are only failing for now."""
     repo = FileRepository(session)
     outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
+    if outcome.withdrawn:
+        raise _not_found(file.id)
     if outcome.placed_on is None:
         error = outcome.first_error
         if outcome.deferred:
@@ -479,6 +481,8 @@ async def replicate(
         purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
     )
     outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
+    if outcome.withdrawn:
+        raise _not_found(file.id)
     if outcome.placed_on is None:
         error = outcome.first_error
         if not outcome.deferred:

@@ -116,6 +116,7 @@ class Placement:
     placed_on: str | None = None
     errors: list[ProviderError] = field(default_factory=list)
     deferred: bool = False  # some target failed for a reason that may pass
+    withdrawn: bool = False  # the file was deleted while it was being placed
 
     @property
     def first_error(self) -> ProviderError:
@@ -177,10 +178,47 @@ async def place(
             )
             await session.commit()
             continue
+        if await _deleted_meanwhile(session=session, file=file):
+            await _discard_late_copy(
+                session=session, adapter=adapter, ctx=ctx, copy=copy, provider_file_id=result.id
+            )
+            outcome.withdrawn = True
+            return outcome
         await _activate(session=session, ctx=ctx, file=file, copy=copy, provider_file_id=result.id)
         outcome.placed_on = target.provider
         return outcome
     return outcome
+
+
+async def _deleted_meanwhile(*, session: AsyncSession, file: File) -> bool:
+    current = await FileRepository(session).refresh(file.id)
+    return current is None or current.deleted_at is not None
+
+
+async def _discard_late_copy(
+    *,
+    session: AsyncSession,
+    adapter: ProviderAdapter,
+    ctx: CallContext,
+    copy: ProviderCopy,
+    provider_file_id: str,
+) -> None:
+    """The file was deleted while its upload ran: remove the copy that arrived too late."""
+    copy.provider_file_id = provider_file_id
+    copy.status = ProviderCopyStatus.DELETED
+    FileRepository(session).add_event(
+        file_id=copy.file_id,
+        provider=copy.provider,
+        from_status=ProviderCopyStatus.PLACING,
+        to_status=ProviderCopyStatus.DELETED,
+        reason=f"file deleted during placement; removing {provider_file_id}",
+        request_id=ctx.request_id,
+    )
+    await session.commit()
+    try:
+        await adapter.delete(provider_file_id)
+    except ProviderError:
+        pass  # reconciliation removes it: it carries the id of a deleted file
 
 
 async def _intent(

@@ -46,7 +46,7 @@ async def handle_place(
         await _give_up(session=session, ctx=ctx, file=file, reason=exc.message)
         return
     outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
-    if outcome.placed_on is not None:
+    if outcome.placed_on is not None or outcome.withdrawn:
         return
     error = outcome.first_error
     if outcome.deferred:

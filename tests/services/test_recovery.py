@@ -282,3 +282,42 @@ async def test_dead_letters_are_listed_and_retryable(
     file = (await client.get(f"/v1/files/{resp.json()['id']}")).json()
     assert file["status"] == "processed"
     await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_delete_during_placement_leaves_no_copy_behind(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    import asyncio
+
+    await gateway.sandbox_fault(
+        "moonshot", status=None, latency_ms=800, rate=1.0, operations=["upload"]
+    )
+    pending = asyncio.ensure_future(upload(client, b"racing delete\n"))
+    file_id = None
+    for _ in range(100):
+        listed = (await client.get("/v1/files")).json()["data"]
+        if listed:
+            file_id = listed[0]["id"]
+            break
+        await asyncio.sleep(0.02)
+    assert file_id is not None and listed[0]["status"] == "uploaded"
+    assert (await client.delete(f"/v1/files/{file_id}")).status_code == 200
+    resp = await pending
+    assert resp.status_code == 404
+    await clear_faults(gateway)
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 0
+    events = []
+    async with gateway.runtime.sessionmaker() as session:
+        from app.models import LifecycleEvent
+
+        events = (
+            (
+                await session.execute(
+                    select(LifecycleEvent.reason).where(LifecycleEvent.file_id == file_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert any("deleted during placement" in e for e in events)
+    await assert_registry_sound(gateway, reconciled=True)
