@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.api.schemas import ErrorBody
 from app.core.errors import (
@@ -146,6 +147,14 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return await gateway_error_handler(request, InvalidRequest(message, param=param))
 
 
+async def client_disconnect_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The caller hung up mid-request (nothing was kept); nobody is left to read the answer."""
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    error = InvalidRequest("The client disconnected before the request body was complete.")
+    await _audit_refusal(request, error)
+    return JSONResponse(error.body(), status_code=error.status_code)
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(
@@ -158,4 +167,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, gateway_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(ClientDisconnect, client_disconnect_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

@@ -258,3 +258,46 @@ async def test_refused_mutation_is_audited(gateway: Gateway, client: httpx.Async
         ("POST /v1/files", "failed", 400)
     ]
     assert rows[0].actor.startswith("key:") and rows[0].request_id
+
+
+async def test_client_disconnect_mid_upload_leaves_nothing(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+        f"file-extract\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; "
+        f'name="file"; filename="cut.txt"\r\n\r\n'
+    ).encode() + b"x" * (3 * 1024 * 1024)
+    messages = [
+        {"type": "http.request", "body": head, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict] = []  # type: ignore[type-arg]
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        sent.append(message)
+
+    token = client.headers["authorization"]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/files",
+        "raw_path": b"/v1/files",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
+            (b"authorization", token.encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("gateway", 80),
+    }
+    await gateway.app(scope, receive, send)  # type: ignore[operator]
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+    await assert_nothing_left(gateway)
