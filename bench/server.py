@@ -12,7 +12,7 @@ adds two bench-only routes:
   that the retrieve throughput is compared with;
 - `GET /bench/noauth/v1/files/{file_id}`: the retrieve of `GET /v1/files/{file_id}` with
   authentication bypassed.  It calls the same service function (`app.services.files.
-  get_file`) through the same session dependency and response model, with a fixed principal
+  read_file`) through the same read-only session dependency and response model, with a fixed principal
   of the bench tenant.  Its path is outside IdentifyMiddleware's prefixes (/v1, /admin), so
   the middleware only does its prefix check, and the route has no `authorize` dependency.
   It sits right after the files router in the route list, so routing costs about the same
@@ -155,7 +155,7 @@ def add_noauth_retrieve(app: Any, tenant_id: str) -> None:
     """`GET /bench/noauth/v1/files/{file_id}`: the real retrieve minus authentication."""
     from fastapi import Request
 
-    from app.api.deps import SessionDep, client_addr
+    from app.api.deps import ReadSessionDep, client_addr
     from app.api.schemas import FileObject
     from app.services import files as file_service
     from app.services.context import CallContext, Principal
@@ -171,14 +171,14 @@ def add_noauth_retrieve(app: Any, tenant_id: str) -> None:
             request_id=request.state.request_id,
             client_addr=client_addr(request),
         )
-        view = await file_service.get_file(session=session, ctx=ctx, file_id=file_id)
+        view = await file_service.read_file(session=session, ctx=ctx, file_id=file_id)
         return FileObject.of(view)
 
     # Real objects, not strings (this module uses postponed annotations and imports lazily).
     noauth_retrieve.__annotations__ = {
         "file_id": str,
         "request": Request,
-        "session": SessionDep,
+        "session": ReadSessionDep,
         "return": FileObject,
     }
     app.add_api_route(

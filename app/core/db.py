@@ -66,6 +66,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_rollback(dbapi_connection: Any) -> None:
+    """Roll back only an open transaction: SQLite opens none for reads, and each call to
+    the aiosqlite connection is a round trip to its thread."""
+    inner = getattr(dbapi_connection, "_connection", None)
+    if getattr(inner, "in_transaction", True):
+        dbapi_connection.rollback()
+
+
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An async engine for PostgreSQL (psycopg 3) or SQLite (aiosqlite)."""
     if url.startswith("sqlite"):
@@ -74,6 +82,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             url, pool_size=pool_size, max_overflow=pool_size, connect_args={"timeout": 30}
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine.dialect.do_rollback = _sqlite_rollback  # type: ignore[method-assign]
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
