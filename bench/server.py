@@ -11,10 +11,11 @@ adds two bench-only routes:
 - `GET /bench/bare`: a small constant JSON dict, the "bare JSON endpoint in the same app"
   that the retrieve throughput is compared with;
 - `GET /bench/noauth/v1/files/{file_id}`: the retrieve of `GET /v1/files/{file_id}` with
-  authentication bypassed.  It calls the same service function (`app.services.files.
-  read_file`) through the same read-only session dependency and response model, with a fixed principal
-  of the bench tenant.  Its path is outside IdentifyMiddleware's prefixes (/v1, /admin), so
-  the middleware only does its prefix check, and the route has no `authorize` dependency.
+  authentication bypassed.  It calls the same service function
+  (`app.services.files.read_file`) through the same read-only session dependency and
+  response model, with a fixed principal of the bench tenant.  Its path is outside
+  IdentifyMiddleware's prefixes (/v1, /admin), so the middleware only does its prefix check,
+  and the route has no `authorize` dependency.
   It sits right after the files router in the route list, so routing costs about the same
   (a few microseconds more).  The only difference is authentication (identify + authorize).
 

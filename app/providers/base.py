@@ -199,11 +199,26 @@ class ProviderAdapter(ABC):
     @abstractmethod
     async def list(self, *, purpose: str | None = None) -> list[ProviderFile]: ...
 
-    @abstractmethod
-    async def content(self, file_id: str) -> bytes: ...
+    async def content(self, file_id: str) -> bytes:
+        """`GET files/{id}/content`: extracted-text JSON for file-extract, raw JSONL for batch."""
+        response = await self.request("content", "GET", self.file_path(file_id, "content"))
+        return response.content
 
-    @abstractmethod
-    async def delete(self, file_id: str) -> None: ...
+    async def delete(self, file_id: str) -> None:
+        """`DELETE files/{id}`; the provider must confirm `deleted: true` (or answer 204)."""
+
+        async def attempt() -> None:
+            response = await self._exchange("DELETE", self.file_path(file_id))
+            if response.status_code == 204:
+                return
+            if self.json_object(response).get("deleted") is not True:
+                raise ProviderUnavailable(
+                    f"{self.name} did not confirm the deletion; try again later.",
+                    provider=self.name,
+                    code="provider_bad_response",
+                )
+
+        await self._call("delete", attempt)
 
     @abstractmethod
     def raise_for_error(self, response: httpx.Response) -> None:

@@ -155,24 +155,6 @@ class ZaiAdapter(ProviderAdapter):
             return files
         return [f for f in files if f.purpose == native]
 
-    async def content(self, file_id: str) -> bytes:
-        """`GET files/{id}/content`: raw bytes (extracted-text JSON or batch JSONL)."""
-        response = await self.request("content", "GET", self.file_path(file_id, "content"))
-        return response.content
-
-    async def delete(self, file_id: str) -> None:
-        """`DELETE files/{id}`; the provider must confirm `deleted: true`."""
-        with self.observe("delete"):
-            response = await self._send("DELETE", self.file_path(file_id))
-            if response.status_code == 204:
-                return
-            if self.json_object(response).get("deleted") is not True:
-                raise ProviderUnavailable(
-                    f"{self.name} did not confirm the deletion; try again later.",
-                    provider=self.name,
-                    code="provider_bad_response",
-                )
-
     def raise_for_error(self, response: httpx.Response) -> None:
         """Map a Z.ai HTTP status and business code onto the gateway's provider errors."""
         status = response.status_code

@@ -27,7 +27,7 @@ class StoredAnswer:
     body: Any
 
 
-def fingerprint(**fields: Any) -> str:
+def request_digest(**fields: Any) -> str:
     """A stable digest of the parts of a request that decide its meaning."""
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()

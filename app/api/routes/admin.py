@@ -39,7 +39,7 @@ from app.services import admin as admin_service
 from app.services import audit
 from app.services import keys as key_service
 from app.services import tenants as tenant_service
-from app.services.idempotency import fingerprint
+from app.services.idempotency import request_digest
 from app.services.tenants import TenantUsage
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -96,7 +96,7 @@ async def create_key(
         rt=rt,
         ctx=ctx,
         session=session,
-        request_fingerprint=fingerprint(route="POST /admin/keys", body=body.model_dump()),
+        request_fingerprint=request_digest(route="POST /admin/keys", body=body.model_dump()),
         action=issue,
         redact=_without_secret,
     )
@@ -141,7 +141,7 @@ async def rotate_key(
         rt=rt,
         ctx=ctx,
         session=session,
-        request_fingerprint=fingerprint(
+        request_fingerprint=request_digest(
             route="POST /admin/keys/rotate", id=key_id, body=body.model_dump()
         ),
         action=rotate,
@@ -232,7 +232,7 @@ async def retry_job(
         rt=rt,
         ctx=ctx,
         session=session,
-        request_fingerprint=fingerprint(route="POST /admin/jobs/retry", id=job_id),
+        request_fingerprint=request_digest(route="POST /admin/jobs/retry", id=job_id),
         action=retry,
     )
 
@@ -255,7 +255,7 @@ async def check_file(
         rt=rt,
         ctx=ctx,
         session=session,
-        request_fingerprint=fingerprint(route="POST /admin/files/check", id=file_id),
+        request_fingerprint=request_digest(route="POST /admin/files/check", id=file_id),
         action=check,
     )
 
@@ -428,7 +428,7 @@ async def force_breaker(
         rt=rt,
         ctx=ctx,
         session=session,
-        request_fingerprint=fingerprint(
+        request_fingerprint=request_digest(
             route="POST /admin/providers/breaker", provider=provider, body=body.model_dump()
         ),
         action=force,

@@ -43,7 +43,7 @@ from app.core.errors import (
 )
 from app.models import FileStatus
 from app.services import files as file_service
-from app.services.idempotency import fingerprint
+from app.services.idempotency import request_digest
 from app.services.intake import receive_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -156,7 +156,7 @@ async def upload_file(
             ctx=ctx,
             session=session,
             # Hash of the bytes plus canonical fields: a retry with a new boundary still matches.
-            request_fingerprint=fingerprint(
+            request_fingerprint=request_digest(
                 route="POST /v1/files",
                 sha256=upload.sha256,
                 purpose=purpose,
@@ -355,7 +355,7 @@ async def replicate_file(
         rt=rt,
         ctx=ctx,
         session=session,
-        request_fingerprint=fingerprint(
+        request_fingerprint=request_digest(
             route="POST /v1/files/{id}/providers", id=file_id, body=body.model_dump()
         ),
         action=copy,
