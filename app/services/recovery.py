@@ -285,7 +285,7 @@ async def handle_reconcile(
             file is not None
             and file.deleted_at is None
             and entry is not None
-            and copy.status
+            and entry.status
             in (ProviderCopyStatus.PLACING, ProviderCopyStatus.FAILED, ProviderCopyStatus.MISSING)
         )
         if adoptable and file is not None and entry is not None:

@@ -321,3 +321,48 @@ async def test_delete_during_placement_leaves_no_copy_behind(
         )
     assert any("deleted during placement" in e for e in events)
     await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    # The crashed upload's entry is 'placing'; a later upload to the same provider is active.
+    # The adoption decision must read the stuck file's own entry, not the newest copy's.
+    await gateway.sandbox_fault("moonshot", status=503, rate=1.0, operations=["upload"])
+    await gateway.sandbox_fault("zai", status=503, rate=1.0, operations=["upload"])
+    stuck = (await upload(client, content=b"stuck bytes")).json()
+    await clear_faults(gateway)
+    rt = gateway.runtime
+    async with rt.sessionmaker() as session:
+        file = await session.get(File, stuck["id"])
+        assert file is not None
+        copy = (
+            await session.execute(
+                select(ProviderCopy).where(
+                    ProviderCopy.file_id == stuck["id"], ProviderCopy.provider == "moonshot"
+                )
+            )
+        ).scalar_one()
+        copy.status = "placing"
+        await session.commit()
+        placed = await rt.providers.adapter("moonshot").upload(
+            path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
+            filename=provider_filename(file),
+            purpose="file-extract",
+            content_type="text/plain",
+        )
+    later = (await upload(client, content=b"later bytes")).json()
+    assert later["status"] == "processed"
+    rt.settings.orphan_grace_seconds = 0
+    async with rt.sessionmaker() as session:
+        from app.services import jobs
+
+        await session.execute(Job.__table__.delete())
+        await jobs.enqueue(session=session, kind=jobs.RECONCILE, payload={"provider": "moonshot"})
+        await session.commit()
+    await drain(gateway)
+    after = (await client.get(f"/v1/files/{stuck['id']}")).json()
+    active = [(p["provider"], p["provider_file_id"]) for p in after["providers"]]
+    assert ("moonshot", placed.id) in active
+    assert after["status"] == "processed"
+    await assert_registry_sound(gateway, reconciled=True)
