@@ -13,6 +13,7 @@ GatewayError
 ├── Unprocessable (422)
 ├── RangeNotSatisfiable (416)
 ├── RateLimited (429)
+├── InsufficientStorage (507)        the gateway's own disk is full
 ├── BlobCorrupt (500)                stored content failed its integrity check
 └── ProviderError (502/503/504, or the status a provider fault maps to)
     ├── ProviderAuthFailed (502)     our key was refused by the provider
@@ -139,6 +140,14 @@ class RateLimited(GatewayError):
     status_code = 429
     type = "rate_limit_error"
     code = "rate_limited"
+
+
+class InsufficientStorage(GatewayError):
+    """The gateway's blob store has no room; nothing half-written is kept."""
+
+    status_code = 507
+    type = "server_error"
+    code = "insufficient_storage"
 
 
 class BlobCorrupt(GatewayError):

@@ -238,6 +238,13 @@ async def _claim(
     if tenant is not None:
         await _check_quota(repo=repo, tenant=tenant, size=upload.size)
     await rt.blob_store.commit(upload.spool, sha256=upload.sha256)
+    blob = await repo.blob(upload.sha256)
+    if blob is not None:
+        await session.refresh(blob)
+    if blob is not None and blob.corrupt_at is not None:
+        # commit() verified the stored bytes and replaced them if they failed their hash.
+        blob.corrupt_at = None
+        blob.corrupt_reason = None
     now = utcnow()
     if expires_at is None and rt.settings.default_retention_seconds:
         expires_at = now + timedelta(seconds=rt.settings.default_retention_seconds)
@@ -405,15 +412,24 @@ async def _deduplicated(
 
 
 async def collect_blob(*, session: AsyncSession, rt: Runtime, sha256: str) -> bool:
-    """Remove a blob once no live file of any tenant references it."""
+    """Remove a blob once no live file of any tenant references it; commits the session."""
     repo = FileRepository(session)
     blob = await repo.lock_blob_if_unreferenced(sha256)
     if blob is None:
         return False
     await repo.delete_blob_row(sha256)
     await session.flush()
-    # Unlinked while the row lock is held, so a concurrent upload of the same bytes waits.
-    await rt.blob_store.delete(blob.storage_key)
+    # Moved aside under the row lock (a concurrent upload of the same bytes waits), removed only
+    # once the deletion commits: a failed commit puts it back, a crash leaves a spool to sweep.
+    token = await rt.blob_store.set_aside(blob.storage_key)
+    try:
+        await session.commit()
+    except BaseException:
+        if token is not None:
+            await rt.blob_store.put_back(blob.storage_key, token)
+        raise
+    if token is not None:
+        await rt.blob_store.purge(token)
     return True
 
 

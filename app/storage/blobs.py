@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import secrets
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from anyio import to_thread
 
+from app.core.errors import InsufficientStorage
+
 HASH_CHUNK = 1024 * 1024
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+# Out of space (or quota): the store says 507, never 500.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """Turn a full disk or quota into InsufficientStorage."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS:
+            raise InsufficientStorage(
+                "The gateway's storage is full; retry the upload later."
+            ) from None
+        raise
+
+
+def private_dir(path: Path) -> None:
+    """mkdir -p with 0700 on every level created, whatever the umask."""
+    missing = []
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            break
+        missing.append(parent)
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    for created in missing:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(created, DIR_MODE)
 
 
 @dataclass(frozen=True)
@@ -31,7 +67,7 @@ class BlobStore(ABC):
 
     @abstractmethod
     async def commit(self, spool: SpoolFile, *, sha256: str) -> StoredBlob:
-        """Move a fully written spool into place under its hash (idempotent)."""
+        """Place a fsynced spool under its hash; a stored copy failing its hash is replaced."""
 
     @abstractmethod
     def local_path(self, storage_key: str) -> Path:
@@ -44,12 +80,28 @@ class BlobStore(ABC):
     async def delete(self, storage_key: str) -> None: ...
 
     @abstractmethod
+    async def set_aside(self, storage_key: str) -> str | None:
+        """Move a blob out of reach until its row's deletion commits; None if absent."""
+
+    @abstractmethod
+    async def put_back(self, storage_key: str, token: str) -> None:
+        """Undo set_aside after the deletion failed to commit."""
+
+    @abstractmethod
+    async def purge(self, token: str) -> None:
+        """Remove a set-aside blob once its row's deletion has committed."""
+
+    @abstractmethod
     async def rehash(self, storage_key: str) -> str:
         """Re-read the blob and return its sha256 (integrity checks)."""
 
     @abstractmethod
     async def check_writable(self) -> None:
         """Raise OSError when the store cannot take new blobs (readiness)."""
+
+    @abstractmethod
+    async def sweep(self, *, max_age_seconds: float, referenced: set[str]) -> list[str]:
+        """Remove spools and unreferenced blobs older than max_age_seconds; the paths removed."""
 
 
 class SpoolFile:
@@ -59,17 +111,26 @@ class SpoolFile:
         self.path = path
         self.size = 0
         self._hash = hashlib.sha256()
-        self._fh: BinaryIO = open(path, "xb")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        self._fh: BinaryIO = os.fdopen(fd, "wb")
 
     def write(self, chunk: bytes) -> None:
         """Blocking: call through a worker thread for large chunks."""
         self._hash.update(chunk)
-        self._fh.write(chunk)
+        with disk_errors():
+            self._fh.write(chunk)
         self.size += len(chunk)
 
     def finish(self) -> str:
-        """Close the spool and return the hex sha256 (fsync waits until it becomes a blob)."""
-        self._fh.close()
+        """Flush, fsync and close the spool; return the hex sha256.
+
+        The fsync happens here, before anyone knows whether the bytes are already stored,
+        so an upload costs the same whether or not another tenant holds the same content.
+        """
+        with disk_errors():
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
         return self._hash.hexdigest()
 
     def discard(self) -> None:
@@ -87,8 +148,10 @@ class LocalBlobStore(BlobStore):
         self.tmp_dir = root / "tmp"
 
     def prepare(self) -> None:
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
+        os.chmod(self.root, DIR_MODE)
+        private_dir(self.blob_dir)
+        private_dir(self.tmp_dir)
 
     @staticmethod
     def key_for(sha256: str) -> str:
@@ -105,21 +168,23 @@ class LocalBlobStore(BlobStore):
         target = self.local_path(key)
 
         def _place() -> None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists() and target.stat().st_size == spool.size:
-                spool.path.unlink(missing_ok=True)
-                return
-            fd = os.open(spool.path, os.O_RDONLY)
+            # The spool was fsynced by finish(); a stored copy is kept only if its bytes hash right.
             try:
-                os.fsync(fd)  # durable bytes before the name points at them
-            finally:
-                os.close(fd)
-            os.replace(spool.path, target)
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+                if _file_sha256(target) == sha256:
+                    # A fresh mtime keeps the age-based sweeper off a blob about to be referenced.
+                    os.utime(target)
+                    spool.path.unlink(missing_ok=True)
+                    return
+            except FileNotFoundError:
+                pass
+            with disk_errors():
+                private_dir(target.parent)
+                os.replace(spool.path, target)
+                dir_fd = os.open(target.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
 
         await to_thread.run_sync(_place)
         return StoredBlob(sha256=sha256, size=spool.size, storage_key=key)
@@ -130,20 +195,68 @@ class LocalBlobStore(BlobStore):
     async def delete(self, storage_key: str) -> None:
         await to_thread.run_sync(lambda: self.local_path(storage_key).unlink(missing_ok=True))
 
-    async def rehash(self, storage_key: str) -> str:
-        def _hash() -> str:
-            digest = hashlib.sha256()
-            with open(self.local_path(storage_key), "rb") as fh:
-                while chunk := fh.read(HASH_CHUNK):
-                    digest.update(chunk)
-            return digest.hexdigest()
+    async def set_aside(self, storage_key: str) -> str | None:
+        def _move() -> str | None:
+            aside = self.tmp_dir / f"collect-{secrets.token_hex(12)}.part"
+            try:
+                os.replace(self.local_path(storage_key), aside)
+            except FileNotFoundError:
+                return None
+            return aside.name
 
-        return await to_thread.run_sync(_hash)
+        return await to_thread.run_sync(_move)
+
+    async def put_back(self, storage_key: str, token: str) -> None:
+        def _restore() -> None:
+            target = self.local_path(storage_key)
+            if target.exists():  # a later upload already placed verified bytes
+                (self.tmp_dir / token).unlink(missing_ok=True)
+                return
+            os.replace(self.tmp_dir / token, target)
+
+        await to_thread.run_sync(_restore)
+
+    async def purge(self, token: str) -> None:
+        await to_thread.run_sync(lambda: (self.tmp_dir / token).unlink(missing_ok=True))
+
+    async def rehash(self, storage_key: str) -> str:
+        return await to_thread.run_sync(_file_sha256, self.local_path(storage_key))
 
     async def check_writable(self) -> None:
         def _probe() -> None:
             probe = self.tmp_dir / f".probe-{secrets.token_hex(4)}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
 
         await to_thread.run_sync(_probe)
+
+    async def sweep(self, *, max_age_seconds: float, referenced: set[str]) -> list[str]:
+        def _sweep() -> list[str]:
+            # By age only: another process sharing the directory may be writing or committing.
+            cutoff = time.time() - max_age_seconds
+            removed: list[str] = []
+            candidates = list(self.tmp_dir.glob("*.part"))
+            candidates += [p for p in self.blob_dir.glob("??/??/*") if p.name not in referenced]
+            for path in candidates:
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed.append(str(path))
+                except FileNotFoundError:
+                    continue
+            return removed
+
+        return await to_thread.run_sync(_sweep)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
