@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from app.core.config import ConfigError, Settings, load_settings
+from app.core.errors import GatewayError
 
 cli = typer.Typer(
     help="filegate: one Files API in front of Moonshot and Z.ai.", no_args_is_help=True
@@ -117,7 +118,12 @@ def keys_create(
     from app.core.migrations import upgrade
 
     upgrade(settings.resolved_database_url)
-    typer.echo(asyncio.run(run()))
+    try:
+        token = asyncio.run(run())
+    except GatewayError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(token)
 
 
 @cli.command()

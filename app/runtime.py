@@ -93,6 +93,8 @@ def build_jwt_verifier(settings: Settings) -> JWTVerifier | None:
             tenant_claim=settings.jwt_tenant_claim,
             scope_claim=settings.jwt_scope_claim,
             leeway=settings.jwt_leeway_seconds,
+            allow_admin=settings.jwt_allow_admin,
+            max_lifetime=settings.jwt_max_lifetime_seconds,
         )
     except ValueError as exc:
         raise ConfigError(f"invalid configuration:\n  FILEGATE_JWT_KEY: {exc}") from None

@@ -122,7 +122,7 @@ async def _identify_jwt(
         for _ in range(2):
             try:
                 async with runtime.sessionmaker() as session:
-                    tenant = await ensure_tenant(session=session, name=identity.tenant[:100])
+                    tenant = await ensure_tenant(session=session, name=identity.tenant)
                     await session.commit()
                 break
             except IntegrityError:
@@ -130,7 +130,7 @@ async def _identify_jwt(
         tenant_id = runtime.tenant_ids[identity.tenant] = tenant.id
     return (
         Principal(
-            key_id=identity.subject[:58],
+            key_id=identity.subject,
             tenant_id=tenant_id,
             scopes=identity.scopes,
             kind="jwt",

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     jwt_tenant_claim: str = "tenant"
     jwt_scope_claim: str = "scope"
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=30)
+    jwt_allow_admin: bool = False
+    jwt_max_lifetime_seconds: int | None = Field(default=None, gt=0)
 
     default_rate_limit_per_minute: int = Field(default=0, ge=0)
 

@@ -16,6 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
+from app.core.names import NameRefused
+from app.core.names import subject as valid_subject
+from app.core.names import tenant_name as valid_tenant_name
+
 ALGORITHMS: Final = ("HS256", "RS256")
 ALLOWED_SCOPES: Final = frozenset({"files:read", "files:write", "admin"})
 MAX_TOKEN_BYTES: Final = 8192
@@ -88,6 +92,8 @@ class JWTVerifier:
         tenant_claim: str = "tenant",
         scope_claim: str = "scope",
         leeway: int = 30,
+        allow_admin: bool = False,
+        max_lifetime: int | None = None,
     ) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"jwt_algorithm must be one of {', '.join(ALGORITHMS)}")
@@ -112,6 +118,8 @@ class JWTVerifier:
         self._tenant_claim = tenant_claim
         self._scope_claim = scope_claim
         self._leeway = leeway
+        self._allow_admin = allow_admin
+        self._max_lifetime = max_lifetime
         self._options: dict[str, Any] = {**_OPTIONS, "leeway": leeway}
         # Keys are prepared jose Key objects, so jose never re-parses key text per token.
         self._by_kid: dict[str, Any] | None = None
@@ -202,21 +210,35 @@ class JWTVerifier:
         except (ValueError, OverflowError, OSError):
             raise JWTRejected("invalid exp claim") from None
 
-        subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject.strip():
-            raise JWTRejected("invalid subject")
+        try:
+            subject = valid_subject(claims.get("sub"))
+        except NameRefused as exc:
+            raise JWTRejected(str(exc)) from None
 
-        tenant = claims.get(self._tenant_claim)
-        if tenant is None:
+        raw_tenant = claims.get(self._tenant_claim)
+        if raw_tenant is None:
             raise JWTRejected(f"missing {self._tenant_claim} claim")
-        if not isinstance(tenant, str) or not tenant.strip():
+        if not isinstance(raw_tenant, str) or not raw_tenant.strip():
             raise JWTRejected(f"invalid {self._tenant_claim} claim")
+        try:
+            tenant = valid_tenant_name(raw_tenant)
+        except NameRefused as exc:
+            raise JWTRejected(f"invalid {self._tenant_claim} claim: {exc}") from None
+
+        if self._max_lifetime is not None:
+            if iat is None:
+                raise JWTRejected("missing iat claim (a maximum token lifetime is configured)")
+            if exp - iat > self._max_lifetime:
+                raise JWTRejected(f"token lifetime exceeds {self._max_lifetime} seconds")
+        scopes = self._scopes(claims.get(self._scope_claim))
+        if "admin" in scopes and not self._allow_admin:
+            raise JWTRejected("the admin scope is not accepted in JWTs")
 
         jti = claims.get("jti")
         return JWTIdentity(
             subject=subject,
             tenant=tenant,
-            scopes=self._scopes(claims.get(self._scope_claim)),
+            scopes=scopes,
             expires_at=expires_at,
             token_id=jti if isinstance(jti, str) and jti else None,
         )

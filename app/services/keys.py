@@ -11,10 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
 from app.core.errors import InvalidRequest, NotFound
+from app.core.names import NameRefused, tenant_name
 from app.core.security import generate_key, parse_key, verify_secret
 from app.models import ApiKey, Tenant
 from app.repositories.keys import KeyRepository
 from app.services.context import SCOPES, Principal
+
+KEY_NAME_MAX = 100  # the column's width: a longer name is refused, never cut
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,16 @@ class IssuedKey:
     tenant_name: str
 
 
+def checked_tenant_name(name: str) -> str:
+    """The tenant name in its one stored form (NFC), or a 400 that says why."""
+    try:
+        return tenant_name(name)
+    except NameRefused as exc:
+        raise InvalidRequest(f"Invalid tenant name: {exc}.", param="tenant") from None
+
+
 async def ensure_tenant(*, session: AsyncSession, name: str) -> Tenant:
+    name = checked_tenant_name(name)
     repo = KeyRepository(session)
     tenant = await repo.tenant_by_name(name)
     if tenant is None:
@@ -51,14 +63,16 @@ async def issue_key(
         raise InvalidRequest(
             f"Unknown scopes {sorted(unknown)}; choose from {sorted(SCOPES)}.", param="scopes"
         )
-    if not tenant_name.strip() or not name.strip():
-        raise InvalidRequest("Tenant and key name must not be empty.")
+    if not name.strip() or len(name) > KEY_NAME_MAX or not name.isprintable():
+        raise InvalidRequest(
+            f"The key name must be 1 to {KEY_NAME_MAX} printable characters.", param="name"
+        )
     if expires_at is not None:
         if expires_at.tzinfo is None:
             raise InvalidRequest("expires_at needs a time zone (e.g. 'Z').", param="expires_at")
         if expires_at <= utcnow():
             raise InvalidRequest("expires_at must be in the future.", param="expires_at")
-    tenant = await ensure_tenant(session=session, name=tenant_name.strip())
+    tenant = await ensure_tenant(session=session, name=tenant_name)
     new = generate_key(hmac_key=hmac_key)
     row = ApiKey(
         id=new.key_id,
@@ -91,7 +105,8 @@ async def rotate_key(
     """Issue a successor with the same tenant, name and scopes; the old one ends after overlap."""
     repo = KeyRepository(session)
     old = await repo.get_key(key_id)
-    if old is None or old.revoked_at is not None:
+    # An expired key is as dead as a revoked one: rotation never brings it back.
+    if old is None or old.revoked_at is not None or (old.expires_at and old.expires_at <= utcnow()):
         raise NotFound(f"No active API key with id '{key_id}'.", param="key_id")
     tenant = await repo.tenant(old.tenant_id)
     assert tenant is not None
@@ -101,7 +116,7 @@ async def rotate_key(
         tenant_name=tenant.name,
         name=old.name,
         scopes=old.scopes.split(),
-        expires_at=old.expires_at if old.expires_at and old.expires_at > utcnow() else None,
+        expires_at=old.expires_at,
         rate_limit_per_minute=old.rate_limit_per_minute,
         rotated_from=old.id,
     )
@@ -119,8 +134,17 @@ async def touch_key(*, session: AsyncSession, key_id: str) -> None:
     await KeyRepository(session).touch(key_id, utcnow())
 
 
-async def list_keys(*, session: AsyncSession, tenant_id: str | None = None) -> Sequence[ApiKey]:
-    return await KeyRepository(session).list_keys(tenant_id=tenant_id)
+async def list_keys(
+    *, session: AsyncSession, tenant_id: str | None = None, tenant: str | None = None
+) -> Sequence[ApiKey]:
+    """Keys of every tenant, or of one named by id (`tenant_id`) or by name (`tenant`)."""
+    repo = KeyRepository(session)
+    if tenant is not None:
+        row = await repo.tenant_by_name(checked_tenant_name(tenant))
+        if row is None or (tenant_id is not None and row.id != tenant_id):
+            return []
+        tenant_id = row.id
+    return await repo.list_keys(tenant_id=tenant_id)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ from app.repositories.files import FileRepository
 from app.repositories.keys import KeyRepository
 from app.services import audit
 from app.services.context import CallContext
+from app.services.keys import checked_tenant_name
+
+# The widest values the columns hold (BIGINT and INTEGER on both databases).
+QUOTA_MAX = {"max_bytes": 2**63 - 1, "max_files": 2**31 - 1}
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,11 @@ async def set_quota(
 ) -> TenantUsage:
     """Set (or clear, with None) a tenant's quotas on stored bytes and file count."""
     for label, value in (("max_bytes", max_bytes), ("max_files", max_files)):
-        if value is not None and value < 0:
-            raise InvalidRequest(f"{label} must not be negative.", param=label)
-    tenant = await KeyRepository(session).tenant_by_name(name)
+        if value is not None and not 0 <= value <= QUOTA_MAX[label]:
+            raise InvalidRequest(f"{label} must be between 0 and {QUOTA_MAX[label]}.", param=label)
+    tenant = await KeyRepository(session).tenant_by_name(checked_tenant_name(name))
     if tenant is None:
-        raise NotFound(f"No tenant named '{name}'.", param="tenant")
+        raise NotFound("No tenant with that name.", param="tenant")
     tenant.max_bytes = max_bytes
     tenant.max_files = max_files
     audit.record(

@@ -70,7 +70,32 @@ async def test_jwt_scopes_are_enforced(jwt_app: Any) -> None:
         assert (await c.get("/v1/files")).status_code == 200
         assert (await c.get("/admin/keys")).status_code == 403
     async with client_for(jwt_app, token(scope="admin")) as c:
+        refused = await c.get("/admin/keys")
+        assert refused.status_code == 401
+        assert "admin scope is not accepted" in refused.json()["error"]["message"]
+
+
+async def test_jwt_admin_needs_the_setting(settings: Settings) -> None:
+    settings.jwt_key = SecretStr(SECRET)
+    settings.jwt_issuer = "https://issuer.example"
+    settings.jwt_allow_admin = True
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), client_for(app, token(scope="admin")) as c:
         assert (await c.get("/admin/keys")).status_code == 200
+
+
+async def test_long_tenants_sharing_a_prefix_stay_apart(jwt_app: Any) -> None:
+    prefix = "t" * 100
+    async with client_for(jwt_app, token(tenant=prefix)) as victim:
+        created = await upload(victim)
+        assert created.status_code == 200, created.text
+    for tenant in (prefix + "-attacker", prefix + "\u200b"):
+        async with client_for(jwt_app, token(tenant=tenant)) as attacker:
+            refused = await attacker.get("/v1/files")
+            assert refused.status_code == 401, refused.text
+            assert "invalid tenant claim" in refused.json()["error"]["message"]
+    async with client_for(jwt_app, token(sub="s" * 58 + "-a")) as long_subject:
+        assert (await long_subject.get("/v1/files")).status_code == 401
 
 
 @pytest.mark.parametrize(

@@ -496,7 +496,7 @@ def test_looks_like_jwt(rsa_a: RSAPair) -> None:
     ],
 )
 def test_scope_parsing(raw: Any, expected: set[str]) -> None:
-    identity = hs_verifier().verify(hs256(claims(scope=raw)))
+    identity = hs_verifier(allow_admin=True).verify(hs256(claims(scope=raw)))
     assert identity.scopes == frozenset(expected)
     assert isinstance(identity.scopes, frozenset)
 
@@ -641,3 +641,61 @@ def test_invalid_jwks_files(rsa_a: RSAPair, rsa_b: RSAPair, tmp_path: Path) -> N
 
 def test_repr_hides_the_secret() -> None:
     assert SECRET not in repr(hs_verifier())
+
+
+# --- what a token may claim ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["admin", "files:read admin", ["admin"]])
+def test_admin_scope_is_refused_unless_allowed(scope: Any) -> None:
+    token = hs256(claims(scope=scope))
+    assert reject(hs_verifier(), token) == "the admin scope is not accepted in JWTs"
+    assert "admin" in hs_verifier(allow_admin=True).verify(token).scopes
+
+
+def test_maximum_lifetime() -> None:
+    verifier = hs_verifier(max_lifetime=3600)
+    now = int(time.time())
+    assert verifier.verify(hs256(claims(iat=now, exp=now + 3600))).subject == "user-1"
+    far = claims(iat=now, exp=253402300799)  # the year 9999
+    assert reject(verifier, hs256(far)) == "token lifetime exceeds 3600 seconds"
+    assert reject(verifier, hs256(claims(iat=DROP))).startswith("missing iat claim")
+    assert hs_verifier().verify(hs256(far)).subject == "user-1"
+
+
+@pytest.mark.parametrize(
+    ("tenant", "expected"),
+    [
+        ("a" * 100, "a" * 100),
+        ("caf\u0065\u0301", "caf\u00e9"),  # one normal form: NFC
+        ("team-1_ops.eu@corp:x+y", "team-1_ops.eu@corp:x+y"),
+    ],
+)
+def test_tenant_claim_is_kept_exactly_in_nfc(tenant: str, expected: str) -> None:
+    assert hs_verifier().verify(hs256(claims(tenant=tenant))).tenant == expected
+
+
+@pytest.mark.parametrize(
+    "tenant",
+    [
+        "a" * 101,  # would have been cut to the column before
+        "alpha\u200b",  # zero width space
+        "\u202ealpha",  # bidi override
+        "\uff41\uff4c\uff50\uff48\uff41",  # full-width letters
+        " alpha",
+        "alpha ",
+        "al pha",
+        "evil\x00",
+        "tab\there",
+        "\ue000x",  # private use
+    ],
+)
+def test_look_alike_or_overlong_tenant_is_refused(tenant: str) -> None:
+    assert reject(hs_verifier(), hs256(claims(tenant=tenant))).startswith("invalid tenant claim:")
+
+
+@pytest.mark.parametrize("sub", ["s" * 59, "user\x00", "user\u200b", " user"])
+def test_overlong_or_hidden_subject_is_refused(sub: str) -> None:
+    assert reject(hs_verifier(), hs256(claims(sub=sub))) != ""
+    with pytest.raises(JWTRejected):
+        hs_verifier().verify(hs256(claims(sub=sub)))

@@ -480,6 +480,7 @@ async def jwt_gateway_for(
         signing_key = HS256_SECRET
     settings.jwt_algorithm = algorithm  # type: ignore[assignment]
     settings.jwt_issuer = ISSUER
+    settings.jwt_allow_admin = True  # the control token is an admin of acme
 
     def sign(token_claims: dict[str, Any], headers: dict[str, Any] | None = None) -> str:
         return str(jwt.encode(token_claims, signing_key, algorithm=algorithm, headers=headers))

@@ -206,6 +206,7 @@ def hygiene_settings(settings: Settings, sandbox_reset: str) -> Settings:
     settings.zai_base_url = f"{sandbox_reset}/sandbox/zai/api/paas/v4"
     settings.jwt_key = SecretStr(HS256_SECRET)
     settings.jwt_issuer = ISSUER
+    settings.jwt_allow_admin = True
     settings.jwt_audience = AUDIENCE
     settings.metrics_token = SecretStr(METRICS_TOKEN)
     settings.retry_base_delay = 0.01

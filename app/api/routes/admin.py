@@ -159,8 +159,9 @@ async def list_keys(
     ctx: AdminCtx,
     session: SessionDep,
     tenant_id: Annotated[str | None, Query(max_length=40)] = None,
+    tenant: Annotated[str | None, Query(description="The tenant's name")] = None,
 ) -> KeyList:
-    rows = await key_service.list_keys(session=session, tenant_id=tenant_id)
+    rows = await key_service.list_keys(session=session, tenant_id=tenant_id, tenant=tenant)
     return KeyList(data=[_key_out(row) for row in rows])
 
 
