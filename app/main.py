@@ -10,11 +10,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api import errors, openapi
+from app.api.edge import EdgeMiddleware
 from app.api.middleware import IdentifyMiddleware, RequestContextMiddleware
 from app.api.routes import admin, files, health
 from app.core.config import Settings, load_settings
 from app.core.metrics import GatewayMetrics
 from app.runtime import build_runtime
+from app.services.intake import MULTIPART_OVERHEAD_BYTES
 from app.services.worker import running_workers
 
 DESCRIPTION = """\
@@ -47,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
-        max_body_size=settings.max_upload_bytes + 1024 * 1024,
+        # A slash-less path is a 404, never a redirect built from the untrusted Host header.
+        redirect_slashes=False,
     )
     errors.install(app)
     openapi.install(app)
@@ -55,6 +58,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(health.metrics_router)
+    app.add_middleware(
+        EdgeMiddleware,
+        upload_limit=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+        body_limit=settings.json_body_limit,
+    )
     app.add_middleware(IdentifyMiddleware)
     app.add_middleware(RequestContextMiddleware)
     Instrumentator(

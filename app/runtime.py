@@ -15,6 +15,7 @@ from app.core.config import ConfigError, Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.jwt import JWTVerifier
 from app.core.metrics import GatewayMetrics
+from app.core.outage import OutageLog
 from app.core.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
 from app.providers import ADAPTERS
 from app.providers.base import ProviderAdapter, ProviderConfig
@@ -45,6 +46,7 @@ class Runtime:
     rate_limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     tenant_ids: dict[str, str] = field(default_factory=dict)
     breakers: BreakerBoard | None = None
+    database: OutageLog = field(default_factory=lambda: OutageLog("database"))
 
     @property
     def hmac_key(self) -> bytes:
@@ -102,7 +104,9 @@ def build_jwt_verifier(settings: Settings) -> JWTVerifier | None:
 
 @asynccontextmanager
 async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(
+        settings.resolved_database_url, connect_timeout=settings.database_connect_timeout
+    )
     blob_store = LocalBlobStore(settings.data_dir)
     blob_store.prepare()
     # Blocking Redis I/O (one round trip per provider), so off the event loop.

@@ -25,8 +25,10 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's unit of work: committed when the route returns, rolled back on error."""
-    async with session_scope(request.app.state.runtime.sessionmaker) as session:
+    runtime: Runtime = request.app.state.runtime
+    async with session_scope(runtime.sessionmaker) as session:
         yield session
+    runtime.database.reached()
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
@@ -34,8 +36,10 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
     """A session for routes that only read: nothing to commit, closed (rolled back) after."""
-    async with request.app.state.runtime.sessionmaker() as session:
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.sessionmaker() as session:
         yield session
+    runtime.database.reached()
 
 
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

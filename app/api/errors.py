@@ -21,8 +21,10 @@ from app.core.errors import (
     PermissionDenied,
     ProviderError,
     RateLimited,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
+from app.core.outage import is_database_outage
 from app.services import audit
 
 log = logging.getLogger("filegate.errors")
@@ -103,16 +105,24 @@ async def _audit_refusal(request: Request, exc: GatewayError) -> None:
                 client_addr=request.client.host if request.client else None,
             )
             await session.commit()
-    except Exception:  # the refusal itself must still be answered
-        log.exception("could not record audit event for a refused request")
+    except Exception as failure:  # the refusal itself must still be answered
+        if is_database_outage(failure):
+            runtime.database.failed(failure)
+        else:
+            log.exception("could not record audit event for a refused request")
 
 
-async def gateway_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, GatewayError)
+async def error_response(request: Request, exc: GatewayError) -> JSONResponse:
+    """The one rendering of an error: its envelope and headers, after auditing a refusal."""
     if isinstance(exc, ProviderError):
         log.warning("provider error: %s (%s)", exc.error_code, exc.provider)
     await _audit_refusal(request, exc)
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def gateway_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GatewayError)
+    return await error_response(request, exc)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -155,12 +165,26 @@ async def client_disconnect_handler(request: Request, exc: Exception) -> JSONRes
     return JSONResponse(error.body(), status_code=error.status_code)
 
 
+async def unexpected_response(request: Request, exc: BaseException) -> JSONResponse:
+    """The answer to an exception no handler owns: 503 while the database is unreachable
+    (logged once per outage), else a logged 500. Both in the envelope."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if is_database_outage(exc):
+        if runtime is not None:
+            runtime.database.failed(exc)
+        retry = runtime.settings.database_retry_after_seconds if runtime is not None else 5
+        error: GatewayError = ServiceUnavailable(
+            "The gateway's database is unreachable right now; retry shortly.",
+            headers={"Retry-After": str(retry)},
+        )
+    else:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        error = GatewayError("The gateway hit an unexpected error; it has been logged.")
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(
-        GatewayError("The gateway hit an unexpected error; it has been logged.").body(),
-        status_code=500,
-    )
+    return await unexpected_response(request, exc)
 
 
 def install(app: FastAPI) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -9,8 +10,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import unexpected_response
 from app.core.jwt import JWTRejected, JWTVerifier, looks_like_jwt
 from app.core.security import parse_key
 from app.services.context import Principal
@@ -25,6 +28,7 @@ from app.services.keys import (
 if TYPE_CHECKING:
     from app.runtime import Runtime
 
+log = logging.getLogger("filegate.errors")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 KEY_CACHE_SECONDS = 2.0
 KEY_CACHE_MAX = 10_000
@@ -46,15 +50,28 @@ class RequestContextMiddleware:
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = request_id
                 for name, value in (scope["state"].get("rate_limit_headers") or {}).items():
                     headers.setdefault(name, value)
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answered here, inside this middleware, so the answer carries the request id and
+            # the exception goes no further (the server would drop the connection for it).
+            if started:  # too late for an answer: the server closes the unfinished response
+                log.error("error after the response started on %s", scope["path"], exc_info=exc)
+                return
+            response = await unexpected_response(Request(scope), exc)
+            await response(scope, receive, send_with_id)
 
 
 def presented_token(headers: Headers) -> str | None:

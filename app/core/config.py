@@ -30,11 +30,14 @@ class Settings(BaseSettings):
     env: Literal["development", "production", "test"] = "development"
     data_dir: Path = Path("data")
     database_url: str | None = None
+    database_connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    database_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     redis_url: str | None = None
 
     secret_key: SecretStr | None = None
     max_upload_bytes: int = Field(default=100 * MiB, gt=0)
     max_multipart_parts: int = Field(default=8, ge=2, le=64)
+    json_body_limit: int = Field(default=64 * 1024, ge=1024, le=16 * MiB)
 
     provider_order: Annotated[list[str], NoDecode] = ["moonshot", "zai"]
     sandbox: bool = False

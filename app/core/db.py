@@ -74,7 +74,7 @@ def _sqlite_rollback(dbapi_connection: Any) -> None:
         dbapi_connection.rollback()
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> AsyncEngine:
     """An async engine for PostgreSQL (psycopg 3) or SQLite (aiosqlite)."""
     if url.startswith("sqlite"):
         # Pooled: opening a SQLite connection (and its pragmas) per request is costly.
@@ -84,7 +84,14 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         engine.dialect.do_rollback = _sqlite_rollback  # type: ignore[method-assign]
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        # A server that accepts connections but never answers is an outage within seconds.
+        connect_args={"connect_timeout": max(2, round(connect_timeout))},
+    )
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -14,6 +14,7 @@ GatewayError
 ├── RangeNotSatisfiable (416)
 ├── RateLimited (429)
 ├── InsufficientStorage (507)        the gateway's own disk is full
+├── ServiceUnavailable (503)         the registry database cannot be reached right now
 ├── BlobCorrupt (500)                stored content failed its integrity check
 └── ProviderError (502/503/504, or the status a provider fault maps to)
     ├── ProviderAuthFailed (502)     our key was refused by the provider
@@ -140,6 +141,14 @@ class RateLimited(GatewayError):
     status_code = 429
     type = "rate_limit_error"
     code = "rate_limited"
+
+
+class ServiceUnavailable(GatewayError):
+    """A dependency the request needs (the registry database) is unreachable; retry later."""
+
+    status_code = 503
+    type = "server_error"
+    code = "database_unavailable"
 
 
 class InsufficientStorage(GatewayError):
