@@ -4,7 +4,9 @@
 - Bodies are bounded: an upload by the upload limit, every other body by the small JSON limit,
   declared (Content-Length) or counted as it arrives: 413.
 - A caller that did not identify itself on an authenticated prefix never has its body read: the
-  route answers 401 from the headers alone, and the connection is closed after the answer.
+  route answers 401 from the headers alone. The server discards what the client still sends
+  (in bounded memory) and keeps the connection, so the client reads a clean answer rather than
+  a reset.
 - JSON bodies (read whole, within the limit) must not repeat a key, nest without bound or carry
   control characters in any string: 400.
 
@@ -18,7 +20,7 @@ import unicodedata
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -134,7 +136,7 @@ class EdgeMiddleware:
             state = scope.setdefault("state", {})
             if scope["path"].startswith(IDENTIFIED_PREFIXES) and state.get("principal") is None:
                 # Nobody to answer for this body: the route refuses from the headers alone.
-                await self.app(scope, _empty_body, _closing(send))
+                await self.app(scope, _empty_body, send)
                 return
             upload = scope["method"] == "POST" and scope["path"] in self.upload_paths
             limit = self.upload_limit if upload else self.body_limit
@@ -146,21 +148,19 @@ class EdgeMiddleware:
                 return
             body = await _read_body(receive, limit)
         except GatewayError as exc:
-            await self._refuse(scope, exc, send, close=has_body)
+            await self._refuse(scope, exc, send)
             return
         if body is None:
             return  # the client went away before its body was complete
         try:
             check_json(body)
         except GatewayError as exc:
-            await self._refuse(scope, exc, send, close=False)
+            await self._refuse(scope, exc, send)
             return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _refuse(self, scope: Scope, exc: GatewayError, send: Send, *, close: bool) -> None:
+    async def _refuse(self, scope: Scope, exc: GatewayError, send: Send) -> None:
         response = await error_response(Request(scope), exc)
-        if close:
-            response.headers["Connection"] = "close"
         await response(scope, _empty_body, send)
 
 
@@ -191,17 +191,6 @@ def _too_large(limit: int, upload: bool) -> PayloadTooLarge:
 
 async def _empty_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
-
-
-def _closing(send: Send) -> Send:
-    """Ask the server to close the connection after this answer (its body was never read)."""
-
-    async def closing_send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            MutableHeaders(scope=message)["Connection"] = "close"
-        await send(message)
-
-    return closing_send
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

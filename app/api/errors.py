@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 
 from app.api.schemas import ErrorBody
 from app.core.errors import (
@@ -140,8 +141,26 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     if cls is GatewayError:
         body["error"]["type"] = "invalid_request_error"
         body["error"]["code"] = f"http_{exc.status_code}"
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     await _audit_refusal(request, error)
-    return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on this path (the framework names one route's only)."""
+    routes: list[BaseRoute] = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

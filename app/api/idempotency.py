@@ -34,11 +34,15 @@ async def respond(
     action: Action,
     redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> JSONResponse:
-    """Run `action` once per (tenant, key); repeats of the same request replay its answer."""
+    """Run `action` once per (tenant, key); repeats of the same request replay its answer.
+
+    `redact` marks an answer that carries a secret: the stored replay drops it, and no cache
+    may keep either (`Cache-Control: no-store`)."""
+    headers = {"Cache-Control": "no-store"} if redact is not None else {}
     key = idempotency_key(request)
     if key is None:
         status, model = await action()
-        return JSONResponse(model.model_dump(mode="json"), status_code=status)
+        return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
     tenant = ctx.principal.tenant_id
     stored = await idempotency.begin(
         sessionmaker=rt.sessionmaker,
@@ -48,7 +52,9 @@ async def respond(
     )
     if stored is not None:
         return JSONResponse(
-            stored.body, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"}
+            stored.body,
+            status_code=stored.status_code,
+            headers={**headers, "Idempotent-Replayed": "true"},
         )
     try:
         status, model = await action()
@@ -77,4 +83,4 @@ async def respond(
         status_code=status,
         body=redact(dict(body)) if redact else body,
     )
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)

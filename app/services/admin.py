@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
-from app.core.errors import InvalidRequest, NotFound
+from app.core.errors import Conflict, InvalidRequest, NotFound
 from app.models import Job, JobState
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
@@ -46,8 +47,23 @@ async def retry_job(*, session: AsyncSession, ctx: CallContext, job_id: int) -> 
         raise NotFound(f"No job with id {job_id}.", param="job_id")
     if job.state in (JobState.QUEUED, JobState.RUNNING):
         return job
-    job = await repo.requeue(job_id)
-    assert job is not None
+    if job.dedupe_key is not None and (twin := await repo.active_for(dedupe_key=job.dedupe_key)):
+        raise Conflict(
+            f"Job {twin.id} does the same work and is already {twin.state}; "
+            f"job {job_id} stays {job.state}.",
+            param="job_id",
+        )
+    previous = job.state
+    try:
+        async with session.begin_nested():  # a twin queued meanwhile trips the unique index
+            requeued = await repo.requeue(job_id)
+    except IntegrityError:
+        raise Conflict(
+            f"Another job doing the same work was queued meanwhile; job {job_id} stays {previous}.",
+            param="job_id",
+        ) from None
+    assert requeued is not None
+    job = requeued
     audit.record(session=session, ctx=ctx, action="job.retry", resource=f"job:{job_id}")
     return job
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,6 +33,28 @@ class IncomingUpload:
     filename: str
     content_type: str
     fields: dict[str, str] = field(default_factory=dict)
+
+
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 token
+_QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'
+MEDIA_TYPE = re.compile(rf"{_TCHARS}/{_TCHARS}(?:[ \t]*;[ \t]*{_TCHARS}=(?:{_TCHARS}|{_QUOTED}))*")
+MAX_MEDIA_TYPE_CHARS = 255
+
+
+def media_type(raw: str) -> str:
+    """The part's Content-Type if it is a media type by RFC 9110's grammar (ASCII only), else
+    a 400: it is stored and sent back on every download, so it must be a valid header value."""
+    value = raw.strip(" \t")
+    if not value:
+        return "application/octet-stream"
+    if len(value) > MAX_MEDIA_TYPE_CHARS or MEDIA_TYPE.fullmatch(value) is None:
+        raise InvalidRequest(
+            "The file part's Content-Type is not a valid media type "
+            f"(type/subtype[; name=value], printable ASCII, at most {MAX_MEDIA_TYPE_CHARS} "
+            "characters).",
+            param="file",
+        )
+    return value
 
 
 def _utf8(raw: bytes) -> str:
@@ -172,8 +195,11 @@ class MultipartIntake:
             except InvalidRequest as exc:
                 self._fail(exc)
                 return
-            ctype = _utf8(part.headers.get("content-type", "").encode("latin-1")).strip()
-            self.file_content_type = ctype[:255] or "application/octet-stream"
+            try:
+                self.file_content_type = media_type(part.headers.get("content-type", ""))
+            except InvalidRequest as exc:
+                self._fail(exc)
+                return
             self.spool = self.blob_store.new_spool()
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -208,6 +234,14 @@ class MultipartIntake:
                 value = part.value.decode("utf-8")
             except UnicodeDecodeError:
                 self._fail(InvalidRequest(f"'{part.name}' is not UTF-8.", param=part.name))
+                return
+            if any(unicodedata.category(ch) == "Cc" for ch in value):
+                self._fail(
+                    InvalidRequest(
+                        f"The '{part.name}' field must not contain control characters.",
+                        param=part.name,
+                    )
+                )
                 return
             if part.name in self.fields:
                 self._fail(

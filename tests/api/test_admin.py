@@ -87,3 +87,62 @@ async def test_audit_trail_filters_pages_and_exports(gateway: Gateway) -> None:
         assert (await ops.get("/admin/audit")).status_code == 200
     async with gateway.client(user) as acme:
         assert (await acme.get("/admin/audit")).status_code == 403
+
+
+async def test_retrying_a_finished_job_whose_twin_is_queued_is_a_409(gateway: Gateway) -> None:
+    from app.models import Job, JobState
+    from app.services import jobs
+
+    async with gateway.runtime.sessionmaker() as session:
+        await jobs.enqueue(
+            session=session, kind=jobs.RECONCILE, payload={}, dedupe_key="periodic:test"
+        )
+        [first] = (await session.execute(select(Job))).scalars().all()
+        first.state = JobState.DONE
+        await session.flush()
+        await jobs.enqueue(
+            session=session, kind=jobs.RECONCILE, payload={}, dedupe_key="periodic:test"
+        )
+        await session.commit()
+        first_id = first.id
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        resp = await ops.post(f"/admin/jobs/{first_id}/retry")
+        assert resp.status_code == 409, resp.text
+        assert resp.json()["error"]["code"] == "conflict"
+        assert resp.headers["x-request-id"]
+    async with gateway.runtime.sessionmaker() as session:
+        states = sorted((await session.execute(select(Job.state))).scalars().all())
+    assert states == [JobState.DONE, JobState.QUEUED]
+
+
+async def test_audit_times_that_overflow_in_utc_are_a_400(gateway: Gateway) -> None:
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        for name, value in [
+            ("since", "0001-01-01T00:00:00+14:00"),
+            ("until", "9999-12-31T23:59:59-14:00"),
+        ]:
+            resp = await ops.get("/admin/audit", params={name: value})
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["param"] == name
+        ok = await ops.get("/admin/audit", params={"since": "2026-01-01T00:00:00+14:00"})
+        assert ok.status_code == 200
+
+
+async def test_answers_that_carry_a_secret_are_never_cached(gateway: Gateway) -> None:
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        created = await ops.post("/admin/keys", json={"tenant": "acme", "name": "n"})
+        assert created.status_code == 201
+        assert created.headers["cache-control"] == "no-store"
+        rotated = await ops.post(
+            f"/admin/keys/{created.json()['id']}/rotate", headers={"idempotency-key": "rot-1"}
+        )
+        assert rotated.status_code == 201
+        assert rotated.headers["cache-control"] == "no-store"
+        replay = await ops.post(
+            f"/admin/keys/{created.json()['id']}/rotate", headers={"idempotency-key": "rot-1"}
+        )
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert replay.headers["cache-control"] == "no-store"

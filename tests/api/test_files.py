@@ -272,3 +272,46 @@ async def test_auto_falls_back_to_next_provider(
     assert resp.status_code == 200, resp.text
     copies = {p["provider"]: p["status"] for p in resp.json()["providers"]}
     assert copies == {"moonshot": "failed", "zai": "active"}
+
+
+async def test_downloads_are_never_sniffed_scripted_or_framed(client: httpx.AsyncClient) -> None:
+    created = await upload(
+        client, b"<script>alert(1)</script>", filename="x.html", content_type="text/html"
+    )
+    assert created.status_code == 200, created.text
+    got = await client.get(f"/v1/files/{created.json()['id']}/content")
+    assert got.status_code == 200
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert got.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    assert got.headers["content-disposition"].startswith("attachment;")
+
+
+async def test_head_on_content_gives_the_headers_without_the_bytes(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await upload(client, b"twelve bytes")
+    file_id = created.json()["id"]
+    head = await client.head(f"/v1/files/{file_id}/content")
+    assert head.status_code == 200, head.text
+    assert head.headers["content-length"] == "12"
+    assert head.headers["etag"] == f'"{created.json()["sha256"]}"'
+    assert head.content == b""
+    missing = await client.head("/v1/files/file-00000000000000000000000000000000/content")
+    assert missing.status_code in (400, 404)
+
+
+async def test_if_none_match_star_is_not_modified(client: httpx.AsyncClient) -> None:
+    file_id = (await upload(client, b"any representation")).json()["id"]
+    resp = await client.get(f"/v1/files/{file_id}/content", headers={"if-none-match": "*"})
+    assert resp.status_code == 304
+    assert resp.content == b""
+
+
+async def test_405_allows_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    file_id = (await upload(client, b"methods")).json()["id"]
+    resp = await client.put(f"/v1/files/{file_id}")
+    assert resp.status_code == 405
+    assert resp.json()["error"]["code"] == "http_405"
+    assert set(resp.headers["allow"].split(", ")) == {"GET", "DELETE"}
+    content = await client.post(f"/v1/files/{file_id}/content")
+    assert set(content.headers["allow"].split(", ")) == {"GET", "HEAD"}

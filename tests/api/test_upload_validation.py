@@ -301,3 +301,81 @@ async def test_client_disconnect_mid_upload_leaves_nothing(
     await gateway.app(scope, receive, send)  # type: ignore[operator]
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
     await assert_nothing_left(gateway)
+
+
+def multipart_with_type(ctype: bytes, data: bytes = b"hello\n") -> bytes:
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+        f"file-extract\r\n--{BOUNDARY}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="a.txt"\r\n'.encode()
+        + b"Content-Type: "
+        + ctype
+        + b"\r\n\r\n"
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        b"text/plain\x00",
+        b"text/\x01plain",
+        b"text/plain; a=\x7f",
+        "text/pl\u00e4in".encode(),
+        "text/\u4e2d\u6587".encode(),
+        b"text",
+        b"text/plain; charset",
+        b"text/plain\rX-Evil: 1",
+        b"a/" + b"b" * 300,
+    ],
+    ids=repr,
+)
+async def test_a_part_content_type_that_is_not_a_media_type_is_refused(
+    gateway: Gateway, client: httpx.AsyncClient, ctype: bytes
+) -> None:
+    resp = await raw_post(client, multipart_with_type(ctype))
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    # A bare CR ends the part's header line early: the multipart itself is malformed.
+    assert error["param"] == "file" or "malformed" in error["message"], error
+    await assert_nothing_left(gateway)
+
+
+async def test_a_valid_media_type_is_kept_and_served_back(client: httpx.AsyncClient) -> None:
+    resp = await raw_post(client, multipart_with_type(b'text/csv; charset="utf-8"'))
+    assert resp.status_code == 200, resp.text
+    got = await client.get(f"/v1/files/{resp.json()['id']}/content")
+    assert got.headers["content-type"] == 'text/csv; charset="utf-8"'
+
+
+@pytest.mark.parametrize("field", ["purpose", "provider", "expires_after[seconds]"])
+async def test_control_characters_in_form_fields_are_refused(
+    gateway: Gateway, client: httpx.AsyncClient, field: str
+) -> None:
+    parts: list[tuple[str, str | None, bytes]] = [("file", "a.txt", b"x\n")]
+    values = {"purpose": b"file-extract", field: b"file\x00-extract"}
+    parts += [(name, None, value) for name, value in values.items()]
+    resp = await raw_post(client, multipart(*parts))
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == field
+    await assert_nothing_left(gateway)
+
+
+@pytest.mark.parametrize(
+    "digits", ["\uff13\uff16\uff10\uff10", "\u0663\u0666\u0660\u0660", "3600\u00b2"]
+)
+async def test_expiry_seconds_take_ascii_digits_only(
+    client: httpx.AsyncClient, digits: str
+) -> None:
+    resp = await client.post(
+        "/v1/files",
+        data={
+            "purpose": "file-extract",
+            "expires_after[anchor]": "created_at",
+            "expires_after[seconds]": digits,
+        },
+        files={"file": ("a.txt", b"x\n", "text/plain")},
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "expires_after[seconds]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -32,7 +32,13 @@ from app.api.schemas import (
     TenantList,
     TenantOut,
 )
-from app.core.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
+from app.core.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+)
 from app.models import ApiKey, AuditEvent, Job
 from app.runtime import Runtime
 from app.services import admin as admin_service
@@ -215,7 +221,7 @@ async def job_summary(
     "/jobs/{job_id}/retry",
     response_model=JobOut,
     summary="Queue a dead (or finished) job again with fresh attempts",
-    responses=responses(*ADMIN_ERRORS, NotFound),
+    responses=responses(*ADMIN_ERRORS, NotFound, Conflict),
 )
 async def retry_job(
     job_id: Annotated[int, Path(ge=1, le=MAX_ID)],
@@ -362,9 +368,17 @@ async def audit_trail(
 
 
 def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+    """An aware time in UTC; naive times and times that leave the calendar in UTC are a 400."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         raise InvalidRequest(f"'{name}' needs a time zone (e.g. 'Z').", param=name)
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(
+            f"'{name}' lies outside the years 1 to 9999 once converted to UTC.", param=name
+        ) from None
 
 
 async def _jsonl(rt: Runtime, filters: dict[str, Any], cursor: int | None) -> AsyncIterator[bytes]:
