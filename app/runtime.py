@@ -21,6 +21,8 @@ from app.providers import ADAPTERS
 from app.providers.base import ProviderAdapter, ProviderConfig
 from app.providers.breakers import BreakerBoard
 from app.providers.retry import RetryPolicy
+from app.services import audit
+from app.services.audit import RefusalThrottle
 from app.services.keys import KeyRecord
 from app.services.placement import ProviderHub
 from app.storage.blobs import LocalBlobStore
@@ -47,6 +49,7 @@ class Runtime:
     tenant_ids: dict[str, str] = field(default_factory=dict)
     breakers: BreakerBoard | None = None
     database: OutageLog = field(default_factory=lambda: OutageLog("database"))
+    refusals: RefusalThrottle = field(default_factory=lambda: RefusalThrottle(20))
 
     @property
     def hmac_key(self) -> bytes:
@@ -102,6 +105,20 @@ def build_jwt_verifier(settings: Settings) -> JWTVerifier | None:
         raise ConfigError(f"invalid configuration:\n  FILEGATE_JWT_KEY: {exc}") from None
 
 
+async def _record_suppressed_refusals(runtime: Runtime) -> None:
+    """At shutdown, the summary rows of throttled anonymous refusals not yet written."""
+    summaries = runtime.refusals.drain()
+    if not summaries:
+        return
+    try:
+        async with runtime.sessionmaker() as session:
+            for summary in summaries:
+                audit.record_suppressed(session=session, summary=summary)
+            await session.commit()
+    except Exception:
+        log.warning("could not record %d throttled-refusal summaries", len(summaries))
+
+
 @asynccontextmanager
 async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
     engine = create_engine(
@@ -141,10 +158,12 @@ async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> Async
         jwt=jwt,
         rate_limiter=build_rate_limiter(redis),
         breakers=breakers,
+        refusals=RefusalThrottle(settings.audit_anonymous_refusals_per_minute),
     )
     try:
         yield runtime
     finally:
+        await _record_suppressed_refusals(runtime)
         await runtime.rate_limiter.aclose()
         await hub.aclose()
         breakers.close()

@@ -90,27 +90,38 @@ async def _audit_refusal(request: Request, exc: GatewayError) -> None:
     if runtime is None or not request.url.path.startswith(("/v1", "/admin")):
         return
     principal = getattr(request.state, "principal", None)
+    client = request.client.host if request.client else None
+    summary = None
+    admitted = True
+    if principal is None:
+        admitted, summary = runtime.refusals.admit(client)
+        if not admitted and summary is None:
+            return
     route = request.scope.get("route")
     path = getattr(route, "path", request.url.path)
     try:
         async with runtime.sessionmaker() as session:
-            audit.record_refusal(
-                session=session,
-                actor=principal.actor if principal else "anonymous",
-                tenant_id=principal.tenant_id if principal else None,
-                action=f"{request.method} {path}",
-                resource=request.path_params.get("file_id") or request.path_params.get("key_id"),
-                status_code=exc.status_code,
-                reason=exc.message,
-                request_id=getattr(request.state, "request_id", None),
-                client_addr=request.client.host if request.client else None,
-            )
+            if summary is not None:
+                audit.record_suppressed(session=session, summary=summary)
+            if admitted:
+                audit.record_refusal(
+                    session=session,
+                    actor=principal.actor if principal else "anonymous",
+                    tenant_id=principal.tenant_id if principal else None,
+                    action=f"{request.method} {path}",
+                    resource=request.path_params.get("file_id")
+                    or request.path_params.get("key_id"),
+                    status_code=exc.status_code,
+                    reason=exc.message,
+                    request_id=getattr(request.state, "request_id", None),
+                    client_addr=client,
+                )
             await session.commit()
     except Exception as failure:  # the refusal itself must still be answered
         if is_database_outage(failure):
             runtime.database.failed(failure)
         else:
-            log.exception("could not record audit event for a refused request")
+            log.error("could not record audit event for a refused request", exc_info=failure)
 
 
 async def error_response(request: Request, exc: GatewayError) -> JSONResponse:

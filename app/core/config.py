@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     jwt_max_lifetime_seconds: int | None = Field(default=None, gt=0)
 
     default_rate_limit_per_minute: int = Field(default=0, ge=0)
+    audit_anonymous_refusals_per_minute: int = Field(default=20, ge=0, le=100_000)
 
     docs_enabled: bool = True
     metrics_token: SecretStr | None = None
