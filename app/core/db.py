@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
@@ -74,9 +77,34 @@ def _sqlite_rollback(dbapi_connection: Any) -> None:
         dbapi_connection.rollback()
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a sqlite URL (None for other databases and :memory:)."""
+    if not url.startswith("sqlite"):
+        return None
+    raw = url.split("///", 1)[-1].split("?", 1)[0]
+    return None if not raw or raw == ":memory:" else Path(raw)
+
+
+def private_sqlite_file(url: str) -> None:
+    """Create the SQLite file (and its directory) readable by this user only, whatever the
+    umask, and tighten an existing one: it holds every tenant's registry and extracts."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for created in missing:
+        os.chmod(created, 0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            os.chmod(name, 0o600)
+
+
 def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> AsyncEngine:
     """An async engine for PostgreSQL (psycopg 3) or SQLite (aiosqlite)."""
     if url.startswith("sqlite"):
+        private_sqlite_file(url)
         # Pooled: opening a SQLite connection (and its pragmas) per request is costly.
         engine = create_async_engine(
             url, pool_size=pool_size, max_overflow=pool_size, connect_args={"timeout": 30}

@@ -8,6 +8,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
+from app.core.db import private_sqlite_file
+
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATION_LOCK_ID = 0x46_47_4D_49  # "FGMI": any constant shared by every replica
 
@@ -26,10 +28,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     """Bring the schema to `revision`; blocking, so call it outside an event loop or in a thread."""
     cfg = alembic_config()
     url = sync_url(database_url)
-    if url.startswith("sqlite"):
-        db_path = url.split("///", 1)[-1]
-        if db_path and db_path != ":memory:":
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    private_sqlite_file(url)
     engine = create_engine(url)
     try:
         with engine.connect() as connection:

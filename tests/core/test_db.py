@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -51,3 +52,38 @@ async def test_timestamps_come_back_as_utc(database_url: str) -> None:
         async with engine.begin() as conn:
             await conn.execute(text("DELETE FROM tenants"))
         await engine.dispose()
+
+
+async def test_the_sqlite_database_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from sqlalchemy import text
+
+    from app.core.db import create_engine
+    from app.core.migrations import upgrade
+
+    old = os.umask(0o022)
+    try:
+        for name, make in [("migrated", "upgrade"), ("opened", "engine")]:
+            path = tmp_path / name / "deep" / "filegate.db"
+            url = f"sqlite+aiosqlite:///{path}"
+            if make == "upgrade":
+                upgrade(url)
+            engine = create_engine(url)
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE TABLE IF NOT EXISTS t (x int)"))
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+                for suffix in ("", "-wal", "-shm"):
+                    mode = stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode)
+                    assert mode == 0o600, (name, suffix, oct(mode))
+            await engine.dispose()
+            for directory in (path.parent, path.parent.parent):
+                assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        loose = tmp_path / "loose.db"
+        loose.write_bytes(b"")
+        os.chmod(loose, 0o644)
+        await create_engine(f"sqlite+aiosqlite:///{loose}").dispose()
+        assert stat.S_IMODE(os.stat(loose).st_mode) == 0o600
+    finally:
+        os.umask(old)
