@@ -144,6 +144,7 @@ def worker(
         async with build_runtime(settings, metrics=GatewayMetrics()) as rt:
             runner = Worker(rt, concurrency=concurrency)
             if once:
+                await runner.schedule_startup()
                 typer.echo(f"ran {await runner.drain()} jobs")
                 return
             stop = asyncio.Event()

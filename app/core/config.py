@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     orphan_grace_seconds: float = Field(default=900.0, ge=0)
     health_check_interval_seconds: float = Field(default=3600.0, gt=0)
     expiry_interval_seconds: float = Field(default=60.0, gt=0)
+    storage_sweep_interval_seconds: float = Field(default=3600.0, gt=0)
+    storage_leftover_max_age_seconds: float = Field(default=6 * 3600.0, ge=60)
     default_retention_seconds: int | None = Field(default=None, gt=0)
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"

@@ -237,6 +237,13 @@ class FileRepository:
         )
         return None if live else blob
 
+    async def blobs_with_rows(self, sha256s: list[str]) -> set[str]:
+        """Which of these sha256s still have a blob row (the sweeper keeps those files)."""
+        if not sha256s:
+            return set()
+        stmt = select(Blob.sha256).where(Blob.sha256.in_(sha256s))
+        return set((await self.session.execute(stmt)).scalars())
+
     async def delete_blob_row(self, sha256: str) -> None:
         await self.session.execute(delete(Blob).where(Blob.sha256 == sha256))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from app.services.jobs import RetryLater
 if TYPE_CHECKING:
     from app.runtime import Runtime
 
+log = logging.getLogger("filegate.recovery")
 HEALTH_SWEEP_BATCH = 100
 EXPIRY_BATCH = 100
 
@@ -325,6 +327,19 @@ async def handle_expire(
     await IdempotencyRepository(session).purge_expired(now=utcnow())
 
 
+async def handle_sweep_storage(
+    session: AsyncSession, rt: Runtime, job: Job, payload: dict[str, Any]
+) -> None:
+    """Remove the leftovers of crashed uploads and collections once they are old enough."""
+    repo = FileRepository(session)
+    removed = await rt.blob_store.sweep(
+        max_age_seconds=rt.settings.storage_leftover_max_age_seconds,
+        referenced=repo.blobs_with_rows,
+    )
+    if removed:
+        log.info("storage sweep removed %d leftover files", len(removed))
+
+
 HANDLERS = {
     jobs.PLACE: handle_place,
     jobs.DELETE_COPY: handle_delete_copy,
@@ -332,5 +347,6 @@ HANDLERS = {
     jobs.HEALTH_SWEEP: handle_health_sweep,
     jobs.RECONCILE: handle_reconcile,
     jobs.EXPIRE: handle_expire,
+    jobs.SWEEP_STORAGE: handle_sweep_storage,
 }
 DEAD_HANDLERS = {jobs.PLACE: on_place_dead}

@@ -57,6 +57,10 @@ class Worker:
                     await asyncio.wait_for(stop.wait(), self.rt.settings.job_poll_seconds)
 
     async def _scheduler(self, stop: asyncio.Event) -> None:
+        try:
+            await self.schedule_startup()
+        except Exception:
+            log.exception("job scheduler error at start-up")
         while not stop.is_set():
             try:
                 await self.schedule_periodic()
@@ -66,12 +70,25 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SCHEDULE_EVERY_SECONDS)
 
+    async def schedule_startup(self) -> None:
+        """Work due once whenever a worker starts: sweep what a crash may have left on disk."""
+        async with self.rt.sessionmaker() as session:
+            await jobs.enqueue(
+                session=session,
+                kind=jobs.SWEEP_STORAGE,
+                payload={},
+                dedupe_key="sweep_storage:startup",
+                max_attempts=3,
+            )
+            await session.commit()
+
     async def schedule_periodic(self) -> None:
         """Keep one queued instance of each periodic job (dedupe keys settle races)."""
         s = self.rt.settings
         periodic: list[tuple[str, dict[str, object], str, float]] = [
             (jobs.EXPIRE, {}, "expire", s.expiry_interval_seconds),
             (jobs.HEALTH_SWEEP, {}, "health_sweep", s.health_check_interval_seconds),
+            (jobs.SWEEP_STORAGE, {}, "sweep_storage", s.storage_sweep_interval_seconds),
         ] + [
             (jobs.RECONCILE, {"provider": name}, f"reconcile:{name}", s.reconcile_interval_seconds)
             for name in self.rt.providers.order

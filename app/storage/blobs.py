@@ -9,7 +9,7 @@ import os
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -100,8 +100,15 @@ class BlobStore(ABC):
         """Raise OSError when the store cannot take new blobs (readiness)."""
 
     @abstractmethod
-    async def sweep(self, *, max_age_seconds: float, referenced: set[str]) -> list[str]:
-        """Remove spools and unreferenced blobs older than max_age_seconds; the paths removed."""
+    async def sweep(self, *, max_age_seconds: float, referenced: Referenced) -> list[str]:
+        """Remove what no crash-free run leaves behind, once older than max_age_seconds:
+        spools of uploads never committed, blobs no row references, and blobs set aside for
+        collection whose row is gone (one whose row is still there is put back). `referenced`
+        answers which of a batch of sha256s have rows. Returns the paths removed."""
+
+
+Referenced = Callable[[list[str]], Awaitable[set[str]]]
+SWEEP_BATCH = 500
 
 
 class SpoolFile:
@@ -197,7 +204,9 @@ class LocalBlobStore(BlobStore):
 
     async def set_aside(self, storage_key: str) -> str | None:
         def _move() -> str | None:
-            aside = self.tmp_dir / f"collect-{secrets.token_hex(12)}.part"
+            # Named by its sha256, so a sweep after a crash knows whether to restore it.
+            sha = storage_key.rsplit("/", 1)[-1]
+            aside = self.tmp_dir / f"collect-{sha}-{secrets.token_hex(6)}.part"
             try:
                 os.replace(self.local_path(storage_key), aside)
             except FileNotFoundError:
@@ -235,23 +244,46 @@ class LocalBlobStore(BlobStore):
 
         await to_thread.run_sync(_probe)
 
-    async def sweep(self, *, max_age_seconds: float, referenced: set[str]) -> list[str]:
-        def _sweep() -> list[str]:
-            # By age only: another process sharing the directory may be writing or committing.
-            cutoff = time.time() - max_age_seconds
+    async def sweep(self, *, max_age_seconds: float, referenced: Referenced) -> list[str]:
+        # By age only: another process sharing the directory may be writing or committing
+        # (a commit that reuses a stored blob refreshes its mtime first).
+        cutoff = time.time() - max_age_seconds
+
+        def _stale() -> tuple[list[Path], list[Path]]:
+            spools = [p for p in self.tmp_dir.glob("*.part") if _older(p, cutoff)]
+            blobs = [p for p in self.blob_dir.glob("??/??/*") if _older(p, cutoff)]
+            return spools, blobs
+
+        spools, blobs = await to_thread.run_sync(_stale)
+        aside = {p: p.name.split("-")[1] for p in spools if p.name.startswith("collect-")}
+        named = [p.name for p in blobs] + list(aside.values())
+        live: set[str] = set()
+        for start in range(0, len(named), SWEEP_BATCH):
+            live |= await referenced(named[start : start + SWEEP_BATCH])
+
+        def _remove() -> list[str]:
             removed: list[str] = []
-            candidates = list(self.tmp_dir.glob("*.part"))
-            candidates += [p for p in self.blob_dir.glob("??/??/*") if p.name not in referenced]
-            for path in candidates:
-                try:
-                    if path.stat().st_mtime < cutoff:
-                        path.unlink()
-                        removed.append(str(path))
-                except FileNotFoundError:
-                    continue
+            for path in spools + [p for p in blobs if p.name not in live]:
+                sha = aside.get(path)
+                if sha in live:
+                    target = self.local_path(self.key_for(sha))
+                    if not target.exists():  # its deletion never committed: the blob goes back
+                        private_dir(target.parent)
+                        os.replace(path, target)
+                        continue
+                if _older(path, cutoff):
+                    path.unlink(missing_ok=True)
+                    removed.append(str(path))
             return removed
 
-        return await to_thread.run_sync(_sweep)
+        return await to_thread.run_sync(_remove)
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
 
 
 def _file_sha256(path: Path) -> str:

@@ -114,7 +114,13 @@ async def test_periodic_jobs_are_scheduled_once_across_workers(gateway: Gateway)
     await asyncio.gather(*(w.schedule_periodic() for w in workers))
     async with gateway.runtime.sessionmaker() as session:
         keys = (await session.execute(select(Job.dedupe_key))).scalars().all()
-    assert sorted(keys) == ["expire", "health_sweep", "reconcile:moonshot", "reconcile:zai"]
+    assert sorted(keys) == [
+        "expire",
+        "health_sweep",
+        "reconcile:moonshot",
+        "reconcile:zai",
+        "sweep_storage",
+    ]
 
 
 async def test_unknown_kinds_are_refused_at_enqueue(gateway: Gateway) -> None:

@@ -89,10 +89,38 @@ async def test_sweep_removes_old_spools_and_unreferenced_blobs_only(
         store.local_path(store.key_for(orphan)),
     ):
         os.utime(path, (past, past))
-    removed = await store.sweep(max_age_seconds=3600, referenced={kept})
+    asked: list[list[str]] = []
+
+    async def referenced(batch: list[str]) -> set[str]:
+        asked.append(batch)
+        return {kept} & set(batch)
+
+    removed = await store.sweep(max_age_seconds=3600, referenced=referenced)
     assert sorted(removed) == sorted([str(left.path), str(store.local_path(store.key_for(orphan)))])
     assert store.local_path(store.key_for(kept)).exists()
     assert store.local_path(store.key_for(young)).exists()
+    assert sorted(asked[0]) == sorted([kept, orphan])  # only stale blobs are looked up
+
+
+async def test_sweep_restores_a_blob_set_aside_whose_deletion_never_committed(
+    store: LocalBlobStore,
+) -> None:
+    live = await _commit(store, b"row still there")
+    gone = await _commit(store, b"row deleted")
+    aside = [await store.set_aside(store.key_for(sha)) for sha in (live, gone)]
+    past = time.time() - 7200
+    for token in aside:
+        assert token is not None
+        os.utime(store.tmp_dir / token, (past, past))
+
+    async def referenced(batch: list[str]) -> set[str]:
+        return {live} & set(batch)
+
+    removed = await store.sweep(max_age_seconds=3600, referenced=referenced)
+    assert removed == [str(store.tmp_dir / str(aside[1]))]
+    assert await store.rehash(store.key_for(live)) == live
+    assert not store.local_path(store.key_for(gone)).exists()
+    assert list(store.tmp_dir.iterdir()) == []
 
 
 async def test_set_aside_then_put_back_restores_the_blob(store: LocalBlobStore) -> None:
