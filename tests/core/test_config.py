@@ -57,7 +57,7 @@ def test_production_never_sandboxes_a_provider_silently(monkeypatch: pytest.Monk
     monkeypatch.setenv("FILEGATE_SECRET_KEY", "s" * 40)
     monkeypatch.setenv("FILEGATE_ZAI_API_KEY", "abc.def")
     settings = load_settings()
-    configs = provider_configs(settings)
+    configs = provider_configs(settings, sandbox_url=settings.sandbox_url)
     assert [(c.name, c.sandbox) for c in configs] == [("zai", False)]
     assert configs[0].base_url == "https://api.z.ai/api/paas/v4"
 
