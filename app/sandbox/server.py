@@ -39,10 +39,13 @@ async def serve_on_loopback(**options: Any) -> AsyncIterator[str]:
     port = int(sock.getsockname()[1])
     config = uvicorn.Config(
         create_standalone_app(**options),
+        host=LOOPBACK,
+        port=port,  # only named in the "running on" line: the socket above is already bound
         lifespan="off",
-        log_config=None,  # the hosting process owns logging
-        log_level="warning",
-        access_log=False,
+        # The hosting server configured logging; these None/True leave its loggers untouched.
+        log_config=None,
+        log_level=None,
+        access_log=True,
         timeout_graceful_shutdown=_STOP_TIMEOUT_S,
     )
     server = _EmbeddedServer(config)
