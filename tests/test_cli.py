@@ -274,6 +274,8 @@ async def test_the_gateway_listener_never_answers_for_the_sandbox(tmp_path: Path
             sandbox = in_process_sandbox(proc)
             stats = (await client.get(f"{sandbox}/moonshot/_stats")).json()
             assert stats["files"] == 1 and stats["calls"]["upload"] == 1
+        # ... and that sandbox left the gateway's own access log in place.
+        assert '"GET /health/live HTTP/1.1" 200' in proc.log()
 
 
 async def test_serve_and_worker_honour_the_sandbox_url_of_dotenv(
