@@ -45,30 +45,29 @@ def serve(
     migrate: Annotated[bool, typer.Option(help="Apply pending migrations first")] = True,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
-    """Serve the gateway (with the provider sandbox mounted when any provider is sandboxed)."""
+    """Serve the gateway (with its own loopback sandbox when a provider is sandboxed)."""
     import uvicorn
 
     from app.core.migrations import upgrade
 
-    self_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
-    os.environ.setdefault("FILEGATE_SANDBOX_URL", f"http://{self_host}:{port}/sandbox")
     if sandbox:
         os.environ["FILEGATE_SANDBOX"] = "true"
     settings = _settings()
     if migrate:
         upgrade(settings.resolved_database_url)
-    sandboxed = [n for n in ("moonshot", "zai") if settings.provider_sandboxed(n)]
-    if sandboxed and workers > 1 and settings.mount_sandbox:
+    sandboxed = settings.sandboxed_providers()
+    if sandboxed and workers > 1 and settings.sandbox_url is None:
         typer.echo(
-            "the in-process sandbox keeps its state per process: use --workers 1, or run "
-            "`filegate sandbox` once and point FILEGATE_SANDBOX_URL at it with "
-            "FILEGATE_MOUNT_SANDBOX=false",
+            "each worker process would run a sandbox of its own: use --workers 1, or run "
+            "`filegate sandbox` once and point FILEGATE_SANDBOX_URL at it",
             err=True,
         )
         raise typer.Exit(2)
+    self_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
     typer.echo(f"filegate on http://{self_host}:{port}  (docs UI: http://{self_host}:{port}/docs)")
     if sandboxed:
-        typer.echo(f"providers in SANDBOX mode: {', '.join(sandboxed)}")
+        where = settings.sandbox_url or "an in-process sandbox on a loopback port"
+        typer.echo(f"providers in SANDBOX mode: {', '.join(sandboxed)} (at {where})")
     command = sys.argv[0] if sys.argv[0].endswith("filegate") else "filegate"
     typer.echo(f"create an API key: {command} keys create --tenant demo --name me")
     uvicorn.run(
@@ -154,7 +153,11 @@ def worker(
             typer.echo(f"worker {runner.worker_id} running {concurrency} job loops")
             await runner.run(stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:  # sandboxed without FILEGATE_SANDBOX_URL
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
 
 
 @cli.command("sandbox")
@@ -168,6 +171,10 @@ def sandbox_cmd(
     from app.sandbox import create_standalone_app
 
     typer.echo(f"sandbox on http://{host}:{port}/sandbox/{{moonshot/v1,zai/api/paas/v4}}")
+    typer.echo(
+        f"point every process at it: FILEGATE_SANDBOX_URL=http://{host}:{port}/sandbox "
+        "(control routes answer loopback clients only)"
+    )
     uvicorn.run(create_standalone_app(), host=host, port=port, log_level="warning")
 
 

@@ -17,6 +17,7 @@ from app.core.config import Settings, load_settings
 from app.core.metrics import GatewayMetrics
 from app.runtime import build_runtime
 from app.services.intake import MULTIPART_OVERHEAD_BYTES
+from app.services.sandbox import recheck_on_start
 from app.services.worker import running_workers
 
 DESCRIPTION = """\
@@ -33,12 +34,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with (
-            build_runtime(settings, metrics=metrics) as runtime,
-            running_workers(runtime, count=settings.workers_in_process),
-        ):
-            app.state.runtime = runtime
-            yield
+        async with build_runtime(settings, metrics=metrics, own_sandbox=True) as runtime:
+            if runtime.sandbox_url is not None and runtime.sandbox_name is not None:
+                await recheck_on_start(
+                    sessionmaker=runtime.sessionmaker,
+                    sandbox_url=runtime.sandbox_url,
+                    sandbox=runtime.sandbox_name,
+                    providers=runtime.settings.sandboxed_providers(),
+                )
+            async with running_workers(runtime, count=settings.workers_in_process):
+                app.state.runtime = runtime
+                yield
 
     docs = settings.docs_enabled
     app = FastAPI(
@@ -67,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     Instrumentator(
         registry=metrics.registry,
-        excluded_handlers=["/metrics", "/sandbox.*"],
+        excluded_handlers=["/metrics"],
         should_group_status_codes=False,
     ).instrument(app)
     if settings.cors_origins:
@@ -78,10 +84,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
             expose_headers=["X-Request-ID", "ETag", "Content-Range", "Idempotent-Replayed"],
         )
-    if settings.mount_sandbox and any(
-        settings.provider_sandboxed(name) for name in ("moonshot", "zai")
-    ):
-        from app.sandbox import create_sandbox_app
-
-        app.mount("/sandbox", create_sandbox_app())
     return app

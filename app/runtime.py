@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -31,6 +31,8 @@ log = logging.getLogger("filegate")
 
 SANDBOX_KEYS = {"moonshot": "sk-sandbox", "zai": "sandbox.key"}
 SANDBOX_PATHS = {"moonshot": "/moonshot/v1", "zai": "/zai/api/paas/v4"}
+# The registry's name for a sandbox this process serves itself (its port changes every start).
+IN_PROCESS_SANDBOX = "in-process"
 
 
 @dataclass
@@ -50,6 +52,15 @@ class Runtime:
     breakers: BreakerBoard | None = None
     database: OutageLog = field(default_factory=lambda: OutageLog("database"))
     refusals: RefusalThrottle = field(default_factory=lambda: RefusalThrottle(20))
+    sandbox_url: str | None = None
+    sandbox_in_process: bool = False
+
+    @property
+    def sandbox_name(self) -> str | None:
+        """How the registry remembers this process's sandbox: its URL, or the in-process one."""
+        if self.sandbox_url is None:
+            return None
+        return IN_PROCESS_SANDBOX if self.sandbox_in_process else self.sandbox_url
 
     @property
     def hmac_key(self) -> bytes:
@@ -59,19 +70,21 @@ class Runtime:
         self._hmac_key = self.settings.hmac_key()
 
 
-def provider_configs(settings: Settings) -> list[ProviderConfig]:
-    """One config per provider: live with its key, or the sandbox at sandbox_url."""
+def provider_configs(settings: Settings, *, sandbox_url: str | None) -> list[ProviderConfig]:
+    """One config per provider: live with its key, or the sandbox at `sandbox_url`."""
     configs = []
     for name in ("moonshot", "zai"):
         if not settings.provider_enabled(name):
             continue
         sandboxed = settings.provider_sandboxed(name)
+        if sandboxed and sandbox_url is None:
+            raise ConfigError(no_sandbox_message(settings))
         key = settings.provider_key(name)
         configs.append(
             ProviderConfig(
                 name=name,
                 base_url=(
-                    settings.sandbox_url.rstrip("/") + SANDBOX_PATHS[name]
+                    f"{sandbox_url}{SANDBOX_PATHS[name]}"
                     if sandboxed
                     else getattr(settings, f"{name}_base_url")
                 ),
@@ -83,6 +96,15 @@ def provider_configs(settings: Settings) -> list[ProviderConfig]:
             )
         )
     return configs
+
+
+def no_sandbox_message(settings: Settings) -> str:
+    return (
+        "invalid configuration:\n  FILEGATE_SANDBOX_URL: not set, and "
+        f"{', '.join(settings.sandboxed_providers())} would be sent to the sandbox; only "
+        "`filegate serve` runs a sandbox of its own. Run `filegate sandbox` and set "
+        "FILEGATE_SANDBOX_URL to it (e.g. http://127.0.0.1:9000/sandbox) for every process."
+    )
 
 
 def build_jwt_verifier(settings: Settings) -> JWTVerifier | None:
@@ -120,7 +142,32 @@ async def _record_suppressed_refusals(runtime: Runtime) -> None:
 
 
 @asynccontextmanager
-async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> AsyncIterator[Runtime]:
+async def build_runtime(
+    settings: Settings, *, metrics: GatewayMetrics, own_sandbox: bool = False
+) -> AsyncIterator[Runtime]:
+    """The runtime; with `own_sandbox` and no FILEGATE_SANDBOX_URL, a loopback sandbox too."""
+    async with AsyncExitStack() as stack:
+        sandbox_url = settings.sandbox_url
+        in_process = False
+        if settings.sandboxed_providers() and sandbox_url is None:
+            if not own_sandbox:
+                raise ConfigError(no_sandbox_message(settings))
+            from app.sandbox.server import serve_on_loopback
+
+            sandbox_url = await stack.enter_async_context(serve_on_loopback())
+            in_process = True
+            log.info("provider sandbox on %s (loopback only)", sandbox_url)
+        async with _build_runtime(
+            settings, metrics=metrics, sandbox_url=sandbox_url, in_process=in_process
+        ) as runtime:
+            yield runtime
+
+
+@asynccontextmanager
+async def _build_runtime(
+    settings: Settings, *, metrics: GatewayMetrics, sandbox_url: str | None, in_process: bool
+) -> AsyncIterator[Runtime]:
+    configs = provider_configs(settings, sandbox_url=sandbox_url)
     engine = create_engine(
         settings.resolved_database_url, connect_timeout=settings.database_connect_timeout
     )
@@ -137,7 +184,7 @@ async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> Async
             retry_policy=retry_policy,
             retry_observer=metrics.observe_provider_retry,
         )
-        for cfg in provider_configs(settings)
+        for cfg in configs
     }
     redis = (
         Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
@@ -159,6 +206,8 @@ async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> Async
         rate_limiter=build_rate_limiter(redis),
         breakers=breakers,
         refusals=RefusalThrottle(settings.audit_anonymous_refusals_per_minute),
+        sandbox_url=sandbox_url if any(cfg.sandbox for cfg in configs) else None,
+        sandbox_in_process=in_process,
     )
     try:
         yield runtime

@@ -67,7 +67,6 @@ def build_settings(*, data_dir: Path, sandbox_url: str) -> Any:
         secret_key=SECRET,
         sandbox=True,
         sandbox_url=sandbox_url,
-        mount_sandbox=False,
         provider_order=PROVIDER_ORDER,
         provider_timeout=PROVIDER_TIMEOUT,
         breaker_reset_seconds=BREAKER_RESET_SECONDS,

@@ -23,6 +23,7 @@ PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("FILEGATE_TEST_REDIS_URL")
 TEST_SECRET = "test-secret-key-for-hmac-0123456789"
 TABLES = (
+    "sandbox_instances",
     "idempotency_keys",
     "jobs",
     "audit_events",
@@ -164,7 +165,6 @@ def settings(
         secret_key=TEST_SECRET,  # type: ignore[arg-type]
         sandbox=True,
         sandbox_url=f"{sandbox_reset}/sandbox",
-        mount_sandbox=False,
         dedup_wait_seconds=30,
         workers_in_process=0,
         job_backoff_base=0.01,

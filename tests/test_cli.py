@@ -19,6 +19,7 @@ from tests.support.processes import (
     ServerProcess,
     child_env,
     create_key,
+    listening_addresses,
     mint_key,
     run_cli,
     start_gateway,
@@ -57,6 +58,16 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
     env = child_env({"FILEGATE_DATA_DIR": str(data_dir)})
     with start_gateway(env, None, "--sandbox") as proc:
         yield Embedded(proc=proc, env=env, data_dir=data_dir)
+
+
+def in_process_sandbox(proc: ServerProcess) -> str:
+    """The URL of the sandbox a `filegate serve` child runs itself, asserted loopback-only."""
+    gateway_port = int(proc.url.rsplit(":", 1)[1])
+    others = {(ip, port) for ip, port in listening_addresses(proc.pid) if port != gateway_port}
+    assert len(others) == 1, others
+    [(ip, port)] = others
+    assert ip == "127.0.0.1"
+    return f"http://127.0.0.1:{port}/sandbox"
 
 
 def sqlite_rows(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
@@ -163,7 +174,8 @@ async def test_serve_sandbox_embeds_everything_on_sqlite(embedded: Embedded) -> 
     async with httpx.AsyncClient(
         base_url=embedded.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     ) as client:
-        assert (await client.post("/sandbox/moonshot/_reset")).status_code == 200
+        sandbox = in_process_sandbox(embedded.proc)
+        assert (await client.post(f"{sandbox}/moonshot/_reset")).status_code == 200
 
         ready = await client.get("/health/ready")
         assert ready.status_code == 200, ready.text
@@ -191,8 +203,136 @@ async def test_serve_sandbox_embeds_everything_on_sqlite(embedded: Embedded) -> 
         listed = await client.get("/v1/files")
         assert body["id"] in [f["id"] for f in listed.json()["data"]]
 
-        stats = (await client.get("/sandbox/moonshot/_stats")).json()
+        stats = (await client.get(f"{sandbox}/moonshot/_stats")).json()
         assert stats["calls"]["upload"] == 1 and stats["files"] == 1
         assert stats["bytes"] == len(payload)
     blobs = [p for p in (embedded.data_dir / "blobs").rglob("*") if p.is_file()]
     assert [p.read_bytes() for p in blobs] == [payload]
+
+
+async def enqueue_check(database_url: str, file_id: str) -> None:
+    """Queue a health check of one file straight into the registry, as the hourly sweep would."""
+    from app.core.db import create_engine, create_sessionmaker
+    from app.services import jobs
+
+    engine = create_engine(database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            await jobs.enqueue(
+                session=session, kind=jobs.CHECK_FILE, payload={"file_id": file_id}, max_attempts=3
+            )
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
+SANDBOX_PATHS_ON_THE_GATEWAY = [
+    ("GET", "/sandbox/moonshot/_stats"),
+    ("POST", "/sandbox/moonshot/_reset"),
+    ("POST", "/sandbox/zai/_faults"),
+    ("DELETE", "/sandbox/zai/_faults"),
+    ("POST", "/sandbox/moonshot/_lose/file-x"),
+    ("GET", "/sandbox/moonshot/v1/files"),
+    ("GET", "/sandbox/zai/api/paas/v4/files"),
+    ("GET", "/sandbox/_instance"),
+    ("GET", "/sandbox"),
+]
+
+
+async def test_the_gateway_listener_never_answers_for_the_sandbox(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    # The `make run` default (sandboxed, no sandbox URL), bound to every interface as in docker;
+    # the retired FILEGATE_MOUNT_SANDBOX must not bring the mount back.
+    env = child_env(
+        {
+            "FILEGATE_DATA_DIR": str(data_dir),
+            "FILEGATE_SANDBOX": "true",
+            "FILEGATE_MOUNT_SANDBOX": "true",
+        }
+    )
+    with start_gateway(env, None, host="0.0.0.0") as proc:  # noqa: S104
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as client:
+            for method, path in SANDBOX_PATHS_ON_THE_GATEWAY:
+                resp = await client.request(method, path, json={"status": 503, "rate": 1.0})
+                assert resp.status_code == 404, (method, path, resp.text)
+                error = resp.json()["error"]
+                assert set(error) == {"message", "type", "code", "param"}, (path, error)
+
+            db = f"sqlite+aiosqlite:///{data_dir / 'filegate.db'}"
+            secret = (data_dir / "secret_key").read_text(encoding="ascii").strip().encode()
+            token = await mint_key(db, secret)
+            created = await client.post(
+                "/v1/files",
+                headers={"Authorization": f"Bearer {token}"},
+                data={"purpose": "file-extract"},
+                files={"file": ("a.txt", b"still works\n", "text/plain")},
+            )
+            assert created.status_code == 200, created.text
+            assert [p["status"] for p in created.json()["providers"]] == ["active"]
+
+            # The gateway's providers live on its own sandbox, listening on loopback only.
+            sandbox = in_process_sandbox(proc)
+            stats = (await client.get(f"{sandbox}/moonshot/_stats")).json()
+            assert stats["files"] == 1 and stats["calls"]["upload"] == 1
+        # ... and that sandbox left the gateway's own access log in place.
+        assert '"GET /health/live HTTP/1.1" 200' in proc.log()
+
+
+async def test_serve_and_worker_honour_the_sandbox_url_of_dotenv(
+    tmp_path: Path, sandbox_reset: str
+) -> None:
+    data_dir = tmp_path / "data"
+    db = f"sqlite+aiosqlite:///{data_dir / 'filegate.db'}"
+    env = child_env({"FILEGATE_DATA_DIR": str(data_dir)})
+    dotenv = (
+        "FILEGATE_SANDBOX=true\n"
+        f"FILEGATE_SANDBOX_URL={sandbox_reset}/sandbox\n"
+        "FILEGATE_WORKERS_IN_PROCESS=0\n"
+    )
+    sandbox = f"{sandbox_reset}/sandbox"
+    with start_gateway(env, None, dotenv=dotenv) as proc:
+        assert f"(at {sandbox})" in proc.log()
+        port = int(proc.url.rsplit(":", 1)[1])
+        assert listening_addresses(proc.pid) == {("127.0.0.1", port)}  # no sandbox of its own
+        secret = (data_dir / "secret_key").read_text(encoding="ascii").strip().encode()
+        auth = {"Authorization": f"Bearer {await mint_key(db, secret)}"}
+        async with httpx.AsyncClient(base_url=proc.url, headers=auth, timeout=30) as client:
+            created = await client.post(
+                "/v1/files",
+                data={"purpose": "file-extract"},
+                files={"file": ("a.txt", b"placed via .env\n", "text/plain")},
+            )
+            assert created.status_code == 200, created.text
+            [copy] = created.json()["providers"]
+            stats = (await client.get(f"{sandbox}/moonshot/_stats")).json()
+            assert stats["files"] == 1 and stats["calls"]["upload"] == 1
+
+            # The sandbox loses the copy; a standalone worker reading the same .env repairs it.
+            lost = await client.post(f"{sandbox}/moonshot/_lose/{copy['provider_file_id']}")
+            assert lost.status_code == 200
+            await enqueue_check(db, created.json()["id"])
+            ran = run_cli(["worker", "--once"], env, dotenv=dotenv)
+            assert ran.returncode == 0, (ran.stdout, ran.stderr)
+            stats = (await client.get(f"{sandbox}/moonshot/_stats")).json()
+            assert stats["files"] == 1 and stats["calls"]["upload"] == 2
+            after = (await client.get(f"/v1/files/{created.json()['id']}")).json()
+            [again] = [p for p in after["providers"] if p["status"] == "active"]
+            assert again["provider_file_id"] != copy["provider_file_id"]
+
+
+@pytest.mark.parametrize("once", [False, True], ids=["loop", "once"])
+def test_a_sandboxed_worker_without_a_sandbox_url_refuses_to_guess(
+    tmp_path: Path, once: bool
+) -> None:
+    env = child_env({"FILEGATE_DATA_DIR": str(tmp_path / "data"), "FILEGATE_SANDBOX": "true"})
+    proc = run_cli(["worker", *(["--once"] if once else [])], env, timeout=30)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "FILEGATE_SANDBOX_URL" in proc.stderr and "filegate sandbox" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_serve_refuses_several_workers_each_with_its_own_sandbox(tmp_path: Path) -> None:
+    env = child_env({"FILEGATE_DATA_DIR": str(tmp_path / "data"), "FILEGATE_SANDBOX": "true"})
+    proc = run_cli(["serve", "--port", str(free_port()), "--workers", "2"], env, timeout=30)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "FILEGATE_SANDBOX_URL" in proc.stderr and "--workers 1" in proc.stderr

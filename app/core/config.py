@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROVIDERS = ("moonshot", "zai")
 MiB = 1024 * 1024
+SANDBOX_URL_MAX = 500  # the registry remembers each sandbox by its URL
 
 
 class ConfigError(RuntimeError):
@@ -41,8 +42,8 @@ class Settings(BaseSettings):
 
     provider_order: Annotated[list[str], NoDecode] = ["moonshot", "zai"]
     sandbox: bool = False
-    sandbox_url: str = "http://127.0.0.1:8000/sandbox"
-    mount_sandbox: bool = True
+    # None: the gateway serves its own sandbox on an ephemeral loopback port.
+    sandbox_url: str | None = Field(default=None, max_length=SANDBOX_URL_MAX)
     moonshot_api_key: SecretStr | None = None
     moonshot_base_url: str = "https://api.moonshot.ai/v1"
     zai_api_key: SecretStr | None = None
@@ -131,6 +132,17 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// or sqlite:// URL")
         return value
 
+    @field_validator("sandbox_url")
+    @classmethod
+    def _sandbox_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                "must be an http:// or https:// URL (e.g. http://127.0.0.1:9000/sandbox)"
+            )
+        return value.rstrip("/")
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
@@ -180,6 +192,10 @@ class Settings(BaseSettings):
     def provider_enabled(self, provider: str) -> bool:
         """In production a provider without a key is off, never silently sandboxed."""
         return self.provider_sandboxed(provider) or self.provider_key(provider) is not None
+
+    def sandboxed_providers(self) -> list[str]:
+        """The providers this process sends to the sandbox."""
+        return [name for name in PROVIDERS if self.provider_sandboxed(name)]
 
     def hmac_key(self) -> bytes:
         """The secret keying API-key HMACs; generated once under data_dir when not configured."""

@@ -12,6 +12,7 @@ from app.models.entities import (
     LifecycleEvent,
     ProviderCopy,
     ProviderCopyStatus,
+    SandboxInstance,
     Tenant,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "LifecycleEvent",
     "ProviderCopy",
     "ProviderCopyStatus",
+    "SandboxInstance",
     "Tenant",
 ]

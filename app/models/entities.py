@@ -215,3 +215,13 @@ class IdempotencyKey(Base):
     response_body: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SandboxInstance(Base):
+    """The instance id a sandboxed gateway last saw at each sandbox; a new id means it is empty."""
+
+    __tablename__ = "sandbox_instances"
+
+    sandbox: Mapped[str] = mapped_column(String(500), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(64))
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,7 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import Executable
 
 from app.core.db import utcnow
-from app.models import Blob, File, FileStatus, LifecycleEvent, ProviderCopy, Tenant
+from app.models import (
+    Blob,
+    File,
+    FileStatus,
+    LifecycleEvent,
+    ProviderCopy,
+    ProviderCopyStatus,
+    Tenant,
+)
 
 
 class FileRepository:
@@ -158,6 +166,21 @@ class FileRepository:
             .execution_options(populate_existing=True)
         )
         return (await self.session.execute(stmt)).scalars().all()
+
+    async def with_active_copy_on(self, providers: Sequence[str]) -> list[str]:
+        """Ids of live files with an active copy on any of `providers`."""
+        stmt = (
+            select(File.id)
+            .join(ProviderCopy, ProviderCopy.file_id == File.id)
+            .where(
+                File.deleted_at.is_(None),
+                ProviderCopy.provider.in_(list(providers)),
+                ProviderCopy.status == ProviderCopyStatus.ACTIVE,
+            )
+            .distinct()
+            .order_by(File.id)
+        )
+        return list((await self.session.execute(stmt)).scalars().all())
 
     async def due_for_check(self, *, before: datetime, limit: int) -> list[str]:
         """Live files whose blob was never verified, or not since `before`."""

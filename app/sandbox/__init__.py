@@ -1,6 +1,6 @@
 """In-memory Moonshot and Z.ai file APIs for tests and benchmarks (imports nothing from app)."""
 
-from app.sandbox.app import create_sandbox_app, create_standalone_app
+from app.sandbox.app import create_sandbox_app, create_standalone_app, is_loopback
 from app.sandbox.core import ZAI_DEFAULT_RULES, FaultSpec, SandboxOptions, ZaiPurposeRule
 
 __all__ = [
@@ -10,4 +10,5 @@ __all__ = [
     "ZaiPurposeRule",
     "create_sandbox_app",
     "create_standalone_app",
+    "is_loopback",
 ]

@@ -1,8 +1,11 @@
-"""Assemble the sandbox: provider routes plus the unauthenticated control routes."""
+"""Assemble the sandbox: provider routes plus the control routes, which answer loopback only."""
 
 from __future__ import annotations
 
+import ipaddress
 import random
+import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,10 +19,42 @@ from app.sandbox.core import FaultSpec, ProviderSandbox, SandboxOptions
 from app.sandbox.moonshot import MoonshotSandbox
 from app.sandbox.zai import ZaiSandbox
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+LOOPBACK_ONLY = "sandbox control routes answer loopback clients only"
+
+
+def is_loopback(request: Request) -> bool:
+    """True when the peer is on this host (127.0.0.0/8, ::1 or an IPv4-mapped loopback)."""
+    if request.client is None:
+        return False
+    try:
+        address = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def loopback_only(endpoint: Endpoint) -> Endpoint:
+    """Refuse a control route to any peer that is not on this host, with a JSON 403."""
+
+    async def guarded(request: Request) -> Response:
+        if not is_loopback(request):
+            return JSONResponse(
+                {"detail": "sandbox control routes answer loopback clients only"}, 403
+            )
+        return await endpoint(request)
+
+    guarded.__doc__ = endpoint.__doc__
+    return guarded
+
 
 def create_sandbox_app(**options: Any) -> Starlette:
     """The sandbox ASGI app; routes are relative to wherever it is mounted."""
     opts = SandboxOptions(**options)
+    # A new id per start: a gateway that sees it change knows this sandbox holds nothing yet.
+    instance = secrets.token_hex(16)
     rng = random.Random(opts.seed)
     providers: dict[str, ProviderSandbox] = {
         "moonshot": MoonshotSandbox(opts, rng),
@@ -67,6 +102,10 @@ def create_sandbox_app(**options: Any) -> Starlette:
             raise HTTPException(404, f"unknown file id: {file_id}")
         return JSONResponse({"provider": provider.name, "id": file_id, "lost": True})
 
+    async def instance_id(request: Request) -> Response:
+        """This sandbox's random id, new at every start."""
+        return JSONResponse({"instance": instance})
+
     async def not_found(request: Request, exc: Exception) -> Response:
         """Provider-shaped 404/405 under a provider prefix, JSON elsewhere."""
         status = exc.status_code if isinstance(exc, HTTPException) else 404
@@ -80,13 +119,15 @@ def create_sandbox_app(**options: Any) -> Starlette:
 
     routes: list[Route | Mount] = [route for p in providers.values() for route in p.routes()]
     routes += [
-        Route("/{provider}/_stats", stats, methods=["GET"]),
-        Route("/{provider}/_reset", reset, methods=["POST"]),
-        Route("/{provider}/_faults", faults, methods=["GET", "POST", "DELETE"]),
-        Route("/{provider}/_lose/{file_id}", lose, methods=["POST"]),
+        Route("/_instance", instance_id, methods=["GET"]),
+        Route("/{provider}/_stats", loopback_only(stats), methods=["GET"]),
+        Route("/{provider}/_reset", loopback_only(reset), methods=["POST"]),
+        Route("/{provider}/_faults", loopback_only(faults), methods=["GET", "POST", "DELETE"]),
+        Route("/{provider}/_lose/{file_id}", loopback_only(lose), methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     app.state.providers = providers
+    app.state.instance = instance
     return app
 
 

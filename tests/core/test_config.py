@@ -32,6 +32,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignor
             "FILEGATE_MOONSHOT_API_KEY",
         ),
         ({"FILEGATE_JWT_KEY": "k" * 40}, "FILEGATE_JWT_ISSUER"),
+        ({"FILEGATE_SANDBOX_URL": "127.0.0.1:9000/sandbox"}, "FILEGATE_SANDBOX_URL"),
+        ({"FILEGATE_SANDBOX_URL": "http://h/" + "s" * 500}, "FILEGATE_SANDBOX_URL"),
     ],
 )
 def test_bad_settings_name_the_variable(
@@ -57,7 +59,7 @@ def test_production_never_sandboxes_a_provider_silently(monkeypatch: pytest.Monk
     monkeypatch.setenv("FILEGATE_SECRET_KEY", "s" * 40)
     monkeypatch.setenv("FILEGATE_ZAI_API_KEY", "abc.def")
     settings = load_settings()
-    configs = provider_configs(settings)
+    configs = provider_configs(settings, sandbox_url=settings.sandbox_url)
     assert [(c.name, c.sandbox) for c in configs] == [("zai", False)]
     assert configs[0].base_url == "https://api.z.ai/api/paas/v4"
 
@@ -68,3 +70,22 @@ def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert "sk-very-secret-value" not in repr(settings)
     assert "hmac-secret-value" not in repr(settings)
+
+
+def test_sandbox_url_is_read_from_dotenv_and_unset_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    assert load_settings().sandbox_url is None
+    (tmp_path / ".env").write_text("FILEGATE_SANDBOX_URL=http://127.0.0.1:9000/sandbox/\n")
+    settings = load_settings()
+    assert settings.sandbox_url == "http://127.0.0.1:9000/sandbox"
+    configs = provider_configs(settings, sandbox_url=settings.sandbox_url)
+    assert [c.base_url for c in configs] == [
+        "http://127.0.0.1:9000/sandbox/moonshot/v1",
+        "http://127.0.0.1:9000/sandbox/zai/api/paas/v4",
+    ]
+
+
+def test_a_sandboxed_provider_without_a_sandbox_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match="FILEGATE_SANDBOX_URL"):
+        provider_configs(load_settings(), sandbox_url=None)

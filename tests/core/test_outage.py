@@ -59,7 +59,6 @@ async def test_requests_answer_503_while_the_database_is_cut_and_recover(
         secret_key=TEST_SECRET,  # type: ignore[arg-type]
         sandbox=True,
         sandbox_url=f"{sandbox_reset}/sandbox",
-        mount_sandbox=False,
         workers_in_process=0,
     )
     app = create_app(settings)

@@ -390,3 +390,54 @@ async def test_hang_released_by_reset(live: httpx.AsyncClient) -> None:
     await live.post("/moonshot/_reset")
     response = await asyncio.wait_for(pending, timeout=5)
     assert response.status_code == 200
+
+
+CONTROL_ROUTES = [
+    ("GET", "/moonshot/_stats"),
+    ("POST", "/zai/_reset"),
+    ("GET", "/moonshot/_faults"),
+    ("POST", "/moonshot/_faults"),
+    ("DELETE", "/zai/_faults"),
+    ("POST", "/moonshot/_lose/{file_id}"),
+]
+
+
+def client_from(host: str, app: Any) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(host, 1234))
+    return httpx.AsyncClient(transport=transport, base_url="http://sandbox")
+
+
+@pytest.mark.parametrize("peer", ["10.0.0.5", "192.168.1.20", "::ffff:10.0.0.5", "2001:db8::1"])
+async def test_control_routes_refuse_a_peer_off_this_host(peer: str) -> None:
+    app = create_sandbox_app()
+    async with client_from("127.0.0.1", app) as local, client_from(peer, app) as remote:
+        file_id = (await moon_upload(local)).json()["id"]
+        before = (await local.get("/moonshot/_stats")).json()
+        for method, path in CONTROL_ROUTES:
+            resp = await remote.request(
+                method, path.format(file_id=file_id), json={"status": 503, "rate": 1.0}
+            )
+            assert resp.status_code == 403, (method, path, resp.text)
+            assert resp.json() == {"detail": "sandbox control routes answer loopback clients only"}
+        # Nothing was reset, faulted or lost.
+        after = (await local.get("/moonshot/_stats")).json()
+        assert after["files"] == before["files"] == 1
+        assert (await local.get("/moonshot/_faults")).json()["fault"] is None
+        assert (await local.get(f"{MOON}/{file_id}", headers=AUTH)).status_code == 200
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+async def test_control_routes_answer_a_loopback_peer(peer: str) -> None:
+    async with client_from(peer, create_sandbox_app()) as c:
+        assert (await c.get("/moonshot/_stats")).status_code == 200
+        assert (await c.post("/zai/_reset")).status_code == 200
+        assert (await set_fault(c, "moonshot", status=503))["fault"] is not None
+
+
+async def test_instance_id_is_stable_for_a_sandbox_and_new_for_the_next() -> None:
+    first, second = create_sandbox_app(), create_sandbox_app()
+    async with client_from("10.0.0.5", first) as a, client_from("127.0.0.1", second) as b:
+        one = (await a.get("/_instance")).json()["instance"]
+        assert (await a.get("/_instance")).json()["instance"] == one
+        other = (await b.get("/_instance")).json()["instance"]
+    assert len(one) == 32 and len(other) == 32 and one != other

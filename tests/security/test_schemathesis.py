@@ -76,7 +76,6 @@ def _settings(base: Path, sandbox_url: str) -> Settings:
         secret_key=TEST_SECRET,
         sandbox=True,
         sandbox_url=f"{sandbox_url}/sandbox",
-        mount_sandbox=False,
         workers_in_process=0,
         provider_timeout=20,
     )

@@ -64,16 +64,24 @@ def gateway_env(
     if sandbox_url:
         settings["FILEGATE_SANDBOX"] = "true"
         settings["FILEGATE_SANDBOX_URL"] = sandbox_url
-        settings["FILEGATE_MOUNT_SANDBOX"] = "false"
     settings.update({f"FILEGATE_{k.upper()}": v for k, v in extra.items()})
     return child_env(settings)
 
 
 def run_cli(
-    args: Iterable[str], env: Mapping[str, str], *, timeout: float = 60.0
+    args: Iterable[str],
+    env: Mapping[str, str],
+    *,
+    timeout: float = 60.0,
+    dotenv: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one `filegate ...` command to completion; output captured as text."""
+    """Run one `filegate ...` command to completion; output captured as text.
+
+    `dotenv` is written as `.env` in the command's working directory.
+    """
     with tempfile.TemporaryDirectory(prefix="filegate-cwd-") as cwd:
+        if dotenv is not None:
+            (Path(cwd) / ".env").write_text(dotenv, encoding="utf-8")
         return subprocess.run(
             [*CLI, *args],
             env=dict(env),
@@ -206,9 +214,18 @@ class ServerProcess(subprocess.Popen[bytes]):
         super().__exit__(exc_type, exc, tb)
 
 
-def _spawn(args: list[str], env: Mapping[str, str], *, port: int, probe_path: str) -> ServerProcess:
+def _spawn(
+    args: list[str],
+    env: Mapping[str, str],
+    *,
+    port: int,
+    probe_path: str,
+    dotenv: str | None = None,
+) -> ServerProcess:
     workdir = Path(tempfile.mkdtemp(prefix="filegate-proc-"))
     (workdir / "cwd").mkdir()
+    if dotenv is not None:
+        (workdir / "cwd" / ".env").write_text(dotenv, encoding="utf-8")
     try:
         with open(workdir / "server.log", "wb") as log:  # the child keeps its own descriptor
             proc = ServerProcess(
@@ -235,14 +252,30 @@ def start_gateway(
     port: int | None = None,
     *extra_args: str,
     wait: bool = True,
+    host: str = "127.0.0.1",
+    dotenv: str | None = None,
 ) -> ServerProcess:
-    """`filegate serve --host 127.0.0.1 --port P [extra_args]`; waits for /health/live."""
+    """`filegate serve --host H --port P [extra_args]`; waits for /health/live.
+
+    `dotenv` is written as `.env` in the child's working directory.
+    """
     port = port or free_port()
-    args = ["serve", "--host", "127.0.0.1", "--port", str(port), *extra_args]
-    proc = _spawn(args, env, port=port, probe_path="/health/live")
+    args = ["serve", "--host", host, "--port", str(port), *extra_args]
+    proc = _spawn(args, env, port=port, probe_path="/health/live", dotenv=dotenv)
     if wait:
         proc.wait_ready()
     return proc
+
+
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """The (address, port) pairs a process listens on over TCP."""
+    import psutil
+
+    return {
+        (conn.laddr.ip, conn.laddr.port)
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN
+    }
 
 
 def start_sandbox(port: int | None = None, *, wait: bool = True) -> ServerProcess:
