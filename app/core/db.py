@@ -85,11 +85,12 @@ def sqlite_path(url: str) -> Path | None:
     return None if not raw or raw == ":memory:" else Path(raw)
 
 
-def private_sqlite_file(url: str) -> None:
-    """Create the SQLite file (and its directory) readable by this user only, whatever the
-    umask, and tighten an existing one: it holds every tenant's registry and extracts."""
+def private_sqlite_file(url: str, *, make_dirs: bool = True) -> None:
+    """Create the SQLite file (and, with `make_dirs`, its directory) readable by this user
+    only, whatever the umask, and tighten an existing one: it holds every tenant's registry
+    and extracts. Without `make_dirs` a missing directory is left for the engine to report."""
     path = sqlite_path(url)
-    if path is None:
+    if path is None or (not make_dirs and not path.parent.is_dir()):
         return
     missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -104,7 +105,7 @@ def private_sqlite_file(url: str) -> None:
 def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> AsyncEngine:
     """An async engine for PostgreSQL (psycopg 3) or SQLite (aiosqlite)."""
     if url.startswith("sqlite"):
-        private_sqlite_file(url)
+        private_sqlite_file(url, make_dirs=False)
         # Pooled: opening a SQLite connection (and its pragmas) per request is costly.
         engine = create_async_engine(
             url, pool_size=pool_size, max_overflow=pool_size, connect_args={"timeout": 30}

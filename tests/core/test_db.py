@@ -70,6 +70,10 @@ async def test_the_sqlite_database_is_private_whatever_the_umask(tmp_path: Path)
             url = f"sqlite+aiosqlite:///{path}"
             if make == "upgrade":
                 upgrade(url)
+            else:
+                path.parent.mkdir(parents=True)
+                os.chmod(path.parent, 0o700)
+                os.chmod(path.parent.parent, 0o700)
             engine = create_engine(url)
             async with engine.begin() as conn:
                 await conn.execute(text("CREATE TABLE IF NOT EXISTS t (x int)"))

@@ -63,6 +63,9 @@ def settings(settings: Settings) -> Iterator[Settings]:
     """
     namespace = f"filegate:breaker:security:{uuid.uuid4().hex}"
     settings.breaker_namespace = namespace
+    # Every forged credential here must leave its own audit row; the per-address throttle of
+    # anonymous refusals is tested on its own (tests/services/test_audit.py).
+    settings.audit_anonymous_refusals_per_minute = 100_000
     yield settings
     if settings.redis_url:
         client = redis.Redis.from_url(settings.redis_url)
