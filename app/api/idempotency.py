@@ -44,11 +44,13 @@ async def respond(
         status, model = await action()
         return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
     tenant = ctx.principal.tenant_id
+    lease = rt.settings.idempotency_lease_seconds
     stored = await idempotency.begin(
         sessionmaker=rt.sessionmaker,
         tenant_id=tenant,
         key=key,
         request_fingerprint=request_fingerprint,
+        lease_seconds=lease,
     )
     if stored is not None:
         return JSONResponse(
@@ -57,9 +59,12 @@ async def respond(
             headers={**headers, "Idempotent-Replayed": "true"},
         )
     try:
-        status, model = await action()
-        # The change must be durable before its answer is stored for replay.
-        await session.commit()
+        async with idempotency.held(
+            sessionmaker=rt.sessionmaker, tenant_id=tenant, key=key, lease_seconds=lease
+        ):
+            status, model = await action()
+            # The change must be durable before its answer is stored for replay.
+            await session.commit()
     except GatewayError as exc:
         if exc.status_code < 500 and exc.status_code not in (408, 409, 429):
             await idempotency.finish(

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     provider_connect_timeout: float = Field(default=5.0, gt=0)
     provider_timeout: float = Field(default=60.0, gt=0)
     dedup_wait_seconds: float = Field(default=120.0, ge=0)
+    idempotency_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
     breaker_fail_max: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=30.0, gt=0)
     breaker_namespace: str = Field(default="filegate:breaker", min_length=1)

@@ -215,6 +215,8 @@ class IdempotencyKey(Base):
     response_body: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+    # While running: renewed by the request that holds the key; once past, its owner is gone.
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class SandboxInstance(Base):

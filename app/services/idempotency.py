@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -16,8 +22,9 @@ from app.core.errors import Conflict, InvalidRequest, Unprocessable
 from app.models import IdempotencyKey
 from app.repositories.idempotency import IdempotencyRepository
 
+log = logging.getLogger("filegate.idempotency")
 KEEP = timedelta(hours=24)
-STALE_RUNNING = timedelta(minutes=15)  # a run this old died with its process
+LEGACY_RUNNING = timedelta(minutes=15)  # claims made before leases: this old, their owner died
 MAX_KEY_CHARS = 255
 
 
@@ -42,25 +49,34 @@ def check_key(key: str) -> str:
     return key
 
 
+def _lapses_at(row: IdempotencyKey) -> datetime:
+    return row.lease_until or row.created_at + LEGACY_RUNNING
+
+
 async def begin(
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
     tenant_id: str,
     key: str,
     request_fingerprint: str,
+    lease_seconds: float,
 ) -> StoredAnswer | None:
-    """Claim `key` for this request (None), or return the answer to replay; 409/422 otherwise."""
+    """Claim `key` for this request (None), or return the answer to replay; 409/422 otherwise.
+
+    A running claim whose lease lapsed belongs to a request whose process died: it is taken
+    over, so the retry runs instead of waiting."""
     async with sessionmaker() as session:
         repo = IdempotencyRepository(session)
-        for _ in range(2):
+        for _ in range(3):
             row = await repo.get(tenant_id=tenant_id, key=key)
             now = utcnow()
             if row is not None and (
-                row.expires_at <= now
-                or (row.state == "running" and row.created_at <= now - STALE_RUNNING)
+                row.expires_at <= now or (row.state == "running" and _lapses_at(row) <= now)
             ):
-                await repo.remove(tenant_id=tenant_id, key=key)
+                taken = await repo.take_over(row)
                 await session.commit()
+                if not taken:
+                    continue  # renewed or taken meanwhile: judge again
                 row = None
             if row is None:
                 repo.add(
@@ -71,6 +87,7 @@ async def begin(
                         state="running",
                         created_at=now,
                         expires_at=now + KEEP,
+                        lease_until=now + timedelta(seconds=lease_seconds),
                     )
                 )
                 try:
@@ -86,13 +103,50 @@ async def begin(
                     code="idempotency_key_reused",
                 )
             if row.state == "running":
+                wait = max(1, math.ceil((_lapses_at(row) - now).total_seconds()))
                 raise Conflict(
                     "A request with this Idempotency-Key is still running; retry later.",
                     param="Idempotency-Key",
                     code="idempotency_key_in_use",
+                    headers={"Retry-After": str(min(wait, 60))},
                 )
             return StoredAnswer(row.status_code or 200, json.loads(row.response_body or "null"))
     raise Conflict("The Idempotency-Key could not be claimed; retry.", param="Idempotency-Key")
+
+
+@asynccontextmanager
+async def held(
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    key: str,
+    lease_seconds: float,
+) -> AsyncIterator[None]:
+    """Keep renewing the claim's lease while the request runs (a third of the lease apart)."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease_seconds / 3)
+            try:
+                async with sessionmaker() as session:
+                    until = utcnow() + timedelta(seconds=lease_seconds)
+                    alive = await IdempotencyRepository(session).renew(
+                        tenant_id=tenant_id, key=key, until=until
+                    )
+                    await session.commit()
+            except Exception as exc:  # the next beat tries again; the run itself goes on
+                log.warning("could not renew an idempotency lease: %s", type(exc).__name__)
+                continue
+            if not alive:
+                return
+
+    beat = asyncio.ensure_future(renew())
+    try:
+        yield
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
 
 
 async def finish(
