@@ -34,7 +34,7 @@ _SECRET_PATTERNS = (
     (re.compile(r"(?<![A-Za-z0-9])fg_[A-Za-z0-9_-]{8,}"), f"fg_{REDACTED}"),
     (re.compile(r"(?i)\bbearer\s+[^\s\"',;]+"), f"Bearer {REDACTED}"),
     # Compact JWS: base64url header (a JSON object, so "eyJ"), payload and signature.
-    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
+    (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
 )
 
 

@@ -142,7 +142,7 @@ def test_secrets_are_redacted_from_messages_access_lines_and_tracebacks(log_form
     token = jwt.encode({"sub": "alice", "tenant": "acme"}, "jwt-secret", algorithm="HS256")
     log = logging.getLogger("filegate.test")
     log.warning("key %s jwt %s header Bearer opaque-token-123", api_key, token)
-    log.warning("provider call with %s", MOONSHOT_KEY)
+    log.warning("provider call with %s, cookie session_%s", MOONSHOT_KEY, token)
     try:
         raise RuntimeError(f"refused credentials {ZAI_KEY} and {api_key}")
     except RuntimeError:
