@@ -22,6 +22,7 @@ from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
 from app.core.config import PROVIDERS, Settings
 from app.core.errors import GatewayError
+from app.core.outage import is_database_outage
 
 APP_LOGGER = "filegate"
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
@@ -205,8 +206,8 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> N
 
 
 def is_expected(exc: BaseException) -> bool:
-    """A failure the gateway anticipates and words itself: no traceback is worth printing."""
-    return isinstance(exc, GatewayError)
+    """A failure the gateway anticipates (its own typed errors, an unreachable database)."""
+    return isinstance(exc, GatewayError) or is_database_outage(exc)
 
 
 def log_failure(logger: logging.Logger, message: str, *args: object, exc: BaseException) -> None:

@@ -50,8 +50,8 @@ class Worker:
         while not stop.is_set():
             try:
                 ran = await self.run_once()
-            except Exception:  # a broken database must not kill the worker loop
-                log.exception("job loop error")
+            except Exception as exc:  # a broken database must not kill the worker loop
+                log_failure(log, "job loop error", exc=exc)
                 ran = False
             if not ran:
                 with contextlib.suppress(TimeoutError):
@@ -62,8 +62,8 @@ class Worker:
             try:
                 await self.schedule_periodic()
                 await self.publish_metrics()
-            except Exception:
-                log.exception("job scheduler error")
+            except Exception as exc:
+                log_failure(log, "job scheduler error", exc=exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SCHEDULE_EVERY_SECONDS)
 

@@ -15,11 +15,14 @@ import pytest
 from jose import jwt
 from pydantic import SecretStr
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse
 
 from app.api.middleware import RequestContextMiddleware
 from app.core.config import Settings
-from app.core.logging import GatewayHandler, configure_logging, log_context
+from app.core.errors import NotFound, ProviderUnavailable
+from app.core.logging import GatewayHandler, configure_logging, log_context, log_failure
 from app.core.security import generate_key
 from app.main import create_app
 from app.models import File
@@ -217,3 +220,46 @@ async def test_client_errors_log_no_traceback(gateway: Gateway, client: httpx.As
     async with gateway.client() as anonymous:
         assert (await anonymous.post("/v1/files", content=b"x")).status_code == 401
     assert "Traceback" not in buf.getvalue()
+
+
+def test_expected_failures_are_one_line_and_bugs_keep_their_traceback() -> None:
+    buf = io.StringIO()
+    configure_logging(plain_settings(log_format="json"), stream=buf)
+    log = logging.getLogger("filegate.test")
+    outage = OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+    for exc in (
+        NotFound("No such File object."),
+        ProviderUnavailable("zai is down.", provider="zai"),
+        outage,
+    ):
+        log_failure(log, "job %s failed", 7, exc=exc)
+    log_failure(log, "job %s failed", 8, exc=KeyError("bug"))
+    *expected, bug = json_lines(buf)
+    assert [x["message"] for x in expected[:2]] == [
+        "job 7 failed: No such File object.",
+        "job 7 failed: zai is down.",
+    ]
+    assert all(x["level"] == "WARNING" and "exc_info" not in x for x in expected)
+    assert bug["level"] == "ERROR" and "KeyError: 'bug'" in bug["exc_info"]
+
+
+async def _fails_after_starting(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    if scope["path"] == "/gone":  # how Starlette reports a handled error it could not answer
+        raise RuntimeError("response already started") from ClientDisconnect()
+    raise LookupError("bug while streaming")
+
+
+def test_a_disconnect_after_the_response_started_is_one_line() -> None:
+    buf = io.StringIO()
+    configure_logging(plain_settings(log_format="json"), stream=buf)
+    app = RequestContextMiddleware(_fails_after_starting)
+    with serve_in_thread(app, log_config=None, lifespan="off") as url:
+        for path, request_id in (("/gone", "req-gone"), ("/bug", "req-bug")):
+            with pytest.raises(httpx.TransportError):  # the server cuts the response short
+                httpx.get(f"{url}{path}", headers={"X-Request-ID": request_id})
+    gone, bug = [x for x in json_lines(buf) if x["logger"] == "filegate.errors"]
+    assert gone["request_id"] == "req-gone" and gone["level"] == "INFO"
+    assert "ClientDisconnect" in gone["message"] and "exc_info" not in gone
+    assert bug["request_id"] == "req-bug" and bug["level"] == "ERROR"
+    assert "LookupError: bug while streaming" in bug["exc_info"]
