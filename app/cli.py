@@ -11,6 +11,7 @@ import typer
 
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.errors import GatewayError
+from app.core.logging import configure_logging
 
 cli = typer.Typer(
     help="filegate: one Files API in front of Moonshot and Z.ai.", no_args_is_help=True
@@ -20,11 +21,14 @@ cli.add_typer(keys_cli, name="keys")
 
 
 def _settings(**overrides: object) -> Settings:
+    """Every command's settings, with logging configured from them before anything runs."""
     try:
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    configure_logging(settings)
+    return settings
 
 
 @cli.command()
@@ -77,6 +81,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep the handler configure_logging installed
         proxy_headers=False,
     )
 
@@ -170,12 +175,13 @@ def sandbox_cmd(
 
     from app.sandbox import create_standalone_app
 
+    _settings()
     typer.echo(f"sandbox on http://{host}:{port}/sandbox/{{moonshot/v1,zai/api/paas/v4}}")
     typer.echo(
         f"point every process at it: FILEGATE_SANDBOX_URL=http://{host}:{port}/sandbox "
         "(control routes answer loopback clients only)"
     )
-    uvicorn.run(create_standalone_app(), host=host, port=port, log_level="warning")
+    uvicorn.run(create_standalone_app(), host=host, port=port, log_level="warning", log_config=None)
 
 
 def main() -> None:

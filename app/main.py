@@ -14,6 +14,7 @@ from app.api.edge import EdgeMiddleware
 from app.api.middleware import IdentifyMiddleware, RequestContextMiddleware
 from app.api.routes import admin, files, health
 from app.core.config import Settings, load_settings
+from app.core.logging import configure_logging
 from app.core.metrics import GatewayMetrics
 from app.runtime import build_runtime
 from app.services.intake import MULTIPART_OVERHEAD_BYTES
@@ -30,6 +31,7 @@ Every error body is `{"error": {"message", "type", "code", "param"}}`.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    configure_logging(settings)
     metrics = GatewayMetrics()
 
     @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from app.core.config import Settings
+from app.core.logging import APP_LOGGER, UVICORN_LOGGERS, GatewayHandler
 from app.core.migrations import downgrade, sync_url, upgrade
 from app.main import create_app
 from app.services.keys import issue_key
@@ -171,6 +173,31 @@ def settings(
         job_backoff_max=0.05,
         provider_timeout=20,
     )
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo what configure_logging does to global loggers, leaving pytest's handlers alone."""
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h, GatewayHandler)]
+    names = (APP_LOGGER, *UVICORN_LOGGERS)
+    saved = {
+        name: (lg.level, list(lg.handlers), lg.propagate)
+        for name in names
+        for lg in [logging.getLogger(name)]
+    }
+    yield
+    for handler in [h for h in root.handlers if isinstance(h, GatewayHandler)]:
+        if handler not in ours:
+            root.removeHandler(handler)
+    for handler in ours:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    for name, (level, handlers, propagate) in saved.items():
+        lg = logging.getLogger(name)
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
 
 
 @dataclass

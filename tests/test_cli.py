@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -226,6 +227,41 @@ async def enqueue_check(database_url: str, file_id: str) -> None:
         await engine.dispose()
 
 
+TEXT_LOG_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARNING|ERROR) \S+ \[[^\]]*\] "
+)
+
+
+def test_serve_logs_formatted_lines_with_the_request_id(embedded: Embedded) -> None:
+    resp = httpx.get(f"{embedded.url}/health/live", headers={"X-Request-ID": "req-cli-text"})
+    assert resp.status_code == 200
+    lines = embedded.proc.log().splitlines()
+    [access] = [line for line in lines if "request_id=req-cli-text" in line]
+    assert TEXT_LOG_LINE.match(access) and " uvicorn.access " in access, access
+    assert '"GET /health/live HTTP/1.1" 200' in access
+    started = [line for line in lines if "Started server process" in line]
+    assert started and all(TEXT_LOG_LINE.match(line) for line in started), started
+
+
+async def _enqueue_unknown_job(db_path: Path, *, file_id: str) -> None:
+    from app.core.db import create_engine, create_sessionmaker, utcnow
+    from app.repositories.jobs import JobRepository
+
+    engine = create_engine(f"sqlite+aiosqlite:///{db_path}")
+    try:
+        async with create_sessionmaker(engine)() as session:
+            await JobRepository(session).enqueue(
+                kind="retired-kind",  # no handler: the worker gives it up at once
+                payload=f'{{"file_id": "{file_id}"}}',
+                dedupe_key=None,
+                run_after=utcnow(),
+                max_attempts=3,
+            )
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
 SANDBOX_PATHS_ON_THE_GATEWAY = [
     ("GET", "/sandbox/moonshot/_stats"),
     ("POST", "/sandbox/moonshot/_reset"),
@@ -336,3 +372,43 @@ def test_serve_refuses_several_workers_each_with_its_own_sandbox(tmp_path: Path)
     proc = run_cli(["serve", "--port", str(free_port()), "--workers", "2"], env, timeout=30)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "FILEGATE_SANDBOX_URL" in proc.stderr and "--workers 1" in proc.stderr
+
+
+async def test_worker_once_logs_json_lines_at_the_configured_level(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = child_env({"FILEGATE_DATA_DIR": str(data_dir), "FILEGATE_LOG_FORMAT": "json"})
+    assert run_cli(["migrate"], env).returncode == 0
+    await _enqueue_unknown_job(data_dir / "filegate.db", file_id="file-cli-1")
+
+    proc = run_cli(["worker", "--once"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "ran 1 jobs" in proc.stdout
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+    [gave_up] = [line for line in lines if line.get("job_kind") == "retired-kind"]
+    assert gave_up["level"] == "WARNING" and gave_up["logger"] == "filegate.worker"
+    assert "gave up" in gave_up["message"] and "no handler" in gave_up["message"]
+    assert gave_up["file_id"] == "file-cli-1" and gave_up["job_id"]
+    assert gave_up["time"].endswith("Z")
+
+    await _enqueue_unknown_job(data_dir / "filegate.db", file_id="file-cli-2")
+    quiet = run_cli(["worker", "--once"], {**env, "FILEGATE_LOG_LEVEL": "error"})
+    assert quiet.returncode == 0 and "ran 1 jobs" in quiet.stdout, quiet.stderr
+    assert "file-cli-2" not in quiet.stderr  # the warning is below the configured level
+
+
+def test_serve_logs_json_lines_with_uvicorn_in_the_same_format(tmp_path: Path) -> None:
+    env = child_env({"FILEGATE_DATA_DIR": str(tmp_path / "data"), "FILEGATE_LOG_FORMAT": "json"})
+    with start_gateway(env, None, "--sandbox") as proc:
+        resp = httpx.get(f"{proc.url}/health/live", headers={"X-Request-ID": "req-cli-json"})
+        assert resp.status_code == 200
+        proc.stop()
+        log = proc.log()
+    banner = ("filegate on ", "providers in SANDBOX", "create an API key")
+    records = [line for line in log.splitlines() if line and not line.startswith(banner)]
+    parsed = [json.loads(line) for line in records]  # every log line is one JSON object
+    [access] = [x for x in parsed if x.get("request_id") == "req-cli-json"]
+    assert access["logger"] == "uvicorn.access" and access["level"] == "INFO"
+    assert '"GET /health/live HTTP/1.1" 200' in access["message"]
+    loggers = {x["logger"] for x in parsed}
+    assert "uvicorn.error" in loggers
+    assert all({"time", "level", "logger", "message"} <= set(x) for x in parsed)

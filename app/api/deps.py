@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import session_scope
 from app.core.errors import AuthenticationFailed, PermissionDenied, RateLimited
+from app.core.logging import log_context
 from app.core.ratelimit import rate_limit_headers
 from app.runtime import Runtime
 from app.services.context import CallContext, Principal
@@ -43,6 +44,15 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+
+
+async def file_id_param(file_id: Annotated[str, Path()]) -> str:
+    """The path's file id, bound to the request's log lines (async: same context as the route)."""
+    log_context.bind(file_id=file_id)  # undone with the request's context by the middleware
+    return file_id
+
+
+FileId = Annotated[str, Depends(file_id_param)]
 
 
 def client_addr(request: Request) -> str | None:

@@ -25,6 +25,7 @@ from app.core.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from app.core.logging import log_context
 from app.core.outage import is_database_outage
 from app.services import audit
 
@@ -208,7 +209,14 @@ async def unexpected_response(request: Request, exc: BaseException) -> JSONRespo
             headers={"Retry-After": str(retry)},
         )
     else:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        # The inner middleware and routes that bound these have unwound by now.
+        principal = getattr(request.state, "principal", None)
+        with log_context.bound(
+            request_id=getattr(request.state, "request_id", None),
+            tenant_id=principal.tenant_id if principal else None,
+            file_id=request.path_params.get("file_id"),
+        ):
+            log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         error = GatewayError("The gateway hit an unexpected error; it has been logged.")
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
 

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import unexpected_response
 from app.core.jwt import JWTRejected, JWTVerifier, looks_like_jwt
+from app.core.logging import is_expected, log_context
 from app.core.security import parse_key
 from app.services.context import Principal
 from app.services.keys import (
@@ -62,16 +63,26 @@ class RequestContextMiddleware:
                     headers.setdefault(name, value)
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception as exc:
-            # Answered here, inside this middleware, so the answer carries the request id and
-            # the exception goes no further (the server would drop the connection for it).
-            if started:  # too late for an answer: the server closes the unfinished response
-                log.error("error after the response started on %s", scope["path"], exc_info=exc)
-                return
-            response = await unexpected_response(Request(scope), exc)
-            await response(scope, receive, send_with_id)
+        with log_context.bound(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                # Answered here, inside this middleware, so the answer carries the request id
+                # and the exception goes no further (the server would drop the connection).
+                if started:  # too late for an answer: the server closes the unfinished response
+                    _log_late_failure(scope, exc)
+                    return
+                response = await unexpected_response(Request(scope), exc)
+                await response(scope, receive, send_with_id)
+
+
+def _log_late_failure(scope: Scope, exc: Exception) -> None:
+    # Starlette wraps an error handled after the response started in a RuntimeError.
+    cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
+    if isinstance(cause, ClientDisconnect) or is_expected(cause):
+        log.info("%s ended after the response started: %r", scope["path"], cause)
+    else:
+        log.error("error after the response started on %s", scope["path"], exc_info=exc)
 
 
 def presented_token(headers: Headers) -> str | None:
@@ -90,6 +101,7 @@ class IdentifyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal: Principal | None = None
         if scope["type"] == "http" and scope["path"].startswith(IDENTIFIED_PREFIXES):
             state = scope.setdefault("state", {})
             token = presented_token(Headers(scope=scope))
@@ -98,8 +110,10 @@ class IdentifyMiddleware:
             state["auth_problem"] = None
             if token is not None:
                 runtime: Runtime = scope["app"].state.runtime
-                state["principal"], state["auth_problem"] = await identify(runtime, token)
-        await self.app(scope, receive, send)
+                principal, state["auth_problem"] = await identify(runtime, token)
+                state["principal"] = principal
+        with log_context.bound(tenant_id=principal.tenant_id if principal else None):
+            await self.app(scope, receive, send)
 
 
 async def identify(runtime: Runtime, token: str) -> tuple[Principal | None, str | None]:

@@ -7,7 +7,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROVIDERS = ("moonshot", "zai")
@@ -91,7 +98,8 @@ class Settings(BaseSettings):
     docs_enabled: bool = True
     metrics_token: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = []
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "text"] = "text"
 
     @field_validator("provider_order", mode="before")
     @classmethod
@@ -108,6 +116,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"must be a comma-separated list of distinct providers from {', '.join(PROVIDERS)}"
             )
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _fold_case(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            return value.upper() if info.field_name == "log_level" else value.lower()
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("filegate.ratelimit")
 
 WINDOW_SECONDS = 60.0
 _WINDOW_US = 60_000_000

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from app.providers.breakers import ProviderBreaker
     from app.providers.retry import RetryPolicy
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("filegate.providers")
 
 _T = TypeVar("_T")
 

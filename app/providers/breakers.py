@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from app.core.config import Settings
     from app.core.metrics import GatewayMetrics
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("filegate.breakers")
 
 _T = TypeVar("_T")
 

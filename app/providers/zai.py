@@ -29,7 +29,7 @@ from app.providers.base import (
     retry_after_header,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("filegate.providers")
 
 PAGE_LIMIT = 100
 MAX_PAGES = 100

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from app.core.db import utcnow
+from app.core.logging import log_context, log_failure
 from app.models import Job, JobState
 from app.repositories.jobs import JobRepository
 from app.services import jobs
@@ -49,8 +50,8 @@ class Worker:
         while not stop.is_set():
             try:
                 ran = await self.run_once()
-            except Exception:  # a broken database must not kill the worker loop
-                log.exception("job loop error")
+            except Exception as exc:  # a broken database must not kill the worker loop
+                log_failure(log, "job loop error", exc=exc)
                 ran = False
             if not ran:
                 with contextlib.suppress(TimeoutError):
@@ -65,8 +66,8 @@ class Worker:
             try:
                 await self.schedule_periodic()
                 await self.publish_metrics()
-            except Exception:
-                log.exception("job scheduler error")
+            except Exception as exc:
+                log_failure(log, "job scheduler error", exc=exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SCHEDULE_EVERY_SECONDS)
 
@@ -135,8 +136,12 @@ class Worker:
         return done
 
     async def execute(self, job: Job) -> None:
-        handler = HANDLERS.get(job.kind)
         payload = json.loads(job.payload or "{}")
+        with log_context.bound(job_id=job.id, job_kind=job.kind, file_id=payload.get("file_id")):
+            await self._execute(job, payload)
+
+    async def _execute(self, job: Job, payload: dict[str, object]) -> None:
+        handler = HANDLERS.get(job.kind)
         run = asyncio.ensure_future(self._run_handler(job, payload))
         beat = asyncio.ensure_future(self._heartbeat(job, run))
         try:
@@ -167,7 +172,7 @@ class Worker:
                 return exc
             except Exception as exc:
                 await session.rollback()
-                log.exception("job %s (%s) failed", job.id, job.kind)
+                log_failure(log, "job %s (%s) failed", job.id, job.kind, exc=exc)
                 return exc
         return None
 
@@ -219,6 +224,11 @@ class Worker:
                     ),
                 )
             await session.commit()
+        if kept and error is not None:
+            if outcome == JobState.DEAD.value:
+                log.warning("job %s (%s) gave up: %s", job.id, job.kind, job.last_error)
+            else:
+                log.info("job %s (%s) will be retried: %s", job.id, job.kind, _describe(error))
         self.rt.metrics.job_runs.labels(job.kind, outcome if kept else "lost").inc()
 
 

@@ -34,6 +34,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignor
         ({"FILEGATE_JWT_KEY": "k" * 40}, "FILEGATE_JWT_ISSUER"),
         ({"FILEGATE_SANDBOX_URL": "127.0.0.1:9000/sandbox"}, "FILEGATE_SANDBOX_URL"),
         ({"FILEGATE_SANDBOX_URL": "http://h/" + "s" * 500}, "FILEGATE_SANDBOX_URL"),
+        ({"FILEGATE_LOG_LEVEL": "loud"}, "FILEGATE_LOG_LEVEL"),
+        ({"FILEGATE_LOG_FORMAT": "xml"}, "FILEGATE_LOG_FORMAT"),
     ],
 )
 def test_bad_settings_name_the_variable(
@@ -43,6 +45,14 @@ def test_bad_settings_name_the_variable(
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match=needle):
         load_settings()
+
+
+def test_log_settings_ignore_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (load_settings().log_level, load_settings().log_format) == ("INFO", "text")
+    monkeypatch.setenv("FILEGATE_LOG_LEVEL", "warning")
+    monkeypatch.setenv("FILEGATE_LOG_FORMAT", "JSON")
+    settings = load_settings()
+    assert (settings.log_level, settings.log_format) == ("WARNING", "json")
 
 
 def test_empty_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections import Counter
 from datetime import timedelta
@@ -12,6 +13,8 @@ import pytest
 from sqlalchemy import select, update
 
 from app.core.db import utcnow
+from app.core.errors import NotFound
+from app.core.logging import configure_logging
 from app.models import Job
 from app.repositories.jobs import JobRepository
 from app.services import jobs, recovery
@@ -151,3 +154,45 @@ async def test_in_process_workers_run_with_the_server(settings: Any) -> None:
                 break
             await asyncio.sleep(0.05)
         assert states == ["done"]
+
+
+@pytest.mark.usefixtures("restore_logging")
+async def test_job_failures_are_logged_with_the_job_context(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(session: Any, rt: Any, job: Job, payload: dict[str, Any]) -> None:
+        raise NotFound("No such File object.")
+
+    async def broken(session: Any, rt: Any, job: Job, payload: dict[str, Any]) -> None:
+        raise RuntimeError("bug in a handler")
+
+    monkeypatch.setitem(recovery.HANDLERS, "refused", refused)
+    monkeypatch.setitem(recovery.HANDLERS, "broken", broken)
+    async with gateway.runtime.sessionmaker() as session:
+        for kind in ("refused", "broken"):
+            await JobRepository(session).enqueue(
+                kind=kind,
+                payload=json.dumps({"file_id": f"file-{kind}"}),
+                dedupe_key=None,
+                run_after=utcnow(),
+                max_attempts=1,
+            )
+        await session.commit()
+    buf = io.StringIO()
+    as_json = gateway.runtime.settings.model_copy(update={"log_format": "json"})
+    configure_logging(as_json, stream=buf)
+    assert await Worker(gateway.runtime).drain() == 2
+
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    kinds = ("refused", "broken")
+    by_kind = {kind: [x for x in lines if x.get("job_kind") == kind] for kind in kinds}
+    for kind, found in by_kind.items():
+        assert {x["file_id"] for x in found} == {f"file-{kind}"}
+        assert len({x["job_id"] for x in found}) == 1
+        assert any("gave up" in x["message"] and x["level"] == "WARNING" for x in found)
+    # an expected, worded failure is one line; a bug keeps its traceback
+    [refusal] = [x for x in by_kind["refused"] if "failed" in x["message"]]
+    assert refusal["level"] == "WARNING" and "exc_info" not in refusal
+    assert refusal["message"].endswith("failed: No such File object.")
+    [crash] = [x for x in by_kind["broken"] if "failed" in x["message"]]
+    assert crash["level"] == "ERROR" and "RuntimeError: bug in a handler" in crash["exc_info"]

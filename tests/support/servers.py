@@ -19,10 +19,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, port: int | None = None) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 in a thread; yields its base URL and stops it afterwards."""
+def serve_in_thread(app: Any, *, port: int | None = None, **options: Any) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 in a thread; yields its base URL and stops it afterwards.
+
+    `options` go to uvicorn.Config (e.g. ``log_config=None, log_level="info"``).
+    """
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        **{"log_level": "warning", "lifespan": "on", **options},
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.api.deps import AdminCtx, RuntimeDep, SessionDep
+from app.api.deps import AdminCtx, FileId, RuntimeDep, SessionDep
 from app.api.errors import responses
 from app.api.idempotency import respond
 from app.api.schemas import (
@@ -251,7 +251,7 @@ async def retry_job(
     responses=responses(*ADMIN_ERRORS, NotFound),
 )
 async def check_file(
-    file_id: str, request: Request, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
+    file_id: FileId, request: Request, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
 ) -> JSONResponse:
     async def check() -> tuple[int, CheckReport]:
         report = await admin_service.check_file(session=session, rt=rt, ctx=ctx, file_id=file_id)

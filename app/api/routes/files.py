@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.responses import MalformedRangeHeader
 from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfiable
 
-from app.api.deps import ReadCtx, ReadSessionDep, RuntimeDep, SessionDep, WriteCtx
+from app.api.deps import FileId, ReadCtx, ReadSessionDep, RuntimeDep, SessionDep, WriteCtx
 from app.api.errors import responses
 from app.api.idempotency import respond
 from app.api.schemas import (
@@ -61,7 +61,6 @@ UPLOAD_FIELDS = frozenset(
 )
 EXPIRES_MIN_SECONDS = 3600
 EXPIRES_MAX_SECONDS = 30 * 24 * 3600
-FileId = Annotated[str, "file id"]
 
 UPLOAD_BODY = {
     "requestBody": {
