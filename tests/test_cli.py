@@ -374,15 +374,24 @@ def test_serve_refuses_several_workers_each_with_its_own_sandbox(tmp_path: Path)
     assert "FILEGATE_SANDBOX_URL" in proc.stderr and "--workers 1" in proc.stderr
 
 
-async def test_worker_once_logs_json_lines_at_the_configured_level(tmp_path: Path) -> None:
+async def test_worker_once_logs_json_lines_at_the_configured_level(
+    tmp_path: Path, sandbox_reset: str
+) -> None:
     data_dir = tmp_path / "data"
-    env = child_env({"FILEGATE_DATA_DIR": str(data_dir), "FILEGATE_LOG_FORMAT": "json"})
+    env = child_env(
+        {
+            "FILEGATE_DATA_DIR": str(data_dir),
+            "FILEGATE_LOG_FORMAT": "json",
+            "FILEGATE_SANDBOX": "true",
+            "FILEGATE_SANDBOX_URL": f"{sandbox_reset}/sandbox",
+        }
+    )
     assert run_cli(["migrate"], env).returncode == 0
     await _enqueue_unknown_job(data_dir / "filegate.db", file_id="file-cli-1")
 
     proc = run_cli(["worker", "--once"], env)
     assert proc.returncode == 0, proc.stderr
-    assert "ran 1 jobs" in proc.stdout
+    assert "ran 2 jobs" in proc.stdout  # the retired job and the start-up storage sweep
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
     [gave_up] = [line for line in lines if line.get("job_kind") == "retired-kind"]
     assert gave_up["level"] == "WARNING" and gave_up["logger"] == "filegate.worker"
@@ -392,7 +401,7 @@ async def test_worker_once_logs_json_lines_at_the_configured_level(tmp_path: Pat
 
     await _enqueue_unknown_job(data_dir / "filegate.db", file_id="file-cli-2")
     quiet = run_cli(["worker", "--once"], {**env, "FILEGATE_LOG_LEVEL": "error"})
-    assert quiet.returncode == 0 and "ran 1 jobs" in quiet.stdout, quiet.stderr
+    assert quiet.returncode == 0 and "ran 2 jobs" in quiet.stdout, quiet.stderr
     assert "file-cli-2" not in quiet.stderr  # the warning is below the configured level
 
 
