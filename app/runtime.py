@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from app.providers import ADAPTERS
 from app.providers.base import ProviderAdapter, ProviderConfig
 from app.providers.breakers import BreakerBoard
 from app.providers.retry import RetryPolicy
+from app.services import jobs
 from app.services.keys import KeyRecord
 from app.services.placement import ProviderHub
 from app.storage.blobs import LocalBlobStore
@@ -105,8 +105,17 @@ async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> Async
     engine = create_engine(settings.resolved_database_url)
     blob_store = LocalBlobStore(settings.data_dir)
     blob_store.prepare()
-    # Blocking Redis I/O (one round trip per provider), so off the event loop.
-    breakers = await asyncio.to_thread(BreakerBoard.from_settings, settings, metrics=metrics)
+    sessionmaker = create_sessionmaker(engine)
+
+    async def placements_due(provider: str) -> None:
+        """This process closed a circuit: placements waiting for the provider go now."""
+        async with sessionmaker() as session:
+            count = await jobs.expedite_placements(session=session, provider=provider)
+            await session.commit()
+        if count:
+            log.info("circuit %s closed: %d pending placement(s) made due", provider, count)
+
+    breakers = BreakerBoard.from_settings(settings, metrics=metrics, on_close=placements_due)
     retry_policy = RetryPolicy.from_settings(settings)
     adapters: dict[str, ProviderAdapter] = {
         cfg.name: ADAPTERS[cfg.name](
@@ -128,7 +137,7 @@ async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> Async
     runtime = Runtime(
         settings=settings,
         engine=engine,
-        sessionmaker=create_sessionmaker(engine),
+        sessionmaker=sessionmaker,
         blob_store=blob_store,
         providers=hub,
         metrics=metrics,
@@ -143,7 +152,7 @@ async def build_runtime(settings: Settings, *, metrics: GatewayMetrics) -> Async
     finally:
         await runtime.rate_limiter.aclose()
         await hub.aclose()
-        breakers.close()
+        await breakers.aclose()
         if redis is not None:
             await redis.aclose()
         await engine.dispose()

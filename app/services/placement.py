@@ -142,14 +142,15 @@ async def place(
     blob_path = rt.blob_store.local_path(blob.storage_key)
     for index, target in enumerate(targets):
         adapter = rt.providers.adapter(target.provider)
-        if not adapter.available():
+        paused_for = await adapter.paused_for()
+        if paused_for is not None:
             outcome.deferred = True
             outcome.errors.append(
                 ProviderUnavailable(
                     f"{target.provider} is failing (circuit open); it is skipped for now.",
                     provider=target.provider,
                     code="provider_circuit_open",
-                    retry_after=adapter.breaker_snapshot().get("retry_after"),
+                    retry_after=paused_for,
                 )
             )
             continue
