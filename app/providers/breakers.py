@@ -240,6 +240,9 @@ class BreakerStore:
         self.local = _LocalState()
         self._gate = _MemoryGate()
         self._retry_at = 0.0
+        # Bumped by every publish: a read that overlapped one may predate it and is not adopted.
+        self._writes = 0
+        self._writing = 0
 
     @property
     def kind(self) -> Literal["redis", "memory"]:
@@ -286,13 +289,14 @@ class BreakerStore:
         logger.warning("breaker %s: Redis is back; state is shared again", self.namespace)
 
     async def pull(self) -> _Shared | None:
-        """The shared state, or None while it is kept in process only."""
+        """The shared state; None while Redis is down or a write of ours overlapped the read."""
 
         async def read(client: Redis) -> list[bytes | None]:
             return cast(list[bytes | None], await client.mget(list(self._keys.values())))
 
+        writes = self._writes
         values = await self._redis(read)
-        if values is _DOWN:
+        if values is _DOWN or self._writing or self._writes != writes:
             return None
         state, failures, successes, opened = (v.decode() if v else None for v in values)
         if state is not None and state not in STATES:
@@ -324,7 +328,12 @@ class BreakerStore:
                         pipe.eval(_SET_IF_GREATER, 1, self._keys["opened_at"], value)
                 await pipe.execute()
 
-        await self._redis(write)
+        self._writes += 1
+        self._writing += 1
+        try:
+            await self._redis(write)
+        finally:
+            self._writing -= 1
 
     async def clear(self) -> None:
         """Zero both counters and forget opened_at and any probe claim."""
@@ -339,7 +348,12 @@ class BreakerStore:
                 pipe.delete(self._keys["opened_at"], self.probe_key)
                 await pipe.execute()
 
-        await self._redis(wipe)
+        self._writes += 1
+        self._writing += 1
+        try:
+            await self._redis(wipe)
+        finally:
+            self._writing -= 1
 
     # -- the half-open probe gate --------------------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import os
 import time
@@ -27,6 +26,7 @@ from app.providers import MoonshotAdapter
 from app.providers.base import ProviderConfig
 from app.providers.breakers import BreakerBoard, ProviderBreaker
 from tests.providers import control, fault
+from tests.support.loop import Heartbeat
 from tests.support.proxy import TcpProxy
 
 PROVIDER = "moonshot"
@@ -422,34 +422,6 @@ async def test_adapter_without_breaker() -> None:
 
 
 # --- never blocking the event loop -------------------------------------------------------
-
-
-class Heartbeat:
-    """Measures the longest time the event loop went without running a 10 ms ticker."""
-
-    TICK = 0.01
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Heartbeat:
-        self._task = asyncio.create_task(self._beat())
-        await asyncio.sleep(0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _beat(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            await asyncio.sleep(self.TICK)
-            self.longest = max(self.longest, loop.time() - started - self.TICK)
 
 
 REDIS_TIMEOUT = 0.8
