@@ -212,9 +212,9 @@ class _MemoryGate:
 class BreakerStore:
     """One circuit's state: in process for pybreaker, shared through Redis when reachable.
 
-    Every Redis command is awaited under `timeout`; a failure switches to the in-process
-    state (degraded) until `reconnect_seconds` have passed, so no call waits on a Redis that
-    is known to be down, and none waits longer than `timeout` on one that just went down.
+    Every wait on Redis is bounded by `timeout` (twice that for a whole operation); a failure
+    switches to the in-process state (degraded) until `reconnect_seconds` have passed, so no
+    call waits on a Redis known to be down, and one that just went down costs one timeout.
     """
 
     def __init__(
@@ -263,7 +263,9 @@ class BreakerStore:
         if self.degraded and time.monotonic() < self._retry_at:
             return _DOWN
         try:
-            async with asyncio.timeout(self.timeout):
+            # The socket timeouts bound each wait on Redis; this bounds the whole operation
+            # (connect and command) even when the loop itself is slow to get back to it.
+            async with asyncio.timeout(2 * self.timeout):
                 result = await op(self.client)
         except Exception as exc:
             self._down(exc)
