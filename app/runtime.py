@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -21,7 +20,7 @@ from app.providers import ADAPTERS
 from app.providers.base import ProviderAdapter, ProviderConfig
 from app.providers.breakers import BreakerBoard
 from app.providers.retry import RetryPolicy
-from app.services import audit
+from app.services import audit, jobs
 from app.services.audit import RefusalThrottle
 from app.services.keys import KeyRecord
 from app.services.placement import ProviderHub
@@ -173,8 +172,17 @@ async def _build_runtime(
     )
     blob_store = LocalBlobStore(settings.data_dir)
     blob_store.prepare()
-    # Blocking Redis I/O (one round trip per provider), so off the event loop.
-    breakers = await asyncio.to_thread(BreakerBoard.from_settings, settings, metrics=metrics)
+    sessionmaker = create_sessionmaker(engine)
+
+    async def placements_due(provider: str) -> None:
+        """This process closed a circuit: placements waiting for the provider go now."""
+        async with sessionmaker() as session:
+            count = await jobs.expedite_placements(session=session, provider=provider)
+            await session.commit()
+        if count:
+            log.info("circuit %s closed: %d pending placement(s) made due", provider, count)
+
+    breakers = BreakerBoard.from_settings(settings, metrics=metrics, on_close=placements_due)
     retry_policy = RetryPolicy.from_settings(settings)
     adapters: dict[str, ProviderAdapter] = {
         cfg.name: ADAPTERS[cfg.name](
@@ -196,7 +204,7 @@ async def _build_runtime(
     runtime = Runtime(
         settings=settings,
         engine=engine,
-        sessionmaker=create_sessionmaker(engine),
+        sessionmaker=sessionmaker,
         blob_store=blob_store,
         providers=hub,
         metrics=metrics,
@@ -215,7 +223,7 @@ async def _build_runtime(
         await _record_suppressed_refusals(runtime)
         await runtime.rate_limiter.aclose()
         await hub.aclose()
-        breakers.close()
+        await breakers.aclose()
         if redis is not None:
             await redis.aclose()
         await engine.dispose()

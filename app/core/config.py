@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     breaker_fail_max: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=30.0, gt=0)
     breaker_namespace: str = Field(default="filegate:breaker", min_length=1)
+    breaker_redis_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
     retry_max_attempts: int = Field(default=3, ge=1)
     retry_base_delay: float = Field(default=0.2, ge=0)
     retry_max_delay: float = Field(default=5.0, ge=0)

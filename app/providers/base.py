@@ -8,7 +8,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -169,14 +169,18 @@ class ProviderAdapter(ABC):
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    def available(self) -> bool:
+    async def available(self) -> bool:
         """False while the circuit is open and not due for a probe (or a probe is in flight)."""
-        return self.breaker is None or self.breaker.available()
+        return self.breaker is None or await self.breaker.available()
 
-    def breaker_snapshot(self) -> dict[str, Any]:
+    async def paused_for(self) -> float | None:
+        """Seconds calls would still fail fast on an open circuit; None when one would go."""
+        return None if self.breaker is None else await self.breaker.paused_for()
+
+    async def breaker_snapshot(self) -> dict[str, Any]:
         """The circuit's state, counters and last counted error (storage "none" without one)."""
         if self.breaker is not None:
-            return self.breaker.snapshot()
+            return await self.breaker.snapshot()
         return {
             "provider": self.name,
             "state": "closed",
@@ -259,7 +263,7 @@ class ProviderAdapter(ABC):
                 remaining = None if deadline is None else deadline - loop.time()
                 delay = policy.next_delay(operation, exc, tries, remaining)
                 # Never retry into an open circuit: that try would only fail fast.
-                if delay is None or (self.breaker is not None and not self.breaker.available()):
+                if delay is None or not await self.available():
                     raise
                 code = exc.error_code
             logger.info(
@@ -284,21 +288,22 @@ class ProviderAdapter(ABC):
         if deadline is not None and asyncio.get_running_loop().time() >= deadline:
             # No budget left for a real try; failing here keeps it off the breaker's count.
             raise self._deadline_error()
-        guard: AbstractContextManager[None] = (
+        guard: AbstractAsyncContextManager[None] = (
             self.breaker.guard() if self.breaker is not None else nullcontext()
         )
         observation = self.observe(operation) if observed else nullcontext()
-        with guard, observation:
-            if deadline is None:
-                return await attempt()
-            timer = asyncio.timeout_at(deadline)
-            try:
-                async with timer:
+        async with guard:
+            with observation:
+                if deadline is None:
                     return await attempt()
-            except TimeoutError as exc:
-                if not timer.expired():
-                    raise
-                raise self._deadline_error() from exc
+                timer = asyncio.timeout_at(deadline)
+                try:
+                    async with timer:
+                        return await attempt()
+                except TimeoutError as exc:
+                    if not timer.expired():
+                        raise
+                    raise self._deadline_error() from exc
 
     def _deadline_error(self) -> ProviderUnavailable:
         return ProviderUnavailable(

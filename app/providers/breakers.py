@@ -1,22 +1,23 @@
-"""Per-provider circuit breakers: pybreaker state shared through Redis, one half-open probe."""
+"""Per-provider circuit breakers: pybreaker on in-process state, shared through redis.asyncio."""
 
 from __future__ import annotations
 
+import asyncio
+import calendar
 import enum
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import pybreaker
-import redis
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from app.core.errors import (
     GatewayError,
@@ -64,11 +65,21 @@ REQUEST_FAULTS: tuple[type[ProviderError], ...] = (
 Action = Literal["open", "close", "reset"]
 ACTIONS: tuple[Action, ...] = ("open", "close", "reset")
 
+# Called (in the background) with the provider's name when this process closes its circuit.
+CloseHook = Callable[[str], Awaitable[object]]
+
 # Deletes the probe gate only if it still holds this caller's token.
 _RELEASE_PROBE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# pybreaker's CircuitRedisStorage semantics for opened_at: only ever moves forward.
+_SET_IF_GREATER = """
+local current = redis.call('get', KEYS[1])
+if not current or tonumber(ARGV[1]) > tonumber(current) then redis.call('set', KEYS[1], ARGV[1]) end
+return 0
+"""
+_FIELDS = ("state", "fail_counter", "success_counter", "opened_at")
 
 
 def _not_a_provider_fault(exc: BaseException) -> bool:
@@ -76,37 +87,15 @@ def _not_a_provider_fault(exc: BaseException) -> bool:
     return not isinstance(exc, PROVIDER_FAULTS)
 
 
-class StoreUnavailable(Exception):
-    """Redis failed under a breaker; deliberately not a RedisError, so pybreaker cannot hide it."""
-
-
-class _StrictRedis(redis.Redis):
-    """A sync Redis client whose errors surface as StoreUnavailable."""
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        """Run one command, turning any RedisError into StoreUnavailable."""
-        try:
-            return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        except RedisError as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-    def transaction(self, func: Callable[..., Any], *watches: Any, **kwargs: Any) -> Any:
-        """Run a WATCH/MULTI transaction, turning any RedisError into StoreUnavailable."""
-        try:
-            return super().transaction(func, *watches, **kwargs)
-        except RedisError as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-
-def redis_client(url: str, *, timeout: float = REDIS_TIMEOUT_SECONDS) -> redis.Redis:
-    """The breaker's own sync client: bytes replies, short timeouts, one immediate retry."""
-    return _StrictRedis.from_url(
+def redis_client(url: str, *, timeout: float = REDIS_TIMEOUT_SECONDS) -> Redis:
+    """The breakers' own async client: bytes replies, short timeouts, no retries."""
+    return Redis.from_url(
         url,
         decode_responses=False,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        # redis-py retries 10 times with backoff by default; that would stall the event loop.
-        retry=Retry(NoBackoff(), 1),
+        # redis-py retries with backoff by default; a call would then wait several timeouts.
+        retry=Retry(NoBackoff(), 0),
     )
 
 
@@ -117,115 +106,167 @@ class _Down(enum.Enum):
 _DOWN = _Down.TOKEN
 
 
-class _Mirror(pybreaker.CircuitMemoryStorage):
-    """In-process breaker state that mirrors Redis and takes over while Redis is down."""
+@dataclass(frozen=True)
+class _Shared:
+    """The circuit as Redis holds it."""
 
-    def load_counters(self, *, failures: int | None = None, successes: int | None = None) -> None:
-        """Adopt counter values read from Redis."""
-        if failures is not None:
-            self._fail_counter = failures
-        if successes is not None:
-            self._success_counter = successes
+    state: str | None
+    failures: int
+    successes: int
+    opened_at: datetime | None
 
-    def clear_opened_at(self) -> None:
-        """Forget when the circuit last opened."""
+
+class _LocalState(pybreaker.CircuitMemoryStorage):
+    """pybreaker's in-process storage, journaling each write so it can be published to Redis."""
+
+    def __init__(self) -> None:
+        super().__init__(STATE_CLOSED)
+        self.journal: list[tuple[str, Any]] = []
+
+    @property
+    def state(self) -> str:
+        """The circuit state (closed, open, half-open)."""
+        return self._state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._state = state
+        self.journal.append(("state", state))
+
+    def increment_counter(self) -> None:
+        """Count one more consecutive failure."""
+        self._fail_counter += 1
+        self.journal.append(("incr", "fail_counter"))
+
+    def reset_counter(self) -> None:
+        """Zero the failure counter."""
+        self._fail_counter = 0
+        self.journal.append(("set", "fail_counter"))
+
+    def increment_success_counter(self) -> None:
+        """Count one more half-open success."""
+        self._success_counter += 1
+        self.journal.append(("incr", "success_counter"))
+
+    def reset_success_counter(self) -> None:
+        """Zero the half-open success counter."""
+        self._success_counter = 0
+        self.journal.append(("set", "success_counter"))
+
+    @property
+    def opened_at(self) -> datetime | None:
+        """When the circuit last opened."""
+        return self._opened_at
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        self._opened_at = now
+        self.journal.append(("opened_at", int(calendar.timegm(now.timetuple()))))
+
+    def adopt(self, shared: _Shared) -> None:
+        """Take over the state read from Redis (nothing is journaled)."""
+        if shared.state is not None:
+            self._state = shared.state
+        self._fail_counter = shared.failures
+        self._success_counter = shared.successes
+        self._opened_at = shared.opened_at
+
+    def forget(self) -> None:
+        """Zero the counters and forget opened_at (nothing is journaled)."""
+        self._fail_counter = self._success_counter = 0
         self._opened_at = None
+
+    def take_journal(self) -> list[tuple[str, Any]]:
+        """The writes since the last call, oldest first."""
+        ops, self.journal = self.journal, []
+        return ops
 
 
 class _MemoryGate:
     """The in-process half-open probe gate: one token at a time, with an expiry."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._token: str | None = None
         self._expires = 0.0
 
     def acquire(self, token: str, ttl: float) -> bool:
         """Take the gate for `ttl` seconds unless another live token holds it."""
-        with self._lock:
-            now = time.monotonic()
-            if self._token is not None and now < self._expires:
-                return False
-            self._token, self._expires = token, now + ttl
-            return True
+        now = time.monotonic()
+        if self._token is not None and now < self._expires:
+            return False
+        self._token, self._expires = token, now + ttl
+        return True
 
     def release(self, token: str | None = None) -> None:
         """Free the gate if `token` holds it (any holder when token is None)."""
-        with self._lock:
-            if token is None or token == self._token:
-                self._token = None
+        if token is None or token == self._token:
+            self._token = None
 
     def remaining(self) -> float:
         """Seconds until the current holder's claim expires (0 when free)."""
-        with self._lock:
-            if self._token is None:
-                return 0.0
-            return max(0.0, self._expires - time.monotonic())
+        if self._token is None:
+            return 0.0
+        return max(0.0, self._expires - time.monotonic())
 
 
-class BreakerStore(pybreaker.CircuitBreakerStorage):
-    """pybreaker storage kept in Redis when reachable, else in an in-process mirror."""
+class BreakerStore:
+    """One circuit's state: in process for pybreaker, shared through Redis when reachable.
+
+    Every wait on Redis is bounded by `timeout` (twice that for a whole operation); a failure
+    switches to the in-process state (degraded) until `reconnect_seconds` have passed, so no
+    call waits on a Redis known to be down, and one that just went down costs one timeout.
+    """
 
     def __init__(
         self,
         namespace: str,
         *,
-        client: redis.Redis | None = None,
+        client: Redis | None = None,
+        timeout: float = REDIS_TIMEOUT_SECONDS,
         reconnect_seconds: float = RECONNECT_SECONDS,
     ) -> None:
-        super().__init__("redis" if client is not None else "memory")
         self.namespace = namespace
         self.probe_key = f"{namespace}:probe"
-        self.reconnect_seconds = reconnect_seconds
+        # pybreaker's CircuitRedisStorage layout, so state written by either one is read back.
+        self._keys = {
+            field: f"{namespace}:{pybreaker.CircuitRedisStorage.BASE_NAMESPACE}:{field}"
+            for field in _FIELDS
+        }
         self.client = client
+        self.timeout = timeout
+        self.reconnect_seconds = reconnect_seconds
         self.degraded = False
         self.last_storage_error: str | None = None
-        self._memory = _Mirror(STATE_CLOSED)
+        self.local = _LocalState()
         self._gate = _MemoryGate()
-        self._remote: pybreaker.CircuitRedisStorage | None = None
         self._retry_at = 0.0
-        self._lock = threading.Lock()
-        if client is not None:
-            self._live()
+        # Bumped by every publish: a read that overlapped one may predate it and is not adopted.
+        self._writes = 0
+        self._writing = 0
 
     @property
     def kind(self) -> Literal["redis", "memory"]:
         """Where the state lives right now."""
         return "redis" if self.client is not None and not self.degraded else "memory"
 
-    def close(self) -> None:
-        """Dispose of the Redis client."""
-        if self.client is not None:
-            self.client.close()
+    @property
+    def state(self) -> str:
+        """The circuit state as this process last saw it."""
+        return self.local.state
 
     # -- Redis with fallback -------------------------------------------------------------
 
-    def _live(self) -> pybreaker.CircuitRedisStorage | None:
-        """The Redis storage, or None while Redis is down and not yet due for a reconnect."""
+    async def _redis(self, op: Callable[[Redis], Awaitable[_T]]) -> _T | Literal[_Down.TOKEN]:
+        """Run `op` against Redis within the timeout; _DOWN (and degraded) when it fails."""
         if self.client is None:
-            return None
+            return _DOWN
         if self.degraded and time.monotonic() < self._retry_at:
-            return None
-        if self._remote is None:
-            try:
-                # Raises if Redis is down: it SETNXes the initial state.
-                self._remote = pybreaker.CircuitRedisStorage(
-                    STATE_CLOSED, self.client, namespace=self.namespace
-                )
-            except Exception as exc:
-                self._down(exc)
-                return None
-        return self._remote
-
-    def _redis(
-        self, op: Callable[[pybreaker.CircuitRedisStorage, redis.Redis], _T]
-    ) -> _T | Literal[_Down.TOKEN]:
-        """Run `op` against Redis; _DOWN (and degraded mode) when Redis fails or is down."""
-        remote = self._live()
-        if remote is None or self.client is None:
             return _DOWN
         try:
-            result = op(remote, self.client)
+            # The socket timeouts bound each wait on Redis; this bounds the whole operation
+            # (connect and command) even when the loop itself is slow to get back to it.
+            async with asyncio.timeout(2 * self.timeout):
+                result = await op(self.client)
         except Exception as exc:
             self._down(exc)
             return _DOWN
@@ -234,138 +275,124 @@ class BreakerStore(pybreaker.CircuitBreakerStorage):
         return result
 
     def _down(self, exc: Exception) -> None:
-        with self._lock:
-            self._retry_at = time.monotonic() + self.reconnect_seconds
-            self.last_storage_error = f"{type(exc).__name__}: {exc}"
-            if not self.degraded:
-                self.degraded = True
-                logger.warning(
-                    "breaker %s: Redis failed (%s); using in-process state, retrying in %gs",
-                    self.namespace,
-                    self.last_storage_error,
-                    self.reconnect_seconds,
-                )
+        self._retry_at = time.monotonic() + self.reconnect_seconds
+        self.last_storage_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        if not self.degraded:
+            self.degraded = True
+            logger.warning(
+                "breaker %s: Redis failed (%s); using in-process state, retrying in %gs",
+                self.namespace,
+                self.last_storage_error,
+                self.reconnect_seconds,
+            )
 
     def _up(self) -> None:
-        with self._lock:
-            if self.degraded:
-                self.degraded = False
-                logger.warning("breaker %s: Redis is back; state is shared again", self.namespace)
+        self.degraded = False
+        logger.warning("breaker %s: Redis is back; state is shared again", self.namespace)
 
-    # -- pybreaker storage interface -----------------------------------------------------
+    async def pull(self) -> _Shared | None:
+        """The shared state; None while Redis is down or a write of ours overlapped the read."""
 
-    @property
-    def state(self) -> str:
-        """The circuit state (closed, open, half-open)."""
-        value = self._redis(lambda remote, _: remote.state)
-        if value is _DOWN:
-            return self._memory.state
-        if value not in STATES:
-            logger.warning("breaker %s: ignoring unknown state %r", self.namespace, value)
-            return self._memory.state
-        self._memory.state = value
-        return value
+        async def read(client: Redis) -> list[bytes | None]:
+            return cast(list[bytes | None], await client.mget(list(self._keys.values())))
 
-    @state.setter
-    def state(self, state: str) -> None:
-        self._memory.state = state
+        writes = self._writes
+        values = await self._redis(read)
+        if values is _DOWN or self._writing or self._writes != writes:
+            return None
+        state, failures, successes, opened = (v.decode() if v else None for v in values)
+        if state is not None and state not in STATES:
+            logger.warning("breaker %s: ignoring unknown state %r", self.namespace, state)
+            state = self.local.state
+        return _Shared(
+            state=state or STATE_CLOSED,
+            failures=int(failures or 0),
+            successes=int(successes or 0),
+            opened_at=(datetime(*time.gmtime(int(opened))[:6], tzinfo=UTC) if opened else None),
+        )
 
-        def write(remote: pybreaker.CircuitRedisStorage, _: redis.Redis) -> None:
-            remote.state = state
+    async def push(self) -> None:
+        """Publish the writes pybreaker made since the last push (dropped while degraded)."""
+        ops = self.local.take_journal()  # taken before the first await: no other call's writes
+        if not ops or self.client is None:
+            return
 
-        self._redis(write)
+        async def write(client: Redis) -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                for op, value in ops:
+                    if op == "state":
+                        pipe.set(self._keys["state"], value)
+                    elif op == "incr":
+                        pipe.incr(self._keys[value])
+                    elif op == "set":
+                        pipe.set(self._keys[value], 0)
+                    else:
+                        pipe.eval(_SET_IF_GREATER, 1, self._keys["opened_at"], value)
+                await pipe.execute()
 
-    def increment_counter(self) -> None:
-        """Count one more consecutive failure."""
-        self._memory.increment_counter()
-        self._redis(lambda remote, _: remote.increment_counter())
+        self._writes += 1
+        self._writing += 1
+        try:
+            await self._redis(write)
+        finally:
+            self._writing -= 1
 
-    def reset_counter(self) -> None:
-        """Zero the failure counter."""
-        self._memory.reset_counter()
-        self._redis(lambda remote, _: remote.reset_counter())
-
-    def increment_success_counter(self) -> None:
-        """Count one more half-open success."""
-        self._memory.increment_success_counter()
-        self._redis(lambda remote, _: remote.increment_success_counter())
-
-    def reset_success_counter(self) -> None:
-        """Zero the half-open success counter."""
-        self._memory.reset_success_counter()
-        self._redis(lambda remote, _: remote.reset_success_counter())
-
-    @property
-    def counter(self) -> int:
-        """Consecutive failures."""
-        value = self._redis(lambda remote, _: remote.counter)
-        if value is _DOWN:
-            return self._memory.counter
-        self._memory.load_counters(failures=value)
-        return value
-
-    @property
-    def success_counter(self) -> int:
-        """Consecutive half-open successes."""
-        value = self._redis(lambda remote, _: remote.success_counter)
-        if value is _DOWN:
-            return self._memory.success_counter
-        self._memory.load_counters(successes=value)
-        return value
-
-    @property
-    def opened_at(self) -> datetime | None:
-        """When the circuit last opened (whole seconds when kept in Redis)."""
-        value = self._redis(lambda remote, _: remote.opened_at)
-        if value is _DOWN:
-            return self._memory.opened_at
-        if value is not None:
-            self._memory.opened_at = value
-        return value
-
-    @opened_at.setter
-    def opened_at(self, now: datetime) -> None:
-        self._memory.opened_at = now
-
-        def write(remote: pybreaker.CircuitRedisStorage, _: redis.Redis) -> None:
-            remote.opened_at = now
-
-        self._redis(write)
-
-    def clear(self) -> None:
+    async def clear(self) -> None:
         """Zero both counters and forget opened_at and any probe claim."""
-        self.reset_counter()
-        self.reset_success_counter()
-        self._memory.clear_opened_at()
+        self.local.take_journal()
+        self.local.forget()
         self._gate.release()
-        # pybreaker keeps its keys under "{namespace}:pybreaker:".
-        opened_key = f"{self.namespace}:{pybreaker.CircuitRedisStorage.BASE_NAMESPACE}:opened_at"
-        self._redis(lambda _, client: client.delete(opened_key, self.probe_key))
+
+        async def wipe(client: Redis) -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.set(self._keys["fail_counter"], 0)
+                pipe.set(self._keys["success_counter"], 0)
+                pipe.delete(self._keys["opened_at"], self.probe_key)
+                await pipe.execute()
+
+        self._writes += 1
+        self._writing += 1
+        try:
+            await self._redis(wipe)
+        finally:
+            self._writing -= 1
 
     # -- the half-open probe gate --------------------------------------------------------
 
-    def acquire_probe(self, token: str, ttl: float) -> bool:
+    async def acquire_probe(self, token: str, ttl: float) -> bool:
         """Claim the single half-open probe for `ttl` seconds (SET NX PX across processes)."""
         ttl_ms = max(1, int(ttl * 1000))
-        taken = self._redis(lambda _, client: client.set(self.probe_key, token, nx=True, px=ttl_ms))
+
+        async def claim(client: Redis) -> bool:
+            return bool(await client.set(self.probe_key, token, nx=True, px=ttl_ms))
+
+        taken = await self._redis(claim)
         if taken is _DOWN:
             return self._gate.acquire(token, ttl)
-        return bool(taken)
+        return taken
 
-    def release_probe(self, token: str | None = None) -> None:
+    async def release_probe(self, token: str | None = None) -> None:
         """Give up the probe claim held by `token` (any claim when token is None)."""
         self._gate.release(token)
-        if token is None:
-            self._redis(lambda _, client: client.delete(self.probe_key))
-        else:
-            self._redis(lambda _, client: client.eval(_RELEASE_PROBE, 1, self.probe_key, token))
 
-    def probe_remaining(self) -> float:
+        async def release(client: Redis) -> None:
+            if token is None:
+                await client.delete(self.probe_key)
+            else:
+                await client.eval(_RELEASE_PROBE, 1, self.probe_key, token)
+
+        await self._redis(release)
+
+    async def probe_remaining(self) -> float:
         """Seconds until the current probe claim expires (0 when no probe is in flight)."""
-        millis = self._redis(lambda _, client: client.pttl(self.probe_key))
+
+        async def ttl(client: Redis) -> int:
+            return int(await client.pttl(self.probe_key))
+
+        millis = await self._redis(ttl)
         if millis is _DOWN:
             return self._gate.remaining()
-        return max(0.0, int(millis) / 1000)
+        return max(0.0, millis / 1000)
 
 
 class _Listener(pybreaker.CircuitBreakerListener):
@@ -411,7 +438,11 @@ def _replay(outcome: ProviderError | None) -> None:
 
 
 class ProviderBreaker:
-    """One provider's circuit: pybreaker bookkeeping plus a cross-process single-probe gate."""
+    """One provider's circuit: pybreaker bookkeeping plus a cross-process single-probe gate.
+
+    pybreaker runs on in-process state only (no I/O); the shared state is read before and
+    published after each decision with awaited, time-bounded Redis calls.
+    """
 
     def __init__(
         self,
@@ -422,12 +453,14 @@ class ProviderBreaker:
         reset_seconds: float = 30.0,
         probe_seconds: float = 60.0,
         metrics: GatewayMetrics | None = None,
+        on_close: Callable[[str], None] | None = None,
     ) -> None:
         self.provider = provider
         self.store = store
         self.reset_seconds = reset_seconds
         self.probe_seconds = probe_seconds
         self.metrics = metrics
+        self.on_close = on_close
         self._listener = _Listener(provider, metrics)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max,
@@ -435,7 +468,7 @@ class ProviderBreaker:
             # pybreaker's annotation cannot express "exception classes or predicates".
             exclude=cast(Any, [*REQUEST_FAULTS, _not_a_provider_fault]),
             listeners=[self._listener],
-            state_storage=store,
+            state_storage=store.local,
             name=provider,
             # Let the provider error itself propagate when the call trips the circuit.
             throw_new_error_on_trip=False,
@@ -447,50 +480,66 @@ class ProviderBreaker:
         """Consecutive provider faults that open the circuit."""
         return self.breaker.fail_max
 
+    async def refresh(self) -> str:
+        """Adopt the shared state (when Redis is reachable); the current state."""
+        shared = await self.store.pull()
+        if shared is not None:
+            self.store.local.adopt(shared)
+        # Let pybreaker notice a change made elsewhere (listeners count it); the counter
+        # resets it does on noticing echo that change and are not published again.
+        self.breaker.state  # noqa: B018
+        if shared is not None:
+            self.store.local.adopt(shared)
+        self.store.local.take_journal()
+        state = self.store.state
+        self._gauge(state)
+        return state
+
     # -- guarding a call -----------------------------------------------------------------
 
-    @contextmanager
-    def guard(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def guard(self) -> AsyncIterator[None]:
         """Admit one call (or fail fast with provider_circuit_open) and record its outcome."""
-        probe = self._admit()
+        probe = await self._admit()
         try:
             yield
         except ProviderError as exc:
-            self._record(exc, probe)
+            await self._record(exc, probe)
             raise
         else:
-            self._record(None, probe)
+            await self._record(None, probe)
         finally:
             # Cancellation and non-provider errors are neutral: only the probe claim goes.
             if probe is not None:
-                self.store.release_probe(probe)
+                await self.store.release_probe(probe)
 
-    def _admit(self) -> str | None:
+    async def _admit(self) -> str | None:
         """None to run a normal call, a probe token to run the half-open probe; else raise."""
-        state = self.store.state
-        self._gauge(state)
+        state = await self.refresh()
         if state == STATE_CLOSED:
             return None
         if state == STATE_OPEN and (wait := self.seconds_until_half_open()) > 0:
             raise self._open_error(wait)
         token = uuid.uuid4().hex
-        if not self.store.acquire_probe(token, self.probe_seconds):
-            raise self._open_error(self.store.probe_remaining())
+        if not await self.store.acquire_probe(token, self.probe_seconds):
+            raise self._open_error(await self._probe_wait())
         # Re-read: a probe that finished in between may have closed or re-opened it.
-        state = self.store.state
+        state = await self.refresh()
         if state == STATE_CLOSED:
-            self.store.release_probe(token)
+            await self.store.release_probe(token)
             return None
         if state == STATE_OPEN:
             if (wait := self.seconds_until_half_open()) > 0:
-                self.store.release_probe(token)
+                await self.store.release_probe(token)
                 raise self._open_error(wait)
             self.breaker.half_open()
+            await self.store.push()
         return token
 
-    def _record(self, outcome: ProviderError | None, probe: str | None) -> None:
+    async def _record(self, outcome: ProviderError | None, probe: str | None) -> None:
         """Replay the outcome through pybreaker so it counts failures and moves the state."""
-        if probe is None and self.store.state != STATE_CLOSED:
+        before = await self.refresh()
+        if probe is None and before != STATE_CLOSED:
             # Admitted while closed, finished after the circuit moved on: a stale outcome.
             return
         traceback = outcome.__traceback__ if outcome is not None else None
@@ -503,6 +552,23 @@ class ProviderBreaker:
         finally:
             if outcome is not None:
                 outcome.__traceback__ = traceback
+        await self.store.push()
+        self._closed(before)
+
+    def _closed(self, before: str) -> None:
+        """Tell the owner when this process just closed the circuit (pending work may go)."""
+        if before == STATE_CLOSED or self.store.state != STATE_CLOSED or self.on_close is None:
+            return
+        try:
+            self.on_close(self.provider)
+        except Exception:
+            logger.exception("circuit %s: the close hook failed", self.provider)
+
+    async def _probe_wait(self) -> float:
+        """How long a caller that lost the probe race should wait before trying again."""
+        # A claim lasts as long as a probe may; a probe that closes the circuit frees the
+        # waiters at once (on_close), and one that fails re-opens it for reset_seconds.
+        return min(await self.store.probe_remaining(), self.reset_seconds)
 
     def _open_error(self, wait: float) -> ProviderUnavailable:
         return ProviderUnavailable(
@@ -516,38 +582,44 @@ class ProviderBreaker:
     # -- read-only views -----------------------------------------------------------------
 
     def seconds_until_half_open(self) -> float:
-        """Seconds the open circuit still rejects calls (0 when due for a probe)."""
-        opened_at = self.store.opened_at
+        """Seconds the open circuit still rejects calls, per the state last read (0 if due)."""
+        opened_at = self.store.local.opened_at
         if opened_at is None:
             return 0.0
         due = opened_at + timedelta(seconds=self.reset_seconds)
         return max(0.0, (due - datetime.now(UTC)).total_seconds())
 
-    def available(self) -> bool:
-        """False while a call would fail fast: open and not due, or a probe in flight."""
-        state = self.store.state
+    async def paused_for(self) -> float | None:
+        """Seconds a call would still fail fast (open, or a probe in flight); None if it goes."""
+        state = await self.refresh()
         if state == STATE_CLOSED:
-            return True
-        if state == STATE_OPEN and self.seconds_until_half_open() > 0:
-            return False
-        return self.store.probe_remaining() <= 0
+            return None
+        if state == STATE_OPEN and (wait := self.seconds_until_half_open()) > 0:
+            return wait
+        if await self.store.probe_remaining() > 0:
+            return max(await self._probe_wait(), 0.001)
+        return None
 
-    def snapshot(self) -> dict[str, Any]:
+    async def available(self) -> bool:
+        """False while a call would fail fast: open and not due, or a probe in flight."""
+        return await self.paused_for() is None
+
+    async def snapshot(self) -> dict[str, Any]:
         """State, counters, last counted error and where the state is kept."""
-        state = self.store.state
-        self._gauge(state)
-        opened_at = self.store.opened_at
+        state = await self.refresh()
+        opened_at = self.store.local.opened_at
+        probing = state != STATE_CLOSED and await self.store.probe_remaining() > 0
         return {
             "provider": self.provider,
             "state": state,
-            "failure_count": self.store.counter,
+            "failure_count": self.store.local.counter,
             "fail_max": self.fail_max,
             "reset_seconds": self.reset_seconds,
             "opened_at": opened_at.isoformat() if opened_at is not None else None,
             "retry_after": (
                 round(self.seconds_until_half_open(), 3) if state == STATE_OPEN else None
             ),
-            "probe_in_flight": state != STATE_CLOSED and self.store.probe_remaining() > 0,
+            "probe_in_flight": probing,
             "last_error": self._listener.last_error,
             "storage": self.store.kind,
             "degraded": self.store.degraded,
@@ -555,21 +627,26 @@ class ProviderBreaker:
 
     # -- operator actions ----------------------------------------------------------------
 
-    def force(self, action: Action) -> dict[str, Any]:
+    async def force(self, action: Action) -> dict[str, Any]:
         """Open, close, or reset (close and zero the counters) the circuit; the new snapshot."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown breaker action {action!r}; use one of {ACTIONS}")
+        before = await self.refresh()
         if action == "open":
             self.breaker.open()
+            await self.store.push()
         elif action == "close":
             self.breaker.close()
-            self.store.release_probe()
-        elif action == "reset":
-            self.breaker.close()
-            self.store.clear()
-            self._listener.last_error = None
+            await self.store.push()
+            await self.store.release_probe()
         else:
-            raise ValueError(f"unknown breaker action {action!r}; use one of {ACTIONS}")
+            self.breaker.close()
+            await self.store.push()
+            await self.store.clear()
+            self._listener.last_error = None
         logger.warning("circuit %s: forced %s by an operator", self.provider, action)
-        return self.snapshot()
+        self._closed(before)
+        return await self.snapshot()
 
     def _gauge(self, state: str) -> None:
         if self.metrics is not None and state in STATE_VALUES:
@@ -577,7 +654,10 @@ class ProviderBreaker:
 
 
 class BreakerBoard:
-    """One breaker per provider, sharing state through Redis when a URL is configured."""
+    """One breaker per provider, sharing state through Redis when a URL is configured.
+
+    Building a board does no I/O; the first call on each breaker reads the shared state.
+    """
 
     def __init__(
         self,
@@ -591,14 +671,20 @@ class BreakerBoard:
         metrics: GatewayMetrics | None = None,
         redis_timeout: float = REDIS_TIMEOUT_SECONDS,
         reconnect_seconds: float = RECONNECT_SECONDS,
+        on_close: CloseHook | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.namespace = namespace
+        self.on_close = on_close
+        self.client = redis_client(redis_url, timeout=redis_timeout) if redis_url else None
+        self._hooks: set[asyncio.Task[object]] = set()
         self.breakers: dict[str, ProviderBreaker] = {}
         for provider in providers:
-            client = redis_client(redis_url, timeout=redis_timeout) if redis_url else None
             store = BreakerStore(
-                f"{namespace}:{provider}", client=client, reconnect_seconds=reconnect_seconds
+                f"{namespace}:{provider}",
+                client=self.client,
+                timeout=redis_timeout,
+                reconnect_seconds=reconnect_seconds,
             )
             self.breakers[provider] = ProviderBreaker(
                 provider,
@@ -607,6 +693,7 @@ class BreakerBoard:
                 reset_seconds=reset_seconds,
                 probe_seconds=probe_seconds,
                 metrics=metrics,
+                on_close=self._closed,
             )
 
     @classmethod
@@ -617,8 +704,9 @@ class BreakerBoard:
         metrics: GatewayMetrics | None = None,
         providers: Sequence[str] = DEFAULT_PROVIDERS,
         namespace: str | None = None,
+        on_close: CloseHook | None = None,
     ) -> BreakerBoard:
-        """The board for these settings (blocking: it talks to Redis once per provider)."""
+        """The board for these settings (no I/O)."""
         return cls(
             providers,
             redis_url=settings.redis_url,
@@ -628,7 +716,22 @@ class BreakerBoard:
             probe_seconds=settings.provider_deadline_seconds,
             namespace=namespace or settings.breaker_namespace,
             metrics=metrics,
+            redis_timeout=settings.breaker_redis_timeout_seconds,
+            on_close=on_close,
         )
+
+    def _closed(self, provider: str) -> None:
+        """Run the close hook in the background: the call that closed the circuit goes on."""
+        if self.on_close is None:
+            return
+        task = asyncio.ensure_future(self.on_close(provider))
+        self._hooks.add(task)
+        task.add_done_callback(self._hook_done)
+
+    def _hook_done(self, task: asyncio.Task[object]) -> None:
+        self._hooks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("breaker close hook failed: %s: %s", type(exc).__name__, exc)
 
     def __getitem__(self, provider: str) -> ProviderBreaker:
         return self.breakers[provider]
@@ -642,15 +745,19 @@ class BreakerBoard:
         """True when Redis is configured but some breaker runs on in-process state."""
         return any(b.store.degraded for b in self.breakers.values())
 
-    def force(self, provider: str, action: Action) -> dict[str, Any]:
+    async def force(self, provider: str, action: Action) -> dict[str, Any]:
         """Apply an operator action (open, close, reset) to one provider's circuit."""
-        return self.breakers[provider].force(action)
+        return await self.breakers[provider].force(action)
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
+    async def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every provider's snapshot."""
-        return {name: breaker.snapshot() for name, breaker in self.breakers.items()}
+        return {name: await breaker.snapshot() for name, breaker in self.breakers.items()}
 
-    def close(self) -> None:
-        """Dispose of the sync Redis clients."""
-        for breaker in self.breakers.values():
-            breaker.store.close()
+    async def aclose(self) -> None:
+        """Let running close hooks finish (briefly), then dispose of the Redis client."""
+        if self._hooks:
+            await asyncio.wait(list(self._hooks), timeout=5)
+            for task in list(self._hooks):
+                task.cancel()
+        if self.client is not None:
+            await self.client.aclose()

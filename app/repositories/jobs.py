@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import Executable
@@ -140,6 +140,23 @@ class JobRepository:
         )
         result = await self.session.execute(stmt)
         return bool(getattr(result, "rowcount", 0))
+
+    async def expedite(self, *, kind: str, dedupe_patterns: Sequence[str]) -> int:
+        """Make queued jobs of `kind` whose dedupe key matches a LIKE pattern due now."""
+        now = utcnow()
+        stmt = (
+            update(Job)
+            .where(
+                Job.kind == kind,
+                Job.state == JobState.QUEUED,
+                Job.run_after > now,
+                or_(*(Job.dedupe_key.like(pattern) for pattern in dedupe_patterns)),
+            )
+            .values(run_after=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(stmt)
+        return int(getattr(result, "rowcount", 0))
 
     async def requeue(self, job_id: int) -> Job | None:
         """Put a dead (or finished) job back in the queue with fresh attempts."""

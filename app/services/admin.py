@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -96,7 +95,7 @@ async def provider_overview(*, session: AsyncSession, rt: Runtime) -> list[dict[
             {
                 "provider": name,
                 "mode": adapter.mode,
-                "breaker": adapter.breaker_snapshot(),
+                "breaker": await adapter.breaker_snapshot(),
                 "files": files,
                 "bytes": used,
                 "quota_files": adapter.account_max_files,
@@ -113,7 +112,7 @@ async def force_breaker(
     rt.providers.adapter(provider)  # 400 for an unknown provider
     if rt.breakers is None or rt.breakers.get(provider) is None:
         raise InvalidRequest(f"{provider} has no circuit breaker.", param="provider")
-    snapshot = await asyncio.to_thread(rt.breakers.force, provider, action)  # type: ignore[arg-type]
+    snapshot = await rt.breakers.force(provider, action)  # type: ignore[arg-type]
     audit.record(
         session=session, ctx=ctx, action=f"breaker.{action}", resource=f"provider:{provider}"
     )

@@ -51,6 +51,13 @@ async def enqueue(
     )
 
 
+async def expedite_placements(*, session: AsyncSession, provider: str) -> int:
+    """Make every queued placement that may go to `provider` due now (its circuit closed)."""
+    return await JobRepository(session).expedite(
+        kind=PLACE, dedupe_patterns=[f"{PLACE}:%:{provider}", f"{PLACE}:%:auto"]
+    )
+
+
 def backoff_at(
     *, attempts: int, base: float, cap: float, retry_after: float | None, rng: random.Random
 ) -> datetime:

@@ -142,14 +142,15 @@ async def place(
     blob_path = rt.blob_store.local_path(blob.storage_key)
     for index, target in enumerate(targets):
         adapter = rt.providers.adapter(target.provider)
-        if not adapter.available():
+        paused_for = await adapter.paused_for()
+        if paused_for is not None:
             outcome.deferred = True
             outcome.errors.append(
                 ProviderUnavailable(
                     f"{target.provider} is failing (circuit open); it is skipped for now.",
                     provider=target.provider,
                     code="provider_circuit_open",
-                    retry_after=adapter.breaker_snapshot().get("retry_after"),
+                    retry_after=paused_for,
                 )
             )
             continue
@@ -163,6 +164,15 @@ async def place(
                 purpose=target.rule.native,
                 content_type=file.content_type,
             )
+        except FileNotFoundError:
+            # The blob went with a delete that ran while this placement waited its turn.
+            if not await _deleted_meanwhile(session=session, file=file):
+                raise BlobCorrupt(
+                    f"The stored content of {file.id} is missing; it is not pushed again."
+                ) from None
+            await _withdraw_unsent_copy(session=session, ctx=ctx, copy=copy)
+            outcome.withdrawn = True
+            return outcome
         except ProviderError as exc:
             outcome.errors.append(exc)
             outcome.deferred = outcome.deferred or exc.retryable
@@ -193,6 +203,25 @@ async def place(
 async def _deleted_meanwhile(*, session: AsyncSession, file: File) -> bool:
     current = await FileRepository(session).refresh(file.id)
     return current is None or current.deleted_at is not None
+
+
+async def _withdraw_unsent_copy(
+    *, session: AsyncSession, ctx: CallContext, copy: ProviderCopy
+) -> None:
+    """The file was deleted before its upload began: nothing reached the provider."""
+    await session.refresh(copy)
+    if copy.status != ProviderCopyStatus.PLACING:
+        return  # the delete settled it already
+    copy.status = ProviderCopyStatus.DELETED
+    FileRepository(session).add_event(
+        file_id=copy.file_id,
+        provider=copy.provider,
+        from_status=ProviderCopyStatus.PLACING,
+        to_status=ProviderCopyStatus.DELETED,
+        reason="file deleted during placement; nothing was uploaded",
+        request_id=ctx.request_id,
+    )
+    await session.commit()
 
 
 async def _discard_late_copy(

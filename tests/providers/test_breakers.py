@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from app.providers import MoonshotAdapter
 from app.providers.base import ProviderConfig
 from app.providers.breakers import BreakerBoard, ProviderBreaker
 from tests.providers import control, fault
+from tests.support.loop import Heartbeat
 from tests.support.proxy import TcpProxy
 
 PROVIDER = "moonshot"
@@ -70,7 +72,7 @@ BoardFactory = Callable[..., BreakerBoard]
 
 
 @pytest.fixture
-def boards(namespace: str) -> Iterator[BoardFactory]:
+async def boards(namespace: str) -> AsyncIterator[BoardFactory]:
     """Build boards on this test's namespace (each one stands for a process); closes them."""
     made: list[BreakerBoard] = []
 
@@ -82,7 +84,7 @@ def boards(namespace: str) -> Iterator[BoardFactory]:
 
     yield build
     for board in made:
-        board.close()
+        await board.aclose()
 
 
 @pytest.fixture
@@ -132,11 +134,16 @@ async def open_circuit(adapter: MoonshotAdapter, sandbox: str, failures: int) ->
     control(sandbox, PROVIDER, "_faults", _delete=True)
 
 
-async def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+async def wait_until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while not check():
+    while not await _holds(check):
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+async def _holds(check: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = check()
+    return await result if inspect.isawaitable(result) else result
 
 
 # --- counting and failing fast -----------------------------------------------------------
@@ -153,16 +160,16 @@ async def test_provider_faults_open_it_and_then_it_fails_fast(
         with pytest.raises(ProviderUnavailable) as caught:
             await adapter.retrieve("file-1")
         assert caught.value.error_code == "provider_unavailable"
-        assert board[PROVIDER].snapshot()["failure_count"] == (count if count < 3 else 3)
+        assert (await board[PROVIDER].snapshot())["failure_count"] == (count if count < 3 else 3)
     assert calls(sandbox, "retrieve") == 3
 
-    snap = adapter.breaker_snapshot()
+    snap = await adapter.breaker_snapshot()
     assert snap["state"] == "open" and snap["failure_count"] == 3
     assert snap["opened_at"] is not None and snap["retry_after"] > 28
     assert snap["last_error"].startswith("provider_unavailable: moonshot is unavailable")
     assert snap["storage"] == ("redis" if storage_url else "memory")
     assert snap["degraded"] is False
-    assert adapter.available() is False
+    assert (await adapter.available()) is False
 
     with pytest.raises(ProviderUnavailable) as caught:
         await adapter.retrieve("file-1")
@@ -194,10 +201,10 @@ async def test_request_faults_never_open_it(
     for _ in range(4):
         with pytest.raises(ProviderAuthFailed):
             await adapter.list()
-    snap = board[PROVIDER].snapshot()
+    snap = await board[PROVIDER].snapshot()
     assert snap["state"] == "closed" and snap["failure_count"] == 0
     assert snap["last_error"] is None
-    assert adapter.available() is True
+    assert (await adapter.available()) is True
     assert calls(sandbox, "retrieve") == 4 and calls(sandbox, "list") == 8
 
 
@@ -210,7 +217,7 @@ async def test_only_consecutive_provider_faults_count(
         fault(sandbox, PROVIDER, status=503, count=1)
         await fails(adapter, "provider_unavailable")
         assert await adapter.list() == []  # a success in between resets the count
-    assert board[PROVIDER].snapshot()["state"] == "closed"
+    assert (await board[PROVIDER].snapshot())["state"] == "closed"
 
 
 # --- sharing through Redis ---------------------------------------------------------------
@@ -221,20 +228,20 @@ async def test_open_state_is_shared_and_survives_a_restart(
 ) -> None:
     first = boards(redis_url=redis_url, fail_max=2, reset_seconds=30)
     await open_circuit(adapters(first[PROVIDER]), sandbox, 2)
-    opened_at = first[PROVIDER].snapshot()["opened_at"]
+    opened_at = (await first[PROVIDER].snapshot())["opened_at"]
 
     # Another process, built independently on the same namespace.
     other = boards(redis_url=redis_url, fail_max=2, reset_seconds=30)
-    assert other[PROVIDER].snapshot()["state"] == "open"
-    assert other[PROVIDER].available() is False
+    assert (await other[PROVIDER].snapshot())["state"] == "open"
+    assert (await other[PROVIDER].available()) is False
     await fails(adapters(other[PROVIDER]), "provider_circuit_open")
     assert calls(sandbox, "list") == 2
 
     # A restart: every board closed, a new one built.
-    first.close()
-    other.close()
+    await first.aclose()
+    await other.aclose()
     restarted = boards(redis_url=redis_url, fail_max=2, reset_seconds=30)
-    snap = restarted[PROVIDER].snapshot()
+    snap = await restarted[PROVIDER].snapshot()
     assert (snap["state"], snap["failure_count"], snap["opened_at"]) == ("open", 2, opened_at)
     await fails(adapters(restarted[PROVIDER]), "provider_circuit_open")
     assert calls(sandbox, "list") == 2
@@ -246,20 +253,20 @@ async def test_forced_actions(
     board = boards(redis_url=storage_url, fail_max=3)
     watcher = boards(redis_url=storage_url, fail_max=3)
     adapter = adapters(board[PROVIDER])
-    assert board.force(PROVIDER, "open")["state"] == "open"
+    assert (await board.force(PROVIDER, "open"))["state"] == "open"
     await fails(adapter, "provider_circuit_open")
-    assert board.force(PROVIDER, "close")["state"] == "closed"
+    assert (await board.force(PROVIDER, "close"))["state"] == "closed"
     assert await adapter.list() == []
     fault(sandbox, PROVIDER, status=503, count=1)
     await fails(adapter, "provider_unavailable")
-    board.force(PROVIDER, "open")
-    snap = board.force(PROVIDER, "reset")
+    await board.force(PROVIDER, "open")
+    snap = await board.force(PROVIDER, "reset")
     assert snap["state"] == "closed" and snap["failure_count"] == 0
     assert snap["opened_at"] is None and snap["last_error"] is None
     if storage_url:
-        assert watcher.snapshot()[PROVIDER]["state"] == "closed"
+        assert (await watcher.snapshot())[PROVIDER]["state"] == "closed"
     with pytest.raises(ValueError):
-        board.force(PROVIDER, "explode")  # type: ignore[arg-type]
+        await board.force(PROVIDER, "explode")  # type: ignore[arg-type]
 
 
 # --- half-open: exactly one probe --------------------------------------------------------
@@ -272,9 +279,9 @@ async def test_half_open_sends_one_probe_across_processes(
     two = boards(redis_url=redis_url, fail_max=2, reset_seconds=1)
     first, second = adapters(one[PROVIDER]), adapters(two[PROVIDER])
     await open_circuit(first, sandbox, 2)
-    assert two[PROVIDER].snapshot()["state"] == "open"
+    assert (await two[PROVIDER].snapshot())["state"] == "open"
     control(sandbox, PROVIDER, "_reset")
-    await wait_until(lambda: two[PROVIDER].available())
+    await wait_until(two[PROVIDER].available)
 
     fault(sandbox, PROVIDER, status=None, latency_ms=400)  # a slow, successful probe
     callers = [first.list() if i % 2 else second.list() for i in range(10)]
@@ -289,8 +296,8 @@ async def test_half_open_sends_one_probe_across_processes(
         for e in errors
     )
     # The probe succeeded: closed for every process.
-    assert one[PROVIDER].snapshot()["state"] == "closed"
-    assert two[PROVIDER].snapshot()["state"] == "closed"
+    assert (await one[PROVIDER].snapshot())["state"] == "closed"
+    assert (await two[PROVIDER].snapshot())["state"] == "closed"
     control(sandbox, PROVIDER, "_faults", _delete=True)
     assert await second.list() == [] and await first.list() == []
 
@@ -302,12 +309,12 @@ async def test_half_open_sends_one_probe_in_process(
     adapter = adapters(board[PROVIDER])
     await open_circuit(adapter, sandbox, 2)
     control(sandbox, PROVIDER, "_reset")
-    await wait_until(lambda: board[PROVIDER].available())
+    await wait_until(board[PROVIDER].available)
     fault(sandbox, PROVIDER, status=None, latency_ms=300)
     results = await asyncio.gather(*(adapter.list() for _ in range(10)), return_exceptions=True)
     assert calls(sandbox, "list") == 1
     assert sum(not isinstance(r, BaseException) for r in results) == 1
-    assert board[PROVIDER].snapshot()["state"] == "closed"
+    assert (await board[PROVIDER].snapshot())["state"] == "closed"
 
 
 async def test_failed_probe_opens_it_again(
@@ -317,9 +324,9 @@ async def test_failed_probe_opens_it_again(
     adapter = adapters(board[PROVIDER])
     fault(sandbox, PROVIDER, status=503)
     await fails(adapter, "provider_unavailable")
-    await wait_until(lambda: board[PROVIDER].available())
+    await wait_until(board[PROVIDER].available)
     await fails(adapter, "provider_unavailable")  # the probe
-    snap = board[PROVIDER].snapshot()
+    snap = await board[PROVIDER].snapshot()
     assert snap["state"] == "open" and snap["retry_after"] > 0
     await fails(adapter, "provider_circuit_open")
     assert calls(sandbox, "list") == 2
@@ -331,20 +338,20 @@ async def test_cancelled_probe_is_neutral(
     board = boards(fail_max=1, reset_seconds=0.2)
     adapter = adapters(board[PROVIDER])
     await open_circuit(adapter, sandbox, 1)
-    await wait_until(lambda: board[PROVIDER].available())
+    await wait_until(board[PROVIDER].available)
     fault(sandbox, PROVIDER, hang=True)
     probe = asyncio.create_task(adapter.list())
     await wait_until(lambda: calls(sandbox, "list") == 2)
-    assert board[PROVIDER].available() is False  # the probe is in flight
+    assert (await board[PROVIDER].available()) is False  # the probe is in flight
     probe.cancel()
     with pytest.raises(asyncio.CancelledError):
         await probe
     # Neither a failure nor a success: still half-open, and the next caller may probe.
-    snap = board[PROVIDER].snapshot()
+    snap = await board[PROVIDER].snapshot()
     assert snap["state"] == "half-open" and snap["probe_in_flight"] is False
     control(sandbox, PROVIDER, "_faults", _delete=True)
     assert await adapter.list() == []
-    assert board[PROVIDER].snapshot()["state"] == "closed"
+    assert (await board[PROVIDER].snapshot())["state"] == "closed"
 
 
 # --- Redis trouble -----------------------------------------------------------------------
@@ -354,7 +361,7 @@ async def test_unreachable_redis_at_start_falls_back_to_memory(
     boards: BoardFactory, adapters: AdapterFactory, sandbox: str
 ) -> None:
     board = boards(redis_url=DEAD_REDIS, fail_max=2, reset_seconds=30)
-    snap = board.snapshot()[PROVIDER]
+    snap = (await board.snapshot())[PROVIDER]
     assert (snap["storage"], snap["degraded"], snap["state"]) == ("memory", True, "closed")
     assert board.degraded is True
     adapter = adapters(board[PROVIDER])
@@ -384,11 +391,11 @@ async def test_redis_failing_mid_run_keeps_calls_working(
     breaker = board[PROVIDER]
     adapter = adapters(breaker)
     assert await adapter.list() == []
-    assert breaker.snapshot()["storage"] == "redis"
+    assert (await breaker.snapshot())["storage"] == "redis"
 
     proxy.stop()  # Redis goes away under a running process
     assert await adapter.list() == []
-    snap = breaker.snapshot()
+    snap = await breaker.snapshot()
     assert (snap["storage"], snap["degraded"]) == ("memory", True)
     assert board.degraded is True
     # The in-process state still counts failures and fails fast.
@@ -399,7 +406,7 @@ async def test_redis_failing_mid_run_keeps_calls_working(
     proxy.start()  # Redis is back: the shared state (never opened there) is used again
     await asyncio.sleep(0.3)
     assert await adapter.list() == []
-    snap = breaker.snapshot()
+    snap = await breaker.snapshot()
     assert (snap["storage"], snap["degraded"], snap["state"]) == ("redis", False, "closed")
     assert board.degraded is False
 
@@ -408,7 +415,122 @@ async def test_adapter_without_breaker() -> None:
     adapter = MoonshotAdapter(
         ProviderConfig(name=PROVIDER, base_url="http://127.0.0.1:9/v1", api_key="k")
     )
-    assert adapter.available() is True
-    snap = adapter.breaker_snapshot()
+    assert (await adapter.available()) is True
+    snap = await adapter.breaker_snapshot()
     assert (snap["state"], snap["storage"], snap["degraded"]) == ("closed", "none", False)
     await adapter.aclose()
+
+
+# --- never blocking the event loop -------------------------------------------------------
+
+
+REDIS_TIMEOUT = 0.8
+# A call may wait out one Redis timeout, never two; the slack is for a loaded machine.
+CALL_BOUND = REDIS_TIMEOUT + 0.6
+LOOP_BOUND = 0.2
+
+
+@pytest.mark.parametrize("trouble", ["frozen", "refused"])
+async def test_redis_trouble_never_blocks_the_event_loop(
+    boards: BoardFactory,
+    adapters: AdapterFactory,
+    sandbox: str,
+    redis_url: str,
+    proxy: TcpProxy,
+    trouble: str,
+) -> None:
+    board = boards(
+        redis_url=proxy.url(redis_url),
+        fail_max=2,
+        redis_timeout=REDIS_TIMEOUT,
+        reconnect_seconds=0.2,
+    )
+    breaker = board[PROVIDER]
+    adapter = adapters(breaker)
+    assert await adapter.list() == []
+    assert (await breaker.snapshot())["storage"] == "redis"
+
+    if trouble == "frozen":
+        proxy.freeze()  # Redis accepts connections and never answers
+    else:
+        proxy.stop()  # connections are refused
+    loop = asyncio.get_running_loop()
+    async with Heartbeat() as heart:
+        for _ in range(3):
+            started = loop.time()
+            results = await asyncio.gather(*(adapter.list() for _ in range(5)))
+            assert results == [[]] * 5
+            assert loop.time() - started < CALL_BOUND
+            await asyncio.sleep(0.3)  # past reconnect_seconds: the next round tries Redis again
+        # Failures are still counted (in process) and the circuit still fails fast.
+        await open_circuit(adapter, sandbox, 2)
+        await fails(adapter, "provider_circuit_open")
+    assert heart.longest < LOOP_BOUND, f"the event loop stalled for {heart.longest:.3f}s"
+    snap = await breaker.snapshot()
+    assert (snap["storage"], snap["degraded"], snap["state"]) == ("memory", True, "open")
+    assert calls(sandbox, "list") == 1 + 15 + 2
+
+
+async def test_building_a_board_on_a_stalled_redis_does_not_block(
+    boards: BoardFactory, adapters: AdapterFactory, sandbox: str, redis_url: str, proxy: TcpProxy
+) -> None:
+    proxy.freeze()
+    loop = asyncio.get_running_loop()
+    async with Heartbeat() as heart:
+        board = boards(redis_url=proxy.url(redis_url), redis_timeout=REDIS_TIMEOUT)
+        started = loop.time()
+        snap = (await board.snapshot())[PROVIDER]
+        assert loop.time() - started < CALL_BOUND
+        assert await adapters(board[PROVIDER]).list() == []
+    assert heart.longest < LOOP_BOUND, f"the event loop stalled for {heart.longest:.3f}s"
+    assert (snap["storage"], snap["degraded"], snap["state"]) == ("memory", True, "closed")
+
+
+# --- after the probe -----------------------------------------------------------------------
+
+
+async def test_a_probe_that_closes_the_circuit_calls_the_close_hook_once(
+    boards: BoardFactory, adapters: AdapterFactory, sandbox: str, redis_url: str
+) -> None:
+    closed: list[str] = []
+    watched: list[str] = []
+
+    async def record(into: list[str], provider: str) -> None:
+        into.append(provider)
+
+    one = boards(
+        redis_url=redis_url, fail_max=1, reset_seconds=0.3, on_close=lambda p: record(closed, p)
+    )
+    two = boards(
+        redis_url=redis_url, fail_max=1, reset_seconds=0.3, on_close=lambda p: record(watched, p)
+    )
+    adapter = adapters(one[PROVIDER])
+    await open_circuit(adapter, sandbox, 1)
+    assert (await two[PROVIDER].snapshot())["state"] == "open"
+    await wait_until(one[PROVIDER].available)
+    assert await adapter.list() == []  # the probe
+    await wait_until(lambda: closed == [PROVIDER])
+    # The other process only noticed the close: the one that made it ran the hook.
+    assert (await two[PROVIDER].snapshot())["state"] == "closed"
+    assert await adapter.list() == []  # closed to closed: no second call
+    await asyncio.sleep(0.05)
+    assert closed == [PROVIDER] and watched == []
+
+
+async def test_a_call_that_loses_the_probe_race_is_not_told_to_wait_the_probe_ttl(
+    boards: BoardFactory, adapters: AdapterFactory, sandbox: str
+) -> None:
+    board = boards(fail_max=1, reset_seconds=0.3, probe_seconds=60)
+    adapter = adapters(board[PROVIDER])
+    await open_circuit(adapter, sandbox, 1)
+    await wait_until(board[PROVIDER].available)
+    fault(sandbox, PROVIDER, status=None, latency_ms=300)
+    probe = asyncio.create_task(adapter.list())
+    await wait_until(lambda: calls(sandbox, "list") == 2)
+    loser = await fails(adapter, "provider_circuit_open")
+    # The claim lasts 60 s; the hint is bounded by reset_seconds (a failed probe re-opens it).
+    assert loser.retry_after is not None and 0 < loser.retry_after <= 0.3
+    paused = await board[PROVIDER].paused_for()
+    assert paused is not None and 0 < paused <= 0.3
+    assert await probe == []
+    assert await board[PROVIDER].paused_for() is None

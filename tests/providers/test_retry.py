@@ -304,4 +304,4 @@ async def test_open_breaker_stops_retries(make: Factory, sandbox: str) -> None:
     assert caught.value.error_code == "provider_circuit_open"
     assert calls(sandbox, "moonshot", "list") == 2
     assert log.retries == [("moonshot", "list")]
-    board.close()
+    await board.aclose()

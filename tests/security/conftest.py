@@ -7,7 +7,6 @@ could change, and JWT helpers for RS256 and HS256 gateways.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -297,8 +296,7 @@ async def snapshot(gateway: Gateway) -> Snapshot:
     breakers: dict[str, tuple[Any, ...]] = {}
     board = gateway.runtime.breakers
     if board is not None:
-        # Blocking Redis reads when breakers share state: off the event loop.
-        states = await asyncio.to_thread(board.snapshot)
+        states = await board.snapshot()
         breakers = {
             name: (b["state"], b["failure_count"], b["opened_at"]) for name, b in states.items()
         }

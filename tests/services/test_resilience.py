@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from app.core.config import Settings
 from app.main import create_app
+from app.models import File, FileStatus
+from app.services.worker import Worker
 from tests.api.test_files import upload
 from tests.conftest import REDIS_URL, Gateway
 from tests.support.invariants import assert_registry_sound
+from tests.support.loop import Heartbeat
 from tests.support.proxy import TcpProxy
 
 needs_redis = pytest.mark.skipif(not REDIS_URL, reason="FILEGATE_TEST_REDIS_URL is not set")
@@ -149,5 +154,102 @@ async def test_redis_stopping_mid_run_keeps_uploads_working(settings: Settings) 
                 ready = (await c.get("/health/ready")).json()
                 assert ready["status"] == "degraded"
                 assert ready["checks"]["redis"]["status"] == "degraded"
+    finally:
+        proxy.stop()
+
+
+async def _processed(gateway: Gateway, file_ids: list[str]) -> int:
+    async with gateway.runtime.sessionmaker() as session:
+        rows = await session.scalars(select(File.status).where(File.id.in_(file_ids)))
+        return sum(status == FileStatus.PROCESSED for status in rows)
+
+
+async def _pending_uploads(gateway: Gateway, client: httpx.AsyncClient, count: int) -> list[str]:
+    ids = []
+    for i in range(count):
+        resp = await upload(client, f"pending {i}\n".encode(), filename=f"p{i}.txt")
+        assert resp.status_code == 202 and resp.json()["status"] == "pending", resp.text
+        ids.append(resp.json()["id"])
+    return ids
+
+
+@pytest.fixture
+def one_provider(settings: Settings) -> Settings:
+    """Only moonshot takes files, so pending placements wait for its circuit alone."""
+    settings.provider_order = ["moonshot"]
+    return settings
+
+
+async def test_pending_files_are_all_placed_promptly_after_the_provider_recovers(
+    one_provider: Settings,
+) -> None:
+    # Open at the first fault, half-open after 1 s; a probe may hold its claim for 60 s.
+    one_provider.breaker_fail_max = 1
+    one_provider.breaker_reset_seconds = 1.0
+    app = create_app(one_provider)
+    async with app.router.lifespan_context(app):
+        gateway = Gateway(app=app, sandbox_url=one_provider.sandbox_url.removesuffix("/sandbox"))
+        await gateway.sandbox_fault("moonshot", status=503, rate=1.0, operations=["upload"])
+        async with gateway.client(await gateway.key()) as client:
+            ids = await _pending_uploads(gateway, client, 6)
+        # The provider is back but slow: the first placement to run is the probe, and the
+        # others that run meanwhile lose the half-open race.
+        await gateway.sandbox_fault("moonshot", status=None, latency_ms=500, operations=["upload"])
+        stop = asyncio.Event()
+        worker = asyncio.create_task(Worker(gateway.runtime, concurrency=6).run(stop))
+        try:
+            deadline = asyncio.get_running_loop().time() + 15
+            while await _processed(gateway, ids) < len(ids):
+                assert asyncio.get_running_loop().time() < deadline, "pending files not placed"
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await worker
+        assert (await gateway.sandbox_stats("moonshot"))["files"] == len(ids)
+        await assert_registry_sound(gateway)
+
+
+async def test_closing_the_circuit_makes_pending_placements_due_at_once(
+    one_provider: Settings,
+) -> None:
+    one_provider.breaker_reset_seconds = 600.0  # left alone, the jobs would wait ten minutes
+    app = create_app(one_provider)
+    async with app.router.lifespan_context(app):
+        gateway = Gateway(app=app, sandbox_url=one_provider.sandbox_url.removesuffix("/sandbox"))
+        admin = await gateway.key("ops", ("admin",))
+        async with gateway.client(admin) as ops:
+            await ops.post("/admin/providers/moonshot/breaker", json={"action": "open"})
+            async with gateway.client(await gateway.key()) as client:
+                ids = await _pending_uploads(gateway, client, 3)
+            assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 0
+            assert await Worker(gateway.runtime).drain() == 0  # nothing is due
+            reset = await ops.post("/admin/providers/moonshot/breaker", json={"action": "reset"})
+            assert reset.json()["state"] == "closed"
+        for _ in range(50):
+            await Worker(gateway.runtime).drain()
+            if await _processed(gateway, ids) == len(ids):
+                break
+            await asyncio.sleep(0.05)
+        assert await _processed(gateway, ids) == len(ids)
+        await assert_registry_sound(gateway)
+
+
+@needs_redis
+async def test_start_up_and_requests_on_a_stalled_redis_do_not_block(settings: Settings) -> None:
+    assert REDIS_URL
+    parts = urlsplit(REDIS_URL)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    proxy.start()
+    proxy.freeze()  # Redis accepts connections and never answers
+    settings.redis_url = proxy.url(REDIS_URL)
+    settings.breaker_redis_timeout_seconds = 0.5
+    app = create_app(settings)
+    try:
+        async with Heartbeat() as heart, app.router.lifespan_context(app):
+            gateway = Gateway(app=app, sandbox_url=settings.sandbox_url.removesuffix("/sandbox"))
+            async with gateway.client(await gateway.key()) as c:
+                resp = await upload(c, b"while redis hangs\n")
+                assert resp.status_code == 200, resp.text
+        assert heart.longest < 0.2, f"the event loop stalled for {heart.longest:.3f}s"
     finally:
         proxy.stop()
