@@ -46,8 +46,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
     """Serve the gateway (with the provider sandbox mounted when any provider is sandboxed)."""
-    import uvicorn
-
+    from app import server
     from app.core.migrations import upgrade
 
     self_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
@@ -71,15 +70,7 @@ def serve(
         typer.echo(f"providers in SANDBOX mode: {', '.join(sandboxed)}")
     command = sys.argv[0] if sys.argv[0].endswith("filegate") else "filegate"
     typer.echo(f"create an API key: {command} keys create --tenant demo --name me")
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        proxy_headers=False,
-    )
+    server.run(server.build_config(settings, host=host, port=port, workers=workers))
 
 
 @keys_cli.command("create")

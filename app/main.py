@@ -12,6 +12,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app.api import errors, openapi
 from app.api.middleware import IdentifyMiddleware, RequestContextMiddleware
 from app.api.routes import admin, files, health
+from app.api.timeouts import BodyIdleTimeoutMiddleware
 from app.core.config import Settings, load_settings
 from app.core.metrics import GatewayMetrics
 from app.runtime import build_runtime
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(health.metrics_router)
+    app.add_middleware(BodyIdleTimeoutMiddleware, idle_seconds=settings.body_idle_timeout_seconds)
     app.add_middleware(IdentifyMiddleware)
     app.add_middleware(RequestContextMiddleware)
     Instrumentator(
