@@ -207,6 +207,14 @@ def test_stray_bytes_after_a_response_do_not_hold_the_connection(served: Served)
         read_until_closed(sock, within=HEADER_TIMEOUT + MARGIN)
 
 
+def test_pipelined_requests_are_all_answered(served: Served) -> None:
+    request = b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    with served.connect() as sock:
+        sock.sendall(request * 3 + b"GET /health/live HTTP/1.1\r\nConnection: close\r\n\r\n")
+        data = read_until_closed(sock, within=MARGIN)
+    assert data.count(b"HTTP/1.1 200 OK") == 4
+
+
 # ---- request head: size and count ---------------------------------------------------------
 
 
@@ -311,15 +319,13 @@ BOUNDARY = "slowboundary"
 
 
 def multipart(content: bytes, *, filename: str = "notes.txt") -> bytes:
-    return (
-        (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfile-extract\r\n'
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            "Content-Type: text/plain\r\n\r\n"
-        ).encode()
-        + content
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    disposition = f"--{BOUNDARY}\r\nContent-Disposition: form-data"
+    head = (
+        f'{disposition}; name="purpose"\r\n\r\nfile-extract\r\n'
+        f'{disposition}; name="file"; filename="{filename}"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
     )
+    return head.encode() + content + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 async def api_key(served: Served, **kw: Any) -> str:
