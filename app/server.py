@@ -155,8 +155,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # A pipelined head that began while the previous response ran gets its own clock now.
-        if self.head_pending and not self.transport.is_closing():
+        # A pipelined head that began while the previous response ran gets its own clock now;
+        # so does the rest of a body the app answered without reading, which a client could
+        # otherwise drip forever (each byte cancels uvicorn's keep-alive timer).
+        if (self.head_pending or self.in_body) and not self.transport.is_closing():
             self._arm_head_timer()
 
     def refuse(self, error: GatewayError) -> None:
@@ -208,10 +210,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timeout(self) -> None:
         self.head_timer = None
-        if self.transport.is_closing() or not self._idle() or self.in_body:
+        if self.transport.is_closing() or not self._idle():
             return
-        if self.raw_head_bytes == 0 and not self.head_pending:
-            self.transport.close()  # opened and never spoke: nobody to answer
+        if self.in_body or (self.raw_head_bytes == 0 and not self.head_pending):
+            self.transport.close()  # already answered, or never asked: nothing to say
             return
         log.info("closed a connection whose request head stalled")
         self.refuse(

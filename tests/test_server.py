@@ -207,6 +207,19 @@ def test_stray_bytes_after_a_response_do_not_hold_the_connection(served: Served)
         read_until_closed(sock, within=HEADER_TIMEOUT + MARGIN)
 
 
+def test_a_body_dripped_after_an_early_answer_does_not_hold_the_connection(
+    served: Served,
+) -> None:
+    with served.connect() as sock:
+        # no credentials: refused before the app reads a byte of the promised 10 MiB
+        sock.sendall(
+            b"POST /v1/files HTTP/1.1\r\nHost: gateway\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nContent-Length: 10485760\r\n\r\n--b\r\n"
+        )
+        data = drip_until_closed(sock, within=HEADER_TIMEOUT + MARGIN)
+    assert parse(data)[0] == 401
+
+
 def test_pipelined_requests_are_all_answered(served: Served) -> None:
     request = b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n"
     with served.connect() as sock:
