@@ -50,8 +50,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
     """Serve the gateway (with its own loopback sandbox when a provider is sandboxed)."""
-    import uvicorn
-
+    from app import server
     from app.core.migrations import upgrade
 
     if sandbox:
@@ -74,15 +73,9 @@ def serve(
         typer.echo(f"providers in SANDBOX mode: {', '.join(sandboxed)} (at {where})")
     command = sys.argv[0] if sys.argv[0].endswith("filegate") else "filegate"
     typer.echo(f"create an API key: {command} keys create --tenant demo --name me")
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        log_config=None,  # keep the handler configure_logging installed
-        proxy_headers=False,
+    # log_config=None keeps the handler configure_logging installed.
+    server.run(
+        server.build_config(settings, host=host, port=port, workers=workers, log_config=None)
     )
 
 

@@ -13,6 +13,7 @@ from app.api import errors, openapi
 from app.api.edge import EdgeMiddleware
 from app.api.middleware import IdentifyMiddleware, RequestContextMiddleware
 from app.api.routes import admin, files, health
+from app.api.timeouts import BodyIdleTimeoutMiddleware
 from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging
 from app.core.metrics import GatewayMetrics
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limit=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         body_limit=settings.json_body_limit,
     )
+    app.add_middleware(BodyIdleTimeoutMiddleware, idle_seconds=settings.body_idle_timeout_seconds)
     app.add_middleware(IdentifyMiddleware)
     app.add_middleware(RequestContextMiddleware)
     Instrumentator(

@@ -229,8 +229,7 @@ def main() -> None:
     parser.add_argument("--key-file", type=Path, required=True)
     args = parser.parse_args()
 
-    import uvicorn
-
+    from app import server
     from app.core.migrations import upgrade
 
     settings = build_settings(data_dir=args.data_dir, sandbox_url=args.sandbox_url)
@@ -240,15 +239,15 @@ def main() -> None:
     tmp.write_text(json.dumps(keys))
     tmp.replace(args.key_file)
 
-    uvicorn.run(
-        build_app(settings, tenant_id=keys["tenant_id"]),
+    config = server.build_config(
+        settings,
+        app=build_app(settings, tenant_id=keys["tenant_id"]),
         host=args.host,
         port=args.port,
-        workers=1,
         log_level="warning",
         access_log=False,
-        proxy_headers=False,
     )
+    server.run(config)
 
 
 if __name__ == "__main__":

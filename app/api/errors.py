@@ -140,6 +140,9 @@ async def gateway_error_handler(request: Request, exc: Exception) -> JSONRespons
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, GatewayError):
+        # FastAPI wraps what fails while it reads a body (e.g. RequestTimeout) in a plain 400.
+        return await gateway_error_handler(request, exc.__cause__)
     cls = _HTTP_ERRORS.get(exc.status_code, GatewayError)
     message = str(exc.detail) if exc.detail else "Request failed."
     if exc.status_code == 404:

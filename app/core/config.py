@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROVIDERS = ("moonshot", "zai")
+KiB = 1024
 MiB = 1024 * 1024
 SANDBOX_URL_MAX = 500  # the registry remembers each sandbox by its URL
 
@@ -46,6 +47,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=100 * MiB, gt=0)
     max_multipart_parts: int = Field(default=8, ge=2, le=64)
     json_body_limit: int = Field(default=64 * 1024, ge=1024, le=16 * MiB)
+
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_idle_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_header_bytes: int = Field(default=16 * KiB, ge=1 * KiB, le=1 * MiB)
+    max_header_count: int = Field(default=100, ge=8, le=1000)
+    max_connections: int = Field(default=1000, ge=1)
 
     provider_order: Annotated[list[str], NoDecode] = ["moonshot", "zai"]
     sandbox: bool = False

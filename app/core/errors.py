@@ -8,11 +8,14 @@ GatewayError
 │   └── QuotaExceeded (403)          the tenant's stored bytes or file count is at its quota
 ├── NotFound (404)
 ├── Conflict (409)
+├── RequestTimeout (408)             request head or body stalled; the connection is closed
 ├── PayloadTooLarge (413)
 ├── UnsupportedMediaType (415)
 ├── Unprocessable (422)
 ├── RangeNotSatisfiable (416)
 ├── RateLimited (429)
+├── HeaderFieldsTooLarge (431)       request line and headers over the size or count cap
+├── TooManyConnections (503)         the server's connection cap is reached
 ├── InsufficientStorage (507)        the gateway's own disk is full
 ├── ServiceUnavailable (503)         the registry database cannot be reached right now
 ├── BlobCorrupt (500)                stored content failed its integrity check
@@ -113,6 +116,18 @@ class Conflict(GatewayError):
     code = "conflict"
 
 
+class RequestTimeout(GatewayError):
+    """The client stalled sending its request; the connection is closed after this answer."""
+
+    status_code = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        kw.setdefault("headers", {"Connection": "close"})
+        super().__init__(message, **kw)
+
+
 class PayloadTooLarge(GatewayError):
     status_code = 413
     type = "invalid_request_error"
@@ -149,6 +164,30 @@ class ServiceUnavailable(GatewayError):
     status_code = 503
     type = "server_error"
     code = "database_unavailable"
+
+
+class HeaderFieldsTooLarge(GatewayError):
+    """The request line and headers exceed the server's size or count cap."""
+
+    status_code = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        kw.setdefault("headers", {"Connection": "close"})
+        super().__init__(message, **kw)
+
+
+class TooManyConnections(GatewayError):
+    """The server holds as many connections as it is allowed; retry shortly."""
+
+    status_code = 503
+    type = "server_error"
+    code = "too_many_connections"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        kw.setdefault("headers", {"Connection": "close", "Retry-After": "1"})
+        super().__init__(message, **kw)
 
 
 class InsufficientStorage(GatewayError):

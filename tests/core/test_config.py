@@ -36,6 +36,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignor
         ({"FILEGATE_SANDBOX_URL": "http://h/" + "s" * 500}, "FILEGATE_SANDBOX_URL"),
         ({"FILEGATE_LOG_LEVEL": "loud"}, "FILEGATE_LOG_LEVEL"),
         ({"FILEGATE_LOG_FORMAT": "xml"}, "FILEGATE_LOG_FORMAT"),
+        ({"FILEGATE_HEADER_TIMEOUT_SECONDS": "0"}, "FILEGATE_HEADER_TIMEOUT_SECONDS"),
+        ({"FILEGATE_BODY_IDLE_TIMEOUT_SECONDS": "-1"}, "FILEGATE_BODY_IDLE_TIMEOUT_SECONDS"),
+        ({"FILEGATE_MAX_HEADER_BYTES": "100"}, "FILEGATE_MAX_HEADER_BYTES"),
+        ({"FILEGATE_MAX_HEADER_COUNT": "2"}, "FILEGATE_MAX_HEADER_COUNT"),
+        ({"FILEGATE_MAX_CONNECTIONS": "0"}, "FILEGATE_MAX_CONNECTIONS"),
     ],
 )
 def test_bad_settings_name_the_variable(

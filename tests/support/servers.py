@@ -31,6 +31,13 @@ def serve_in_thread(app: Any, *, port: int | None = None, **options: Any) -> Ite
         port=port,
         **{"log_level": "warning", "lifespan": "on", **options},
     )
+    with serve_config_in_thread(config) as url:
+        yield url
+
+
+@contextmanager
+def serve_config_in_thread(config: uvicorn.Config) -> Iterator[str]:
+    """Serve a ready uvicorn Config (host 127.0.0.1) in a thread; yields its base URL."""
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -40,7 +47,7 @@ def serve_in_thread(app: Any, *, port: int | None = None, **options: Any) -> Ite
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{config.port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
