@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     zai_base_url: str = "https://api.z.ai/api/paas/v4"
     provider_connect_timeout: float = Field(default=5.0, gt=0)
     provider_timeout: float = Field(default=60.0, gt=0)
-    dedup_wait_seconds: float = Field(default=120.0, ge=0)
+    dedup_wait_seconds: float = Field(default=15.0, ge=0)
     idempotency_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
     breaker_fail_max: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=30.0, gt=0)

@@ -79,6 +79,22 @@ class FileRepository:
         stmt = select(File).where(File.id == file_id).execution_options(populate_existing=True)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
+    async def lock_live(self, file_id: str) -> File | None:
+        """The file, locked until the unit of work ends, if it is still live (a delete that
+        started first has committed by the time this returns; one that starts later waits)."""
+        if self.session.bind is not None and self.session.bind.dialect.name == "postgresql":
+            stmt = select(File).where(File.id == file_id).with_for_update()
+        else:
+            # SQLite: take the database write lock first, as a delete's write would.
+            await self.session.execute(
+                update(File).where(File.id == file_id).values(status=File.status)
+            )
+            stmt = select(File).where(File.id == file_id)
+        file = (
+            await self.session.execute(stmt.execution_options(populate_existing=True))
+        ).scalar_one_or_none()
+        return file if file is not None and file.deleted_at is None else None
+
     async def find_duplicate(self, *, tenant_id: str, sha256: str, purpose: str) -> File | None:
         stmt = (
             select(File)

@@ -62,6 +62,36 @@ class JobRepository:
         result = await self.session.execute(stmt)
         return bool(getattr(result, "rowcount", 0))
 
+    async def add_claimed(
+        self,
+        *,
+        kind: str,
+        payload: str,
+        dedupe_key: str,
+        owner: str,
+        lease_seconds: float,
+        max_attempts: int,
+    ) -> Job:
+        """Insert a job already running under `owner`'s lease (the caller does its first run);
+        should the owner die, any worker claims it once the lease lapses."""
+        now = utcnow()
+        job = Job(
+            kind=kind,
+            payload=payload,
+            dedupe_key=dedupe_key,
+            state=JobState.RUNNING,
+            attempts=1,
+            max_attempts=max_attempts,
+            run_after=now,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            locked_by=owner,
+            created_at=now,
+            updated_at=now,
+        )
+        self.session.add(job)
+        await self.session.flush()
+        return job
+
     async def claim(self, *, worker_id: str, lease_seconds: float) -> Job | None:
         """Take the next due job (or one whose lease expired) and lease it to `worker_id`."""
         now = utcnow()

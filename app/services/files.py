@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import time
 from collections.abc import Sequence
@@ -29,12 +30,14 @@ from app.core.errors import (
 from app.models import (
     File,
     FileStatus,
+    JobState,
     LifecycleEvent,
     ProviderCopy,
     ProviderCopyStatus,
     Tenant,
 )
 from app.repositories.files import FileRepository
+from app.repositories.jobs import JobRepository
 from app.runtime import Runtime
 from app.services import audit, jobs, placement
 from app.services.context import CallContext
@@ -150,62 +153,68 @@ async def create_file(
     provider: str,
     expires_at: datetime | None = None,
 ) -> CreateResult:
-    """Accept an upload: reuse the tenant's identical file or store and place a new one."""
+    """Accept an upload: reuse the tenant's identical live file or store and place a new one.
+
+    The units of work: claim (blob and file row, with the placement job this request runs
+    itself), then placement; or, for bytes the tenant already holds, the answer is the existing
+    file, confirmed live under its row lock. A twin deleted meanwhile makes this a new file."""
     try:
         targets = rt.providers.targets(
             purpose=purpose, filename=upload.filename, size=upload.size, requested=provider
         )
         repo = FileRepository(session)
         rt.metrics.upload_bytes.inc(upload.size)
-        existing = await repo.find_duplicate(
-            tenant_id=ctx.principal.tenant_id, sha256=upload.sha256, purpose=purpose
-        )
-        if existing is not None and existing.expires_at and existing.expires_at <= utcnow():
-            await expire_file(session=session, rt=rt, ctx=ctx, file=existing)
-            await session.commit()
-            existing = None
-        if existing is None:
-            claimed = await _claim(
-                session=session,
-                rt=rt,
-                ctx=ctx,
-                upload=upload,
-                purpose=purpose,
-                provider=provider,
-                first=targets[0],
-                expires_at=expires_at,
-            )
-            if claimed is not None:
-                view = await _place_new(
-                    session=session,
-                    rt=rt,
-                    ctx=ctx,
-                    file=claimed,
-                    targets=targets,
-                    provider=provider,
-                )
-                rt.metrics.uploads.labels(_placed_on(view), "created").inc()
-                return CreateResult(view, created=True)
+        for _ in range(3):
             existing = await repo.find_duplicate(
                 tenant_id=ctx.principal.tenant_id, sha256=upload.sha256, purpose=purpose
             )
+            if existing is not None and existing.expires_at and existing.expires_at <= utcnow():
+                await expire_file(session=session, rt=rt, ctx=ctx, file=existing)
+                await session.commit()
+                existing = None
             if existing is None:
-                raise ProviderUnavailable(
-                    "The upload collided with a concurrent one that then failed; retry it.",
-                    provider="gateway",
-                    code="upload_conflict",
+                if not upload.spool.path.exists():
+                    break  # our bytes went into a twin's blob that its delete then collected
+                claimed = await _claim(
+                    session=session,
+                    rt=rt,
+                    ctx=ctx,
+                    upload=upload,
+                    purpose=purpose,
+                    provider=provider,
+                    first=targets[0],
+                    expires_at=expires_at,
                 )
-        await to_thread.run_sync(upload.spool.discard)
-        view = await _deduplicated(
-            session=session,
-            rt=rt,
-            ctx=ctx,
-            file=existing,
-            provider=provider,
-            targets=targets,
-            expires_at=expires_at,
+                if claimed is not None:
+                    file, intent = claimed
+                    view = await _place_new(
+                        session=session,
+                        rt=rt,
+                        ctx=ctx,
+                        file=file,
+                        targets=targets,
+                        provider=provider,
+                        intent=intent,
+                    )
+                    rt.metrics.uploads.labels(_placed_on(view), "created").inc()
+                    return CreateResult(view, created=True)
+                continue  # a concurrent twin won the unique index: judge against it
+            deduplicated = await _deduplicated(
+                session=session,
+                rt=rt,
+                ctx=ctx,
+                file=existing,
+                provider=provider,
+                targets=targets,
+                expires_at=expires_at,
+            )
+            if deduplicated is not None:
+                return CreateResult(deduplicated, created=False)
+        raise ProviderUnavailable(
+            "The upload collided with concurrent uploads and deletes of the same bytes; retry it.",
+            provider="gateway",
+            code="upload_conflict",
         )
-        return CreateResult(view, created=False)
     except GatewayError:
         rt.metrics.uploads.labels(provider, "failed").inc()
         raise
@@ -228,8 +237,10 @@ async def _claim(
     provider: str,
     first: Target,
     expires_at: datetime | None,
-) -> File | None:
-    """Commit blob and file row; None if a concurrent twin won the unique index."""
+) -> tuple[File, jobs.Intent] | None:
+    """Commit blob, file row and the placement job this request now runs itself (should its
+    process die, a worker takes the job over once its lease lapses); None if a concurrent
+    twin won the unique index."""
     repo = FileRepository(session)
     await session.commit()  # end any read snapshot so the write transaction starts fresh
     key = rt.blob_store.key_for(upload.sha256)
@@ -270,11 +281,26 @@ async def _claim(
     )
     audit.record(session=session, ctx=ctx, action="file.create", resource=file.id)
     try:
+        await session.flush()  # the unique index on live files settles a concurrent twin here
+        intent = await jobs.begin_intent(
+            session=session,
+            kind=jobs.PLACE,
+            payload={"file_id": file.id, "provider": provider},
+            dedupe_key=f"place:{file.id}:{provider}",
+            owner=_owner(ctx),
+            lease_seconds=rt.settings.job_lease_seconds,
+            max_attempts=rt.settings.job_max_attempts,
+        )
         await session.commit()
     except IntegrityError:
         await session.rollback()
         return None
-    return file
+    return file, intent
+
+
+def _owner(ctx: CallContext) -> str:
+    """Who holds a request's intent lease: this process and the request."""
+    return f"req:{os.getpid()}:{ctx.request_id or secrets.token_hex(8)}"[:64]
 
 
 async def _check_quota(*, repo: FileRepository, tenant: Tenant, size: int) -> None:
@@ -302,16 +328,28 @@ async def _place_new(
     file: File,
     targets: Sequence[Target],
     provider: str,
+    intent: jobs.Intent | None = None,
 ) -> FileView:
-    """Place a just-claimed file; keep it pending when providers are only failing for now."""
+    """Place a file; keep it pending when providers are only failing for now. With `intent`
+    (a just-claimed file) the request holds the placement job's lease meanwhile, and the job
+    ends with the outcome (done, or itself the retry of a deferred placement)."""
     repo = FileRepository(session)
-    outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
+    lease = rt.settings.job_lease_seconds
+    async with jobs.holding(rt.sessionmaker, intent, lease_seconds=lease):
+        outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
     if outcome.withdrawn:
+        await jobs.end_intent(session=session, intent=intent)
+        await session.commit()
         raise _not_found(file.id)
     if outcome.placed_on is None:
         error = outcome.first_error
         if outcome.deferred:
             retry_after = max((e.retry_after or 0 for e in outcome.errors), default=0) or None
+            delay = retry_after or rt.settings.job_backoff_base
+            # The intent becomes the retry, in the same unit of work that marks the file pending.
+            await jobs.end_intent(
+                session=session, intent=intent, retry_at=utcnow() + timedelta(seconds=delay)
+            )
             await placement.defer(
                 session=session,
                 rt=rt,
@@ -322,8 +360,12 @@ async def _place_new(
                 retry_after=retry_after,
             )
         else:
+            await jobs.end_intent(session=session, intent=intent)
             await _fail_placement(session=session, rt=rt, ctx=ctx, file=file, error=error)
             raise error
+    elif intent is not None:
+        await jobs.end_intent(session=session, intent=intent)
+        await session.commit()
     copies = (await repo.copies_for([file.id]))[file.id]
     return FileView(file, copies)
 
@@ -366,28 +408,29 @@ async def _deduplicated(
     provider: str,
     targets: Sequence[Target],
     expires_at: datetime | None,
-) -> FileView:
-    """Answer with the tenant's existing file once its in-flight placement has settled."""
+) -> FileView | None:
+    """Answer with the tenant's existing file, or None when it is gone (deleted or failed)
+    meanwhile. An in-flight placement is awaited while its owner holds the placement job's
+    lease, at most FILEGATE_DEDUP_WAIT_SECONDS; after that the answer is the file as it is
+    (`uploaded`, answered 202) and whoever holds the job (a worker, once the lease of a dead
+    owner lapses) finishes it."""
     repo = FileRepository(session)
     deadline = time.monotonic() + rt.settings.dedup_wait_seconds
     current: File | None = file
     while current is not None and current.status == FileStatus.UPLOADED:
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or not await _placement_owned(session, current):
             break
         await session.commit()
         await asyncio.sleep(SETTLE_POLL_SECONDS)
         current = await repo.refresh(file.id)
-    if current is None or current.deleted_at is not None:
-        raise ProviderUnavailable(
-            "An identical upload that was in progress failed; retry the upload.",
-            provider="gateway",
-            code="upload_conflict",
-        )
+    await session.commit()  # end the read snapshot; the lock below sees the latest commit
+    current = await repo.lock_live(file.id)
+    if current is None:
+        return None
     rt.metrics.dedup_hits.inc()
     if current.expires_at is not None and (expires_at is None or expires_at > current.expires_at):
         # One file serves every upload of it: it lives as long as the longest-lived request.
         current.expires_at = expires_at
-        await session.commit()
     copies = (await repo.copies_for([current.id]))[current.id]
     live_on = {c.provider for c in copies if c.status == ProviderCopyStatus.ACTIVE}
     wanted = provider != "auto" and provider not in live_on
@@ -395,6 +438,7 @@ async def _deduplicated(
         wanted or current.status == FileStatus.ERROR
     ):
         # An explicit provider is honoured, and a file that ended in error gets another try.
+        await session.commit()
         view = await _place_new(
             session=session, rt=rt, ctx=ctx, file=current, targets=targets, provider=provider
         )
@@ -408,7 +452,21 @@ async def _deduplicated(
         resource=current.id,
         detail="deduplicated",
     )
+    # The answer commits with the route's unit of work, under the row lock: a delete that
+    # follows waits for it, one that came first was seen above.
     return FileView(current, copies)
+
+
+async def _placement_owned(session: AsyncSession, file: File) -> bool:
+    """Is someone alive placing this file: a placement job queued, or running under a lease?"""
+    job = await JobRepository(session).active_for(
+        dedupe_key=f"place:{file.id}:{file.requested_provider}"
+    )
+    if job is None:
+        return False
+    return job.state == JobState.QUEUED or (
+        job.lease_until is not None and job.lease_until > utcnow()
+    )
 
 
 async def collect_blob(*, session: AsyncSession, rt: Runtime, sha256: str) -> bool:
@@ -464,11 +522,9 @@ async def _retire(
     reason: str,
     action: str,
 ) -> None:
-    """Remove every provider copy (or queue it), mark the file deleted, collect its blob."""
+    """Mark the file deleted (committed at once: from then on no upload is merged into it),
+    then remove every provider copy (or queue it), then collect its blob."""
     file = view.file
-    for copy in view.copies:
-        if copy.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED):
-            await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
     FileRepository(session).add_event(
         file_id=file.id,
         from_status=file.status,
@@ -479,6 +535,10 @@ async def _retire(
     file.status = FileStatus.DELETED
     file.deleted_at = utcnow()
     audit.record(session=session, ctx=ctx, action=f"file.{action}", resource=file.id)
+    await session.commit()
+    for copy in view.copies:
+        if copy.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED):
+            await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
     await session.flush()
     await collect_blob(session=session, rt=rt, sha256=file.sha256)
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import utcnow
+from app.models import Job, JobState
 from app.repositories.jobs import JobRepository
+
+log = logging.getLogger("filegate.jobs")
 
 PLACE = "place"
 DELETE_COPY = "delete_copy"
@@ -55,6 +64,84 @@ async def expedite_placements(*, session: AsyncSession, provider: str) -> int:
     """Make every queued placement that may go to `provider` due now (its circuit closed)."""
     return await JobRepository(session).expedite(
         kind=PLACE, dedupe_patterns=[f"{PLACE}:%:{provider}", f"{PLACE}:%:auto"]
+    )
+
+
+@dataclass(frozen=True)
+class Intent:
+    """Work a request does itself under a job's lease, so a crash hands it to a worker."""
+
+    job: Job
+    owner: str
+
+
+async def begin_intent(
+    *,
+    session: AsyncSession,
+    kind: str,
+    payload: dict[str, Any],
+    dedupe_key: str,
+    owner: str,
+    lease_seconds: float,
+    max_attempts: int,
+) -> Intent:
+    """Record, in the caller's unit of work, the job the caller is about to run itself."""
+    job = await JobRepository(session).add_claimed(
+        kind=kind,
+        payload=json.dumps(payload, sort_keys=True),
+        dedupe_key=dedupe_key,
+        owner=owner,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+    )
+    return Intent(job=job, owner=owner)
+
+
+@asynccontextmanager
+async def holding(
+    sessionmaker: async_sessionmaker[AsyncSession], intent: Intent | None, *, lease_seconds: float
+) -> AsyncIterator[None]:
+    """Renew the intent's lease (a third of it apart) while the caller works on it."""
+    if intent is None:
+        yield
+        return
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease_seconds / 3)
+            try:
+                async with sessionmaker() as session:
+                    kept = await JobRepository(session).extend_lease(
+                        job=intent.job, worker_id=intent.owner, lease_seconds=lease_seconds
+                    )
+                    await session.commit()
+            except Exception as exc:  # the next beat tries again
+                log.warning("could not renew the lease of job %s: %s", intent.job.id, exc)
+                continue
+            if not kept:
+                log.warning("job %s was taken over while its request ran", intent.job.id)
+                return
+
+    beat = asyncio.ensure_future(renew())
+    try:
+        yield
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+
+
+async def end_intent(
+    *, session: AsyncSession, intent: Intent | None, retry_at: datetime | None = None
+) -> None:
+    """In the caller's unit of work: the intent is done, or (retry_at) becomes its own retry."""
+    if intent is None:
+        return
+    await JobRepository(session).finish(
+        job=intent.job,
+        worker_id=intent.owner,
+        state=JobState.QUEUED if retry_at is not None else JobState.DONE,
+        run_after=retry_at,
     )
 
 

@@ -146,7 +146,7 @@ async def upload_file(
                 provider=provider,
                 expires_at=expires_at,
             )
-            pending = result.view.file.status == FileStatus.PENDING
+            pending = result.view.file.status in (FileStatus.PENDING, FileStatus.UPLOADED)
             return (202 if pending else 200), FileObject.of(result.view)
 
         return await respond(
