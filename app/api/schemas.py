@@ -52,7 +52,8 @@ class FileObject(BaseModel):
                     provider=c.provider, provider_file_id=c.provider_file_id, status=c.status
                 )
                 for c in view.copies
-                if c.status not in ("deleted",)
+                # Failed attempts and removed copies are history (see /events), not copies.
+                if c.status not in ("deleted", "failed")
             ],
         )
 

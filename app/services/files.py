@@ -67,6 +67,7 @@ class FileView:
 
     file: File
     copies: list[ProviderCopy]
+    retry_after: float | None = None  # a pending placement: the wait a provider asked for
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,7 @@ async def _place_new(
     if outcome.placed_on is None:
         error = outcome.first_error
         if outcome.deferred:
-            retry_after = max((e.retry_after or 0 for e in outcome.errors), default=0) or None
+            retry_after = outcome.retry_after
             delay = retry_after or rt.settings.job_backoff_base
             # The intent becomes the retry, in the same unit of work that marks the file pending.
             await jobs.end_intent(
@@ -356,14 +357,17 @@ async def _place_new(
                 ctx=ctx,
                 file=file,
                 provider=provider,
-                reason=error.message,
+                reason=outcome.reasons,
                 retry_after=retry_after,
             )
-        else:
-            await jobs.end_intent(session=session, intent=intent)
-            await _fail_placement(session=session, rt=rt, ctx=ctx, file=file, error=error)
-            raise error
-    elif intent is not None:
+            copies = (await repo.copies_for([file.id]))[file.id]
+            return FileView(file, copies, retry_after=retry_after)
+        await jobs.end_intent(session=session, intent=intent)
+        await _fail_placement(
+            session=session, rt=rt, ctx=ctx, file=file, error=error, reasons=outcome.reasons
+        )
+        raise error
+    if intent is not None:
         await jobs.end_intent(session=session, intent=intent)
         await session.commit()
     copies = (await repo.copies_for([file.id]))[file.id]
@@ -371,7 +375,13 @@ async def _place_new(
 
 
 async def _fail_placement(
-    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file: File, error: ProviderError
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    file: File,
+    error: ProviderError,
+    reasons: str,
 ) -> None:
     """Every provider refused a new file for good: retire it so nothing half-made stays live."""
     repo = FileRepository(session)
@@ -379,11 +389,11 @@ async def _fail_placement(
         file_id=file.id,
         from_status=file.status,
         to_status=FileStatus.ERROR,
-        reason=f"placement refused: {error.message}",
+        reason=f"placement refused: {reasons}",
         request_id=ctx.request_id,
     )
     file.status = FileStatus.ERROR
-    file.status_details = error.message
+    file.status_details = reasons
     file.deleted_at = utcnow()
     audit.record(
         session=session,
@@ -392,7 +402,7 @@ async def _fail_placement(
         resource=file.id,
         outcome="failed",
         status_code=error.status_code,
-        detail=error.message,
+        detail=reasons,
     )
     await session.commit()
     await collect_blob(session=session, rt=rt, sha256=file.sha256)
@@ -569,9 +579,11 @@ async def replicate(
             ctx=ctx,
             file=file,
             provider=provider,
-            reason=error.message,
-            retry_after=error.retry_after,
+            reason=outcome.reasons,
+            retry_after=outcome.retry_after,
         )
+        copies = (await FileRepository(session).copies_for([file.id]))[file.id]
+        return FileView(file, copies, retry_after=outcome.retry_after)
     copies = (await FileRepository(session).copies_for([file.id]))[file.id]
     return FileView(file, copies)
 

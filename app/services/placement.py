@@ -122,6 +122,20 @@ class Placement:
     def first_error(self) -> ProviderError:
         return self.errors[0]
 
+    @property
+    def reasons(self) -> str:
+        """Every provider's reason, in the order they were tried (each names its provider)."""
+        seen: list[str] = []
+        for error in self.errors:
+            if error.message not in seen:
+                seen.append(error.message)
+        return " ".join(seen)
+
+    @property
+    def retry_after(self) -> float | None:
+        """The longest wait a provider asked for, if any did."""
+        return max((e.retry_after or 0 for e in self.errors), default=0) or None
+
 
 async def place(
     *,

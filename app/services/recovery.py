@@ -50,10 +50,9 @@ async def handle_place(
     outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
     if outcome.placed_on is not None or outcome.withdrawn:
         return
-    error = outcome.first_error
     if outcome.deferred:
-        raise RetryLater(error.message, retry_after=error.retry_after)
-    await _give_up(session=session, ctx=ctx, file=file, reason=error.message)
+        raise RetryLater(outcome.reasons, retry_after=outcome.retry_after)
+    await _give_up(session=session, ctx=ctx, file=file, reason=outcome.reasons)
 
 
 async def _give_up(*, session: AsyncSession, ctx: CallContext, file: File, reason: str) -> None:

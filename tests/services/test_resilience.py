@@ -253,3 +253,24 @@ async def test_start_up_and_requests_on_a_stalled_redis_do_not_block(settings: S
         assert heart.longest < 0.2, f"the event loop stalled for {heart.longest:.3f}s"
     finally:
         proxy.stop()
+
+
+async def test_a_pending_upload_names_every_reason_and_when_to_retry(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    await gateway.sandbox_fault("moonshot", status=429, retry_after=7, rate=1.0)
+    await gateway.sandbox_fault("zai", status=503, rate=1.0)
+    resp = await client.post(
+        "/v1/files",
+        data={"purpose": "file-extract"},
+        files={"file": ("both.pdf", b"%PDF-1.4 both failing\n", "application/pdf")},
+    )
+    assert resp.status_code == 202, resp.text
+    assert resp.headers["retry-after"] == "7"
+    body = resp.json()
+    assert body["status"] == "pending"
+    assert "moonshot" in body["status_details"] and "zai" in body["status_details"]
+    # The two failed attempts are history (in /events), not copies of the file.
+    assert body["providers"] == []
+    events = (await client.get(f"/v1/files/{body['id']}/events")).json()["data"]
+    assert {e["provider"] for e in events if e["to_status"] == "failed"} == {"moonshot", "zai"}

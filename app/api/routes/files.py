@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from urllib.parse import quote
@@ -135,8 +136,10 @@ async def upload_file(
         provider = (upload.fields.get("provider") or "auto").lower()
         rt.providers.check_provider_known(provider)
         expires_at = _expires_at(upload.fields)
+        retry_after: float | None = None
 
         async def create() -> tuple[int, FileObject]:
+            nonlocal retry_after
             result = await file_service.create_file(
                 session=session,
                 rt=rt,
@@ -147,9 +150,10 @@ async def upload_file(
                 expires_at=expires_at,
             )
             pending = result.view.file.status in (FileStatus.PENDING, FileStatus.UPLOADED)
+            retry_after = result.view.retry_after
             return (202 if pending else 200), FileObject.of(result.view)
 
-        return await respond(
+        response = await respond(
             request=request,
             rt=rt,
             ctx=ctx,
@@ -164,8 +168,16 @@ async def upload_file(
             ),
             action=create,
         )
+        return _with_retry_after(response, retry_after)
     finally:
         await to_thread.run_sync(upload.spool.discard)
+
+
+def _with_retry_after(response: JSONResponse, retry_after: float | None) -> JSONResponse:
+    """A 202 says when the provider that is failing asked to be tried again, if it did."""
+    if response.status_code == 202 and retry_after:
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
 
 
 def _expires_at(fields: dict[str, str]) -> datetime | None:
@@ -363,14 +375,18 @@ async def replicate_file(
     session: SessionDep,
     rt: RuntimeDep,
 ) -> JSONResponse:
+    retry_after: float | None = None
+
     async def copy() -> tuple[int, FileObject]:
+        nonlocal retry_after
         view = await file_service.replicate(
             session=session, rt=rt, ctx=ctx, file_id=file_id, provider=body.provider
         )
+        retry_after = view.retry_after
         live = any(c.provider == body.provider and c.status == "active" for c in view.copies)
         return (200 if live else 202), FileObject.of(view)
 
-    return await respond(
+    response = await respond(
         request=request,
         rt=rt,
         ctx=ctx,
@@ -380,6 +396,7 @@ async def replicate_file(
         ),
         action=copy,
     )
+    return _with_retry_after(response, retry_after)
 
 
 @router.get(
