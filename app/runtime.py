@@ -90,8 +90,11 @@ def provider_configs(settings: Settings, *, sandbox_url: str | None) -> list[Pro
                 api_key=SANDBOX_KEYS[name] if sandboxed or key is None else key.get_secret_value(),
                 sandbox=sandboxed,
                 connect_timeout=settings.provider_connect_timeout,
-                read_timeout=settings.provider_timeout,
-                write_timeout=settings.provider_timeout,
+                first_byte_timeout=settings.provider_first_byte_timeout,
+                idle_timeout=settings.provider_timeout,
+                pool_timeout=settings.provider_pool_timeout,
+                max_connections=settings.provider_max_connections,
+                background_connections=settings.provider_background_connections,
             )
         )
     return configs

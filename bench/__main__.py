@@ -12,7 +12,13 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
    vs `provider=zai` over interleaved pairs (the moonshot sandbox must see no upload);
 6. hanging-provider isolation: sequential provider=zai 1 MiB uploads while K provider=moonshot
    uploads are held by the sandbox's hang fault, vs the same uploads without the hang;
-7. authentication overhead: sequential GET /v1/files/{id} over one keep-alive connection with
+7. resilience, on a second gateway (first-byte timeout RESILIENCE_FIRST_BYTE_S, breaker
+   reset RESILIENCE_BREAKER_RESET_S): (a) hung-provider fallback: with the sandbox's hang
+   fault on moonshot uploads, the time for an `auto` 1 MiB CSV upload to answer from zai;
+   (b) recovery: with moonshot answering 503, N provider=moonshot uploads answered 202
+   (pending); the fault is cleared and the time until every file is `processed` is taken
+   by polling GET /v1/files/{id};
+8. authentication overhead: sequential GET /v1/files/{id} over one keep-alive connection with
    an API key and with an HS256 JWT, vs the same retrieve without authentication
    (GET /bench/noauth/v1/files/{id}, bench/server.py);
 
@@ -20,9 +26,9 @@ and prints a table (also written to bench-results/latest.txt).  Timings are medi
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
 
 Options: --reps N, --size BYTES, --rps-requests N, --rps-concurrency C, --load-procs K,
---fallback-pairs N, --hang-runs N, --hang-concurrency K, --auth-requests N,
---phases core,fallback,hang,auth (a subset), --profile (cProfile inside the gateway per
-phase, written under bench-results/profile/).
+--fallback-pairs N, --hang-runs N, --hang-concurrency K, --recovery-files N,
+--auth-requests N, --phases core,fallback,hang,resilience,auth (a subset), --profile
+(cProfile inside the gateway per phase, written under bench-results/profile/).
 """
 
 from __future__ import annotations
@@ -73,6 +79,13 @@ RPS_RATIO_MIN = 0.4
 FALLBACK_DELTA_MAX_MS = 5.0
 HANG_RATIO_MAX = 1.2
 AUTH_DELTA_MAX_MS = 1.0
+RECOVERY_GOAL_S = 5.0
+HUNG_FALLBACK_GOAL_S = 5.0
+# The resilience gateway: a hung call is cut after this (production default 10 s), and an
+# open circuit lets one probe through after this (production default 30 s).
+RESILIENCE_FIRST_BYTE_S = 2.0
+RESILIENCE_BREAKER_RESET_S = 2.0
+RECOVERY_OUTAGE_S = 3.0  # how long the provider keeps failing after the last pending upload
 
 # The small-upload rows (fallback, hanging provider): Z.ai file-extract takes .csv up to 50 MiB.
 CSV_SIZE = MiB
@@ -81,7 +94,7 @@ CSV_CONTENT_TYPE = "text/csv"
 CSV_HEAD = 37  # the first line, "key,<32 hex>\n", differs per upload (distinct sha256: no dedup)
 SMALL_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 # core = the big uploads, dedup, memory and request-rate rows (one group: they share state).
-PHASES = ("core", "fallback", "hang", "auth")
+PHASES = ("core", "fallback", "hang", "resilience", "auth")
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,6 +147,17 @@ class Processes:
         server = Server(name, proc, log, base_url)
         self.servers.append(server)
         return server
+
+    def stop(self, server: Server) -> None:
+        if server.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(timeout=5)
+        self.servers.remove(server)
 
     def stop_all(self) -> None:
         for server in reversed(self.servers):
@@ -849,7 +873,153 @@ def hang_phase(b: Bench, *, runs: int, k: int, rounds: int = 8) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# 7: authentication overhead
+# 7: resilience: falling back from a hung provider, and recovering pending files
+
+
+def start_gateway(
+    procs: Processes,
+    work: Path,
+    sandbox: Server,
+    name: str,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[Server, dict[str, str]]:
+    """A gateway process (bench/server.py) on the shared sandbox; it and its keys."""
+    port = free_port()
+    key_file = work / f"{name}-api-key"
+    gateway = procs.start(
+        name,
+        [
+            *(sys.executable, "-m", GATEWAY_MODULE, "--port", str(port)),
+            *("--data-dir", str(work / f"{name}-data")),
+            *("--sandbox-url", f"{sandbox.base_url}/sandbox"),
+            *("--key-file", str(key_file)),
+            *(extra or []),
+        ],
+        log=work / f"{name}.log",
+        base_url=f"http://127.0.0.1:{port}",
+        env=child_env(env),
+    )
+    wait_ready(gateway, "/bench/bare")
+    return gateway, read_keys(key_file)
+
+
+def resilience_phase(
+    b: Bench, procs: Processes, work: Path, *, runs: int = 3, files: int = 10
+) -> None:
+    """Rows (a) hung-provider fallback and (b) recovery time, on a gateway of their own."""
+    b.reset("moonshot")
+    b.reset("zai")
+    gateway, keys = start_gateway(
+        procs,
+        work,
+        b.sandbox,
+        "resilience-gateway",
+        [
+            *("--first-byte-timeout", f"{RESILIENCE_FIRST_BYTE_S:g}"),
+            *("--breaker-reset-seconds", f"{RESILIENCE_BREAKER_RESET_S:g}"),
+        ],
+    )
+    mark = b.foreign_mark()
+    auth = {"Authorization": f"Bearer {keys['token']}"}
+    files_url = gateway.base_url + "/v1/files"
+    try:
+        upload_csv(b.client, files_url, csv_variant(b.csv), auth, provider="auto")  # warm
+        # ---- (a): every auto upload waits out the hung moonshot, then zai answers -------
+        b.sandbox_call("POST", "moonshot", "_faults", json={"hang": True, "operations": ["upload"]})
+        fallback: list[float] = []
+        try:
+            for _ in range(runs):  # fewer than fail_max: each run meets the hang itself
+                data = csv_variant(b.csv)
+                t, body = timed(
+                    partial(upload_csv, b.client, files_url, data, auth, provider="auto")
+                )
+                if placed_on(body) != ["zai"]:
+                    raise RuntimeError(f"a hung-fallback upload was not placed on zai: {body}")
+                fallback.append(t)
+        finally:
+            b.sandbox_call("DELETE", "moonshot", "_faults")
+        hung_calls = b.upload_calls("moonshot")
+        admin = {"Authorization": f"Bearer {keys['admin_token']}"}
+        b.client.post(
+            gateway.base_url + "/admin/providers/moonshot/breaker",
+            headers=admin,
+            json={"action": "reset"},
+        ).raise_for_status()
+
+        # ---- (b): pending files while moonshot fails, then the time to place them all ---
+        b.reset("moonshot")
+        b.reset("zai")
+        outage = {"status": 503, "operations": ["upload"]}
+        b.sandbox_call("POST", "moonshot", "_faults", json=outage)
+        ids: list[str] = []
+        try:
+            for _ in range(files):
+                response = b.client.post(
+                    files_url,
+                    headers=auth,
+                    data={"purpose": PURPOSE, "provider": "moonshot"},
+                    files={"file": (CSV_FILENAME, csv_variant(b.csv), CSV_CONTENT_TYPE)},
+                    timeout=SMALL_TIMEOUT,
+                )
+                if response.status_code != 202:
+                    raise RuntimeError(
+                        f"a pending upload got {response.status_code}: {response.text[:300]}"
+                    )
+                ids.append(response.json()["id"])
+            time.sleep(RECOVERY_OUTAGE_S)
+        finally:
+            b.sandbox_call("DELETE", "moonshot", "_faults")
+        recovered = time.perf_counter()
+        left = set(ids)
+        deadline = recovered + 120
+        while left:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{len(left)} pending files not placed within 120 s")
+            for file_id in sorted(left):
+                got = b.client.get(f"{files_url}/{file_id}", headers=auth, timeout=10)
+                if got.status_code == 200 and got.json().get("status") == "processed":
+                    left.discard(file_id)
+            if left:
+                time.sleep(0.05)
+        recovery = time.perf_counter() - recovered
+        placed = b.sandbox_call("GET", "moonshot", "_stats")["files"]
+    finally:
+        procs.stop(gateway)
+        b.reset("moonshot")
+        b.reset("zai")
+    med = statistics.median(fallback)
+    b.report.add(
+        f"auto upload, moonshot hung -> answered by zai, {CSV_SIZE / MiB:g} MiB (s)",
+        f"{med:.2f}",
+        f"{RESILIENCE_FIRST_BYTE_S:g} first-byte",
+        f"{med / RESILIENCE_FIRST_BYTE_S:.2f}",
+        f"<= {HUNG_FALLBACK_GOAL_S:g} s",
+        verdict(med <= HUNG_FALLBACK_GOAL_S),
+    )
+    b.report.add(
+        f"recovery: moonshot back -> {files} pending files processed (s)",
+        f"{recovery:.2f}",
+        f"{RESILIENCE_BREAKER_RESET_S:g} breaker reset",
+        "-",
+        f"<= {RECOVERY_GOAL_S:g} s",
+        verdict(recovery <= RECOVERY_GOAL_S),
+    )
+    b.report.notes.append(
+        f"resilience: a second gateway with FILEGATE_PROVIDER_FIRST_BYTE_TIMEOUT="
+        f"{RESILIENCE_FIRST_BYTE_S:g} and FILEGATE_BREAKER_RESET_SECONDS="
+        f"{RESILIENCE_BREAKER_RESET_S:g} (production defaults 10 and 30: there a hung "
+        f"fallback takes about 10 s and a recovery up to about 30 s); hung fallback runs (s): "
+        f"{' '.join(f'{t:.2f}' for t in fallback)}, moonshot saw {hung_calls} upload calls; "
+        f"recovery: {files} provider=moonshot uploads answered 202 while it answered 503, the "
+        f"fault held {RECOVERY_OUTAGE_S:g} s more, then cleared; moonshot then held {placed} "
+        f"files; other processes used {b.foreign_since(mark)} meanwhile"
+    )
+    print(f"resilience: hung fallback {med:.2f} s  recovery {recovery:.2f} s", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# 8: authentication overhead
 
 
 def auth_phase(b: Bench, *, file_id: str, requests: int, blocks: int = 10, warm: int = 200) -> None:
@@ -1252,6 +1422,8 @@ def run(
             fallback_phase(b, pairs=args.fallback_pairs)
         if "hang" in phases:
             hang_phase(b, runs=args.hang_runs, k=args.hang_concurrency)
+        if "resilience" in phases:
+            resilience_phase(b, procs, work, files=args.recovery_files)
         if "auth" in phases:
             if file_id is None:
                 b.reset("zai")
@@ -1277,6 +1449,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fallback-pairs", type=int, default=30, help="auto/zai upload pairs")
     parser.add_argument("--hang-runs", type=int, default=40, help="zai uploads per condition")
     parser.add_argument("--hang-concurrency", type=int, default=4, help="hung moonshot uploads")
+    parser.add_argument("--recovery-files", type=int, default=10, help="pending files")
     parser.add_argument("--auth-requests", type=int, default=1000, help="GETs per auth variant")
     parser.add_argument(
         "--phases",

@@ -5,7 +5,8 @@
 Builds `create_app(Settings(...))` exactly as production does (SQLite embedded default under
 the temp data dir, every provider sent to the standalone sandbox; provider order
 moonshot,zai; JWT HS256 enabled with the throwaway JWT_SECRET / issuer JWT_ISSUER; provider
-timeout PROVIDER_TIMEOUT s; a breaker opened by hand stays open BREAKER_RESET_SECONDS s) and
+idle timeout PROVIDER_TIMEOUT s; a breaker opened by hand stays open BREAKER_RESET_SECONDS s,
+or `--breaker-reset-seconds`; `--first-byte-timeout` overrides the provider default) and
 adds two bench-only routes:
 
 - `GET /bench/bare`: a small constant JSON dict, the "bare JSON endpoint in the same app"
@@ -50,16 +51,26 @@ JWT_SECRET = "bench-jwt-hs256-secret-0123456789abcdefghijkl"  # noqa: S105 - >= 
 JWT_ISSUER = "bench"
 JWT_AUDIENCE = "filegate"  # the Settings default
 PROVIDER_ORDER = ["moonshot", "zai"]
-PROVIDER_TIMEOUT = 30.0  # hung provider calls end by themselves within this (the driver also
-# releases them by clearing the sandbox fault)
+PROVIDER_TIMEOUT = 30.0  # the idle timeout; a hung call is cut by the first-byte timeout
 BREAKER_RESET_SECONDS = 600.0  # a breaker forced open stays open for the whole bench
 NOAUTH_PREFIX = "/bench/noauth"
 
 
-def build_settings(*, data_dir: Path, sandbox_url: str) -> Any:
+def build_settings(
+    *,
+    data_dir: Path,
+    sandbox_url: str,
+    breaker_reset_seconds: float = BREAKER_RESET_SECONDS,
+    first_byte_timeout: float | None = None,
+) -> Any:
     from app.core.config import Settings
 
+    # None: the production default.
+    extra = (
+        {} if first_byte_timeout is None else {"provider_first_byte_timeout": first_byte_timeout}
+    )
     return Settings(
+        **extra,
         _env_file=None,
         data_dir=data_dir,
         database_url=None,  # the embedded default: SQLite at data_dir/filegate.db
@@ -69,7 +80,7 @@ def build_settings(*, data_dir: Path, sandbox_url: str) -> Any:
         sandbox_url=sandbox_url,
         provider_order=PROVIDER_ORDER,
         provider_timeout=PROVIDER_TIMEOUT,
-        breaker_reset_seconds=BREAKER_RESET_SECONDS,
+        breaker_reset_seconds=breaker_reset_seconds,
         jwt_algorithm="HS256",
         jwt_key=JWT_SECRET,
         jwt_issuer=JWT_ISSUER,
@@ -227,12 +238,19 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--sandbox-url", required=True, help="e.g. http://127.0.0.1:9000/sandbox")
     parser.add_argument("--key-file", type=Path, required=True)
+    parser.add_argument("--breaker-reset-seconds", type=float, default=BREAKER_RESET_SECONDS)
+    parser.add_argument("--first-byte-timeout", type=float, default=None)
     args = parser.parse_args()
 
     from app import server
     from app.core.migrations import upgrade
 
-    settings = build_settings(data_dir=args.data_dir, sandbox_url=args.sandbox_url)
+    settings = build_settings(
+        data_dir=args.data_dir,
+        sandbox_url=args.sandbox_url,
+        breaker_reset_seconds=args.breaker_reset_seconds,
+        first_byte_timeout=args.first_byte_timeout,
+    )
     upgrade(settings.resolved_database_url)
     keys = asyncio.run(issue_bench_keys(settings))
     tmp = args.key_file.with_suffix(".tmp")

@@ -63,7 +63,12 @@ class Settings(BaseSettings):
     zai_api_key: SecretStr | None = None
     zai_base_url: str = "https://api.z.ai/api/paas/v4"
     provider_connect_timeout: float = Field(default=5.0, gt=0)
-    provider_timeout: float = Field(default=60.0, gt=0)
+    # The idle timeout: longest a provider exchange may move no bytes while sending or reading.
+    provider_timeout: float = Field(default=10.0, gt=0)
+    provider_first_byte_timeout: float = Field(default=10.0, gt=0)
+    provider_pool_timeout: float = Field(default=1.0, gt=0, le=60)
+    provider_max_connections: int = Field(default=20, ge=1, le=1000)
+    provider_background_connections: int = Field(default=4, ge=1, le=1000)
     dedup_wait_seconds: float = Field(default=15.0, ge=0)
     idempotency_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
     breaker_fail_max: int = Field(default=5, ge=1)

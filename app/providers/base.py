@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -111,16 +117,108 @@ def error_envelope(response: httpx.Response) -> dict[str, Any]:
 
 @dataclass
 class ProviderConfig:
+    """Where one provider is and how long its calls may wait, in seconds.
+
+    `first_byte_timeout` runs from the request's last byte sent to the response headers;
+    `idle_timeout` is the longest gap with no bytes moving either way while sending or
+    reading; a transfer that keeps moving runs until the retry policy's overall deadline.
+    """
+
     name: str
     base_url: str
     api_key: str
     sandbox: bool = False
     connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    write_timeout: float = 60.0
-    pool_timeout: float = 10.0
-    max_connections: int = 20
+    first_byte_timeout: float = 10.0
+    idle_timeout: float = 10.0
+    pool_timeout: float = 1.0  # waiting for a free connection slot
+    max_connections: int = 20  # uploads and content downloads
+    background_connections: int = 4  # list, retrieve and delete
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Keep little unsent data queued in the kernel, so a chunk handed to the socket means the
+# wire is moving (the idle timeout sees progress) without capping the in-flight window.
+_NOTSENT_LOWAT = 128 * 1024
+_SOCKET_OPTIONS = (
+    [(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT)]
+    if hasattr(socket, "TCP_NOTSENT_LOWAT")
+    else []
+)
+
+# Calls that move file bytes for a caller; the rest (list, retrieve, delete) mostly serve
+# background jobs and get a lane of their own, so neither kind can starve the other.
+TRANSFER_OPERATIONS = frozenset({"upload", "content"})
+
+
+class _Lane:
+    """A bounded number of concurrent calls; waiting for a slot is short and then fails."""
+
+    def __init__(self, name: str, size: int, *, wait: float) -> None:
+        self.name = name
+        self.size = size
+        self.wait = wait
+        self._slots = asyncio.Semaphore(size)
+
+    @asynccontextmanager
+    async def slot(self, provider: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise ProviderUnavailable(
+                f"{provider} already has {self.size} {self.name} calls in flight; try again later.",
+                provider=provider,
+                code="provider_busy",
+            ) from None
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+class _Tapped(httpx.AsyncByteStream):
+    """A byte stream that reports each chunk it passes on, and its end."""
+
+    def __init__(
+        self, stream: httpx.AsyncByteStream, moved: Callable[[], None], done: Callable[[], None]
+    ) -> None:
+        self._stream = stream
+        self._moved = moved
+        self._done = done
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self._moved()
+        async for chunk in self._stream:
+            # Asked for another chunk: the one before it has been written (or just arrived).
+            self._moved()
+            yield chunk
+        self._done()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _Watchdog:
+    """Moves one exchange's timer: idle while bytes flow, first-byte once the request is sent."""
+
+    def __init__(self, timer: asyncio.Timeout, *, first_byte: float, idle: float) -> None:
+        self.timer = timer
+        self.first_byte = first_byte
+        self.idle = idle
+        self.waiting_for_answer = False
+        self._loop = asyncio.get_running_loop()
+
+    def moved(self) -> None:
+        self.waiting_for_answer = False
+        self.timer.reschedule(self._loop.time() + self.idle)
+
+    def sent(self) -> None:
+        self.waiting_for_answer = True
+        self.timer.reschedule(self._loop.time() + self.first_byte)
+
+    def finished(self) -> None:
+        self.timer.reschedule(None)
 
 
 class ProviderAdapter(ABC):
@@ -149,18 +247,28 @@ class ProviderAdapter(ABC):
         self.client = httpx.AsyncClient(
             base_url=config.base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {config.api_key}"},
+            # Only backstops: _exchange's watchdog enforces first-byte and idle itself.
             timeout=httpx.Timeout(
                 connect=config.connect_timeout,
-                read=config.read_timeout,
-                write=config.write_timeout,
+                read=max(config.first_byte_timeout, config.idle_timeout),
+                write=config.idle_timeout,
                 pool=config.pool_timeout,
             ),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_connections,
+            transport=httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=config.max_connections + config.background_connections,
+                    max_keepalive_connections=config.max_connections,
+                ),
+                socket_options=_SOCKET_OPTIONS,
             ),
             follow_redirects=False,
         )
+        self._lanes = {
+            "transfer": _Lane("transfer", config.max_connections, wait=config.pool_timeout),
+            "background": _Lane(
+                "background", config.background_connections, wait=config.pool_timeout
+            ),
+        }
 
     @property
     def mode(self) -> str:
@@ -292,8 +400,10 @@ class ProviderAdapter(ABC):
             self.breaker.guard() if self.breaker is not None else nullcontext()
         )
         observation = self.observe(operation) if observed else nullcontext()
-        async with guard:
-            with observation:
+        lane = self._lanes["transfer" if operation in TRANSFER_OPERATIONS else "background"]
+        # A full lane is the gateway's own limit, not a provider fault: outside the breaker.
+        with observation:
+            async with lane.slot(self.name), guard:
                 if deadline is None:
                     return await attempt()
                 timer = asyncio.timeout_at(deadline)
@@ -341,17 +451,25 @@ class ProviderAdapter(ABC):
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One call from a subclass's own observe() block, behind the breaker and retries."""
-        if self.breaker is None and self.retry_policy is None:
-            return await self._exchange(method, url, **kwargs)
         operation = _OPERATION.get() or method.lower()
         return await self._call(
             operation, lambda: self._exchange(method, url, **kwargs), observed=False
         )
 
     async def _exchange(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One HTTP exchange, with transport failures and error statuses mapped."""
+        """One HTTP exchange, cut when it stalls, with transport failures and statuses mapped."""
+        request = self.client.build_request(method, url, **kwargs)
+        timer = asyncio.timeout(None)
         try:
-            response = await self.client.request(method, url, **kwargs)
+            async with timer:
+                watchdog = _Watchdog(
+                    timer, first_byte=self.config.first_byte_timeout, idle=self.config.idle_timeout
+                )
+                response = await self._send_watched(request, watchdog)
+        except TimeoutError as exc:
+            if not timer.expired():
+                raise
+            raise self._stalled(watchdog) from exc
         except httpx.TimeoutException as exc:
             raise ProviderUnavailable(
                 f"{self.name} did not answer in time; try again later.",
@@ -372,6 +490,33 @@ class ProviderAdapter(ABC):
                 provider=self.name,
             )
         return response
+
+    async def _send_watched(self, request: httpx.Request, watchdog: _Watchdog) -> httpx.Response:
+        """Send `request` and read the whole response, reporting every chunk to `watchdog`."""
+        if not isinstance(request.stream, httpx.AsyncByteStream):
+            raise TypeError("provider requests need an async body stream")
+        request.stream = _Tapped(request.stream, watchdog.moved, watchdog.sent)
+        response = await self.client.send(request, stream=True)
+        watchdog.moved()
+        try:
+            if not isinstance(response.stream, httpx.AsyncByteStream):
+                raise TypeError("provider responses need an async body stream")
+            response.stream = _Tapped(response.stream, watchdog.moved, watchdog.finished)
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    def _stalled(self, watchdog: _Watchdog) -> ProviderUnavailable:
+        if watchdog.waiting_for_answer:
+            what = f"did not start answering within {watchdog.first_byte:g}s"
+        else:
+            what = f"moved no data for {watchdog.idle:g}s"
+        return ProviderUnavailable(
+            f"{self.name} {what}; try again later.",
+            provider=self.name,
+            code="provider_timeout",
+        )
 
     def native_purpose(self, purpose: str) -> str:
         """The provider-native purpose for a gateway purpose; native names pass through."""

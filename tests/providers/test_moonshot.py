@@ -277,7 +277,9 @@ async def test_hang_fault_times_out(
     moonshot_base_url: str, sandbox_server: str, recorder: Recorder
 ) -> None:
     fault(sandbox_server, PROVIDER, hang=True)
-    adapter = make_adapter(MoonshotAdapter, moonshot_base_url, observer=recorder, read_timeout=0.3)
+    adapter = make_adapter(
+        MoonshotAdapter, moonshot_base_url, observer=recorder, first_byte_timeout=0.3
+    )
     try:
         with pytest.raises(ProviderUnavailable) as caught:
             await adapter.list()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,7 +14,7 @@ from sqlalchemy import select
 
 from app.core.config import Settings
 from app.main import create_app
-from app.models import File, FileStatus
+from app.models import File, FileStatus, Job, JobState
 from app.services.worker import Worker
 from tests.api.test_files import upload
 from tests.conftest import REDIS_URL, Gateway
@@ -274,3 +275,120 @@ async def test_a_pending_upload_names_every_reason_and_when_to_retry(
     assert body["providers"] == []
     events = (await client.get(f"/v1/files/{body['id']}/events")).json()["data"]
     assert {e["provider"] for e in events if e["to_status"] == "failed"} == {"moonshot", "zai"}
+
+
+# --- a hung provider: detected in seconds, `auto` falls back, jobs fail their run cleanly -----
+
+
+@pytest.fixture
+def hang_settings(settings: Settings) -> Settings:
+    """A first-byte timeout small enough to test (the default is 10 s)."""
+    settings.provider_first_byte_timeout = 1.0
+    return settings
+
+
+@asynccontextmanager
+async def _hung_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        gateway = Gateway(app=app, sandbox_url=settings.sandbox_url.removesuffix("/sandbox"))
+        await gateway.sandbox_fault("moonshot", hang=True, operations=["upload", "list"])
+        try:
+            yield gateway
+        finally:
+            async with httpx.AsyncClient() as c:  # release whatever still hangs
+                await c.delete(f"{gateway.sandbox_url}/sandbox/moonshot/_faults")
+
+
+async def test_an_auto_upload_falls_back_from_a_hung_provider_within_seconds(
+    hang_settings: Settings,
+) -> None:
+    async with _hung_gateway(hang_settings) as gateway:
+        async with gateway.client(await gateway.key()) as client:
+            async with asyncio.timeout(10):
+                resp = await upload(client, b"a,b\n1,2\n", filename="t.csv")
+        assert resp.status_code == 200, resp.text
+        assert [p["provider"] for p in resp.json()["providers"] if p["status"] == "active"] == [
+            "zai"
+        ]
+        assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+        await assert_registry_sound(gateway)
+
+
+async def test_concurrent_auto_uploads_against_a_hung_provider_all_land_on_the_other(
+    hang_settings: Settings,
+) -> None:
+    # Fewer connection slots than uploads: the rest must fail over at once, not queue.
+    hang_settings.provider_max_connections = 8
+    async with _hung_gateway(hang_settings) as gateway:
+        async with gateway.client(await gateway.key()) as client:
+            async with asyncio.timeout(15):
+                responses = await asyncio.gather(
+                    *(upload(client, f"n,{i}\n".encode(), filename=f"c{i}.csv") for i in range(20))
+                )
+            admin = await gateway.key("ops", ("admin",))
+            async with gateway.client(admin) as ops:
+                circuit = await breaker_of(ops, "moonshot")
+            calls = (await gateway.sandbox_stats("moonshot"))["calls"]["upload"]
+            later = await upload(client, b"n,later\n", filename="later.csv")
+        assert later.status_code == 200
+        # The open circuit sends later uploads straight to zai.
+        assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == calls
+        for resp in responses:
+            assert resp.status_code == 200, resp.text
+            active = [p["provider"] for p in resp.json()["providers"] if p["status"] == "active"]
+            assert active == ["zai"]
+        assert (await gateway.sandbox_stats("zai"))["files"] == 21
+        # Hung calls are provider faults: enough of them open the circuit.
+        assert circuit["state"] == "open"
+        assert "did not start answering" in circuit["last_error"]
+        await assert_registry_sound(gateway)
+
+
+async def test_a_reconcile_run_during_a_hang_fails_cleanly_and_the_worker_carries_on(
+    hang_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.services import jobs
+
+    hang_settings.retry_max_attempts = 1
+    hang_settings.breaker_reset_seconds = 1.0  # repeated hung runs open the circuit
+    async with _hung_gateway(hang_settings) as gateway:
+        rt = gateway.runtime
+        async with rt.sessionmaker() as session:
+            await jobs.enqueue(
+                session=session,
+                kind=jobs.RECONCILE,
+                payload={"provider": "moonshot"},
+                dedupe_key="reconcile:during-hang",  # not the worker's periodic ones
+            )
+            await session.commit()
+
+        async def job() -> Job:
+            async with rt.sessionmaker() as session:
+                found = await session.scalar(
+                    select(Job).where(Job.dedupe_key == "reconcile:during-hang")
+                )
+                assert found is not None
+                return found
+
+        stop = asyncio.Event()
+        worker = asyncio.create_task(Worker(rt).run(stop))
+        try:
+            async with asyncio.timeout(15):
+                while (await job()).last_error is None:
+                    assert not worker.done(), "the worker died"
+                    await asyncio.sleep(0.05)
+            failed = await job()
+            assert "did not start answering" in (failed.last_error or "")
+            assert failed.state in (JobState.QUEUED, JobState.RUNNING)
+            async with httpx.AsyncClient() as c:
+                await c.delete(f"{gateway.sandbox_url}/sandbox/moonshot/_faults")
+            async with asyncio.timeout(15):
+                while (await job()).state != JobState.DONE:
+                    assert not worker.done(), "the worker died"
+                    await asyncio.sleep(0.05)
+            assert not worker.done()
+        finally:
+            stop.set()
+            await worker
+        assert "will be retried" in caplog.text
