@@ -25,6 +25,7 @@ PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("FILEGATE_TEST_REDIS_URL")
 TEST_SECRET = "test-secret-key-for-hmac-0123456789"
 TABLES = (
+    "deployment",
     "sandbox_instances",
     "idempotency_keys",
     "jobs",

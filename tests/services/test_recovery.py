@@ -140,23 +140,24 @@ async def test_reconciliation_adopts_upload_whose_commit_was_lost(
         assert file is not None
         placed = await rt.providers.adapter("moonshot").upload(
             path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
-            filename=provider_filename(file),
+            filename=provider_filename(file, tag=await rt.deployment.tag()),
             purpose="file-extract",
             content_type="text/plain",
         )
-        # and one orphan of a file the registry never kept
-        ghost = await rt.providers.adapter("moonshot").upload(
-            path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
-            filename="file-" + "Q" * 24 + "__ghost.txt",
-            purpose="file-extract",
-            content_type="text/plain",
-        )
-        stranger = await rt.providers.adapter("moonshot").upload(
-            path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
-            filename="not-ours.txt",
-            purpose="file-extract",
-            content_type="text/plain",
-        )
+        blob_path = rt.blob_store.local_path(rt.blob_store.key_for(file.sha256))
+
+        async def put(filename: str) -> str:
+            placed = await rt.providers.adapter("moonshot").upload(
+                path=blob_path, filename=filename, purpose="file-extract", content_type="text/plain"
+            )
+            return placed.id
+
+        # an orphan of ours (our tag) naming a file the registry never kept
+        ghost = await put(f"file-{'Q' * 24}.{await rt.deployment.tag()}__ghost.txt")
+        # the same without a tag: the id is not in this registry, so it is not ours to judge
+        untagged = await put(f"file-{'Q' * 24}__ghost.txt")
+        other_deployment = await put(f"file-{'Q' * 24}.{'z' * 10}__ghost.txt")
+        stranger = await put("not-ours.txt")
         await session.execute(select(Job))  # keep session open across the await above
     rt.settings.orphan_grace_seconds = 0
     async with rt.sessionmaker() as session:
@@ -178,12 +179,14 @@ async def test_reconciliation_adopts_upload_whose_commit_was_lost(
             )
         ).json()["data"]
     ids = {f["id"] for f in listing}
-    assert placed.id in ids and stranger.id in ids and ghost.id not in ids
+    assert placed.id in ids and ghost not in ids
+    assert {stranger, untagged, other_deployment} <= ids
     async with httpx.AsyncClient() as c:
-        await c.delete(
-            f"{gateway.sandbox_url}/sandbox/moonshot/v1/files/{stranger.id}",
-            headers={"Authorization": "Bearer sk-x"},
-        )
+        for foreign in (stranger, untagged, other_deployment):
+            await c.delete(
+                f"{gateway.sandbox_url}/sandbox/moonshot/v1/files/{foreign}",
+                headers={"Authorization": "Bearer sk-x"},
+            )
     await assert_registry_sound(gateway, reconciled=True)
 
 
@@ -347,7 +350,7 @@ async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
         await session.commit()
         placed = await rt.providers.adapter("moonshot").upload(
             path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
-            filename=provider_filename(file),
+            filename=provider_filename(file, tag=await rt.deployment.tag()),
             purpose="file-extract",
             content_type="text/plain",
         )
