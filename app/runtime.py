@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import ConfigError, Settings
@@ -22,6 +23,7 @@ from app.providers.breakers import BreakerBoard
 from app.providers.retry import RetryPolicy
 from app.services import audit, jobs
 from app.services.audit import RefusalThrottle
+from app.services.deployment import DeploymentIdentity, DeploymentTagInvalid
 from app.services.keys import KeyRecord
 from app.services.placement import ProviderHub
 from app.storage.blobs import LocalBlobStore
@@ -43,6 +45,7 @@ class Runtime:
     providers: ProviderHub
     metrics: GatewayMetrics
     redis: Redis | None
+    deployment: DeploymentIdentity
     key_cache: dict[str, tuple[float, KeyRecord | None]]
     key_touched: dict[str, float] = field(default_factory=dict)
     jwt: JWTVerifier | None = None
@@ -143,6 +146,19 @@ async def _record_suppressed_refusals(runtime: Runtime) -> None:
         log.warning("could not record %d throttled-refusal summaries", len(summaries))
 
 
+async def _load_deployment(deployment: DeploymentIdentity) -> None:
+    """Read this registry's deployment tag now, or at first use if the database is not ready."""
+    # A replica may start before another has migrated; it must not fail for that.
+    try:
+        tag = await deployment.tag()
+    except DeploymentTagInvalid as exc:
+        raise ConfigError(f"invalid registry: {exc}") from None
+    except SQLAlchemyError as exc:
+        log.warning("deployment tag unread at start-up (%s): read at first use", type(exc).__name__)
+        return
+    log.info("deployment tag %s", tag)
+
+
 @asynccontextmanager
 async def build_runtime(
     settings: Settings, *, metrics: GatewayMetrics, own_sandbox: bool = False
@@ -212,6 +228,7 @@ async def _build_runtime(
         providers=hub,
         metrics=metrics,
         redis=redis,
+        deployment=DeploymentIdentity(sessionmaker),
         key_cache={},
         jwt=jwt,
         rate_limiter=build_rate_limiter(redis),
@@ -220,6 +237,7 @@ async def _build_runtime(
         sandbox_url=sandbox_url if any(cfg.sandbox for cfg in configs) else None,
         sandbox_in_process=in_process,
     )
+    await _load_deployment(runtime.deployment)
     try:
         yield runtime
     finally:

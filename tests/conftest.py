@@ -25,6 +25,7 @@ PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("FILEGATE_TEST_REDIS_URL")
 TEST_SECRET = "test-secret-key-for-hmac-0123456789"
 TABLES = (
+    "deployment",
     "sandbox_instances",
     "idempotency_keys",
     "jobs",
@@ -124,6 +125,47 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         path = tmp_path / "filegate.db"
         shutil.copy(template, path)
         yield f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def pg_peer_url(pg_url: str) -> str:
+    """A second PostgreSQL database beside the test one, migrated: another deployment's."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url)
+    peer = url.set(database=f"{url.database}_peer")
+    admin = create_engine(sync_url(pg_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        found = conn.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": peer.database}
+        ).scalar()
+        if not found:
+            conn.execute(text(f'CREATE DATABASE "{peer.database}"'))
+    admin.dispose()
+    peer_url = peer.render_as_string(hide_password=False)
+    engine = create_engine(sync_url(peer_url))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    upgrade(peer_url)
+    return peer_url
+
+
+@pytest.fixture
+def peer_database_url(
+    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """Another migrated, empty database of the same backend as `database_url`."""
+    if database_url.startswith("sqlite"):
+        path = tmp_path / "peer.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    url = request.getfixturevalue("pg_peer_url")
+    _truncate(url)
+    yield url
+    _truncate(url)
 
 
 @pytest.fixture

@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     job_backoff_max: float = Field(default=300.0, gt=0)
     reconcile_interval_seconds: float = Field(default=300.0, gt=0)
     orphan_grace_seconds: float = Field(default=900.0, ge=0)
+    reconcile_max_deletions: int = Field(default=25, ge=0)
     health_check_interval_seconds: float = Field(default=3600.0, gt=0)
     expiry_interval_seconds: float = Field(default=60.0, gt=0)
     storage_sweep_interval_seconds: float = Field(default=3600.0, gt=0)

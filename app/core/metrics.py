@@ -77,6 +77,24 @@ class GatewayMetrics:
             ["provider", "kind"],
             registry=self.registry,
         )
+        self.reconcile_foreign = Gauge(
+            "filegate_reconcile_foreign_files",
+            "Provider files of another deployment (or none) seen by the last reconciliation.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.reconcile_deletions_capped = Counter(
+            "filegate_reconcile_deletions_capped_total",
+            "Orphan deletions held back by FILEGATE_RECONCILE_MAX_DELETIONS.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.reconcile_deletions_held = Gauge(
+            "filegate_reconcile_deletions_held",
+            "Orphan deletions the last reconciliation held back at its cap (alert when > 0).",
+            ["provider"],
+            registry=self.registry,
+        )
         self.breaker_state = Gauge(
             "filegate_breaker_state",
             "Circuit breaker state per provider (0 closed, 1 half-open, 2 open).",

@@ -227,3 +227,14 @@ class SandboxInstance(Base):
     sandbox: Mapped[str] = mapped_column(String(500), primary_key=True)
     instance_id: Mapped[str] = mapped_column(String(64))
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Deployment(Base):
+    """This registry's deployment tag: drawn once, carried by every provider-side name it writes."""
+
+    __tablename__ = "deployment"
+
+    # One row, under a fixed key, so processes starting together settle on one tag.
+    key: Mapped[str] = mapped_column(String(20), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(16), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

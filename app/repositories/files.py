@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -183,6 +183,37 @@ class FileRepository:
         )
         return (await self.session.execute(stmt)).scalars().all()
 
+    async def copy_holding(self, provider_file_id: str, *, provider: str) -> bool:
+        """Whether a copy not deleted refers to this provider file."""
+        stmt = select(
+            exists().where(
+                ProviderCopy.provider == provider,
+                ProviderCopy.provider_file_id == provider_file_id,
+                ProviderCopy.status != ProviderCopyStatus.DELETED,
+            )
+        )
+        return bool((await self.session.execute(stmt)).scalar())
+
+    async def copies_of_on(self, file_ids: Iterable[str], *, provider: str) -> list[ProviderCopy]:
+        """The copies (any status) of `file_ids` on `provider`."""
+        found: list[ProviderCopy] = []
+        for chunk in _chunks(file_ids):
+            stmt = (
+                select(ProviderCopy)
+                .where(ProviderCopy.provider == provider, ProviderCopy.file_id.in_(chunk))
+                .execution_options(populate_existing=True)
+            )
+            found.extend((await self.session.execute(stmt)).scalars())
+        return found
+
+    async def files_by_id(self, file_ids: Iterable[str]) -> list[File]:
+        """The files (deleted ones too) among `file_ids`."""
+        found: list[File] = []
+        for chunk in _chunks(file_ids):
+            stmt = select(File).where(File.id.in_(chunk)).execution_options(populate_existing=True)
+            found.extend((await self.session.execute(stmt)).scalars())
+        return found
+
     async def with_active_copy_on(self, providers: Sequence[str]) -> list[str]:
         """Ids of live files with an active copy on any of `providers`."""
         stmt = (
@@ -337,6 +368,13 @@ class FileRepository:
 
 
 LIVE_STATUSES = (FileStatus.UPLOADED, FileStatus.PROCESSED, FileStatus.PENDING)
+
+
+def _chunks(values: Iterable[str], size: int = 500) -> Iterator[list[str]]:
+    """Keep IN lists well below every backend's bound-parameter limit."""
+    ordered = sorted(set(values))
+    for start in range(0, len(ordered), size):
+        yield ordered[start : start + size]
 
 
 def _read_view_statement() -> Select[Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,11 +21,13 @@ from app.providers.base import ProviderAdapter, PurposeRule
 from app.repositories.files import FileRepository
 from app.services import audit, jobs
 from app.services.context import CallContext
+from app.services.deployment import TAG_ALPHABET, TAG_LENGTH
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
 
 PROVIDER_FILENAME_MAX = 255
+FILE_ID_LENGTH = 29
 
 
 @dataclass(frozen=True)
@@ -96,17 +98,63 @@ class ProviderHub:
             await adapter.aclose()
 
 
-def provider_filename(file: File) -> str:
-    """The name a copy gets at the provider: it carries the file id, so orphans are recognisable."""
-    return f"{file.id}__{file.filename}"[:PROVIDER_FILENAME_MAX]
+@dataclass(frozen=True)
+class ProviderName:
+    """What a provider-side filename says about its writer: a file id, and a tag if it has one."""
+
+    file_id: str
+    tag: str | None  # None: the untagged format written before deployment tags
 
 
-def file_id_from_provider_name(name: str) -> str | None:
-    """The gateway file id a provider-side filename was given by provider_filename, if any."""
+def provider_filename(file: File, *, tag: str) -> str:
+    """`<file id>.<deployment tag>__<original name>`: the head is never cut, the extension kept."""
+    head = f"{file.id}.{tag}__"
+    return head + _shortened(file.filename, PROVIDER_FILENAME_MAX - len(head))
+
+
+def _shortened(name: str, room: int) -> str:
+    """`name` within `room` characters, cutting the stem so providers still see the extension."""
+    if len(name) <= room:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if dot and stem and len(ext) + 1 < room:
+        return stem[: room - len(ext) - 1] + "." + ext
+    return name[:room]
+
+
+def parse_provider_name(name: str) -> ProviderName | None:
+    """The file id and tag in a name given by provider_filename (or its untagged predecessor)."""
     head, sep, _ = name.partition("__")
-    if sep and head.startswith("file-") and len(head) == 29:
-        return head
+    if not sep:
+        return None
+    file_id, dot, tag = head.partition(".")
+    if not _is_file_id(file_id):
+        return None
+    if not dot:
+        return ProviderName(file_id, None)
+    if len(tag) == TAG_LENGTH and all(ch in TAG_ALPHABET for ch in tag):
+        return ProviderName(file_id, tag)
     return None
+
+
+def file_id_from_provider_name(name: str, *, tag: str, registered: Container[str]) -> str | None:
+    """The file id of a provider file this deployment wrote; None for anything else's."""
+    # Untagged names predate tags: ours only if the registry holds that file id.
+    parsed = parse_provider_name(name)
+    if parsed is None:
+        return None
+    if parsed.tag == tag or (parsed.tag is None and parsed.file_id in registered):
+        return parsed.file_id
+    return None
+
+
+def _is_file_id(value: str) -> bool:
+    return (
+        len(value) == FILE_ID_LENGTH
+        and value.startswith("file-")
+        and value[5:].isascii()
+        and value[5:].isalnum()
+    )
 
 
 @dataclass
@@ -154,6 +202,7 @@ async def place(
             f"The stored content of {file.id} failed its integrity check; it is not pushed again."
         )
     blob_path = rt.blob_store.local_path(blob.storage_key)
+    tag = await rt.deployment.tag()
     for index, target in enumerate(targets):
         adapter = rt.providers.adapter(target.provider)
         paused_for = await adapter.paused_for()
@@ -174,7 +223,7 @@ async def place(
         try:
             result = await adapter.upload(
                 path=blob_path,
-                filename=provider_filename(file),
+                filename=provider_filename(file, tag=tag),
                 purpose=target.rule.native,
                 content_type=file.content_type,
             )

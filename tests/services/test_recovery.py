@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
 from datetime import timedelta
 
 import httpx
+import pytest
 from sqlalchemy import select
 
+from app.core.config import Settings
 from app.core.db import utcnow
+from app.main import create_app
 from app.models import File, Job, ProviderCopy
+from app.services import jobs
 from app.services.placement import provider_filename
 from app.services.worker import Worker
 from tests.api.test_files import upload
@@ -140,23 +147,24 @@ async def test_reconciliation_adopts_upload_whose_commit_was_lost(
         assert file is not None
         placed = await rt.providers.adapter("moonshot").upload(
             path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
-            filename=provider_filename(file),
+            filename=provider_filename(file, tag=await rt.deployment.tag()),
             purpose="file-extract",
             content_type="text/plain",
         )
-        # and one orphan of a file the registry never kept
-        ghost = await rt.providers.adapter("moonshot").upload(
-            path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
-            filename="file-" + "Q" * 24 + "__ghost.txt",
-            purpose="file-extract",
-            content_type="text/plain",
-        )
-        stranger = await rt.providers.adapter("moonshot").upload(
-            path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
-            filename="not-ours.txt",
-            purpose="file-extract",
-            content_type="text/plain",
-        )
+        blob_path = rt.blob_store.local_path(rt.blob_store.key_for(file.sha256))
+
+        async def put(filename: str) -> str:
+            placed = await rt.providers.adapter("moonshot").upload(
+                path=blob_path, filename=filename, purpose="file-extract", content_type="text/plain"
+            )
+            return placed.id
+
+        # an orphan of ours (our tag) naming a file the registry never kept
+        ghost = await put(f"file-{'Q' * 24}.{await rt.deployment.tag()}__ghost.txt")
+        # the same without a tag: the id is not in this registry, so it is not ours to judge
+        untagged = await put(f"file-{'Q' * 24}__ghost.txt")
+        other_deployment = await put(f"file-{'Q' * 24}.{'z' * 10}__ghost.txt")
+        stranger = await put("not-ours.txt")
         await session.execute(select(Job))  # keep session open across the await above
     rt.settings.orphan_grace_seconds = 0
     async with rt.sessionmaker() as session:
@@ -178,12 +186,14 @@ async def test_reconciliation_adopts_upload_whose_commit_was_lost(
             )
         ).json()["data"]
     ids = {f["id"] for f in listing}
-    assert placed.id in ids and stranger.id in ids and ghost.id not in ids
+    assert placed.id in ids and ghost not in ids
+    assert {stranger, untagged, other_deployment} <= ids
     async with httpx.AsyncClient() as c:
-        await c.delete(
-            f"{gateway.sandbox_url}/sandbox/moonshot/v1/files/{stranger.id}",
-            headers={"Authorization": "Bearer sk-x"},
-        )
+        for foreign in (stranger, untagged, other_deployment):
+            await c.delete(
+                f"{gateway.sandbox_url}/sandbox/moonshot/v1/files/{foreign}",
+                headers={"Authorization": "Bearer sk-x"},
+            )
     await assert_registry_sound(gateway, reconciled=True)
 
 
@@ -347,7 +357,7 @@ async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
         await session.commit()
         placed = await rt.providers.adapter("moonshot").upload(
             path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
-            filename=provider_filename(file),
+            filename=provider_filename(file, tag=await rt.deployment.tag()),
             purpose="file-extract",
             content_type="text/plain",
         )
@@ -365,4 +375,160 @@ async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
     active = [(p["provider"], p["provider_file_id"]) for p in after["providers"]]
     assert ("moonshot", placed.id) in active
     assert after["status"] == "processed"
+    await assert_registry_sound(gateway, reconciled=True)
+
+
+@asynccontextmanager
+async def deployment(settings: Settings, database_url: str, name: str) -> AsyncIterator[Gateway]:
+    """Another gateway with a registry of its own, on the same sandbox provider accounts."""
+    # Built afresh, not model_copy: derived settings are cached on the instance.
+    own = Settings.model_validate(
+        {
+            **settings.model_dump(),
+            "database_url": database_url,
+            "data_dir": settings.data_dir.parent / name,
+        }
+    )
+    app = create_app(own)
+    async with app.router.lifespan_context(app):
+        yield Gateway(app=app, sandbox_url=str(settings.sandbox_url).removesuffix("/sandbox"))
+
+
+async def reconcile(gateway: Gateway, *providers: str) -> None:
+    async with gateway.runtime.sessionmaker() as session:
+        for provider in providers:
+            await jobs.enqueue(session=session, kind=jobs.RECONCILE, payload={"provider": provider})
+        await session.commit()
+    await drain(gateway)
+
+
+async def sandbox_names(gateway: Gateway, provider: str) -> dict[str, str]:
+    """Provider file id -> name, as the provider lists them."""
+    return {f.id: f.filename for f in await gateway.runtime.providers.adapter(provider).list()}
+
+
+def sample(gateway: Gateway, name: str, provider: str) -> float:
+    value = gateway.runtime.metrics.registry.get_sample_value(name, {"provider": provider})
+    return float(value or 0.0)
+
+
+async def test_deployment_tag_survives_restarts_and_differs_between_registries(
+    settings: Settings, peer_database_url: str
+) -> None:
+    tags = []
+    for url in (settings.database_url, settings.database_url, peer_database_url):
+        async with deployment(settings, url, "d") as gw:
+            tags.append(await gw.runtime.deployment.tag())
+    assert tags[0] == tags[1] != tags[2]
+    assert all(len(t) == 10 and t.isalnum() and t == t.lower() for t in tags)
+
+
+async def test_provider_names_carry_the_tag_and_keep_the_extension(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    tag = await gateway.runtime.deployment.tag()
+    long_name = "quarterly figures " * 13 + ".csv"  # 238 characters: the head pushes it over
+    body = (await upload(client, b"a,b\n1,2\n", filename=long_name, provider="zai")).json()
+    assert body["status"] == "processed" and body["filename"] == long_name
+    [name] = (await sandbox_names(gateway, "zai")).values()
+    assert name.startswith(f"{body['id']}.{tag}__quarterly figures")
+    assert name.endswith(".csv") and len(name) <= 255
+
+
+async def test_two_deployments_on_one_account_never_delete_each_others_copies(
+    gateway: Gateway, client: httpx.AsyncClient, settings: Settings, peer_database_url: str
+) -> None:
+    rt = gateway.runtime
+    rt.settings.orphan_grace_seconds = 0  # the worst case: anything judged an orphan goes now
+    ours = [
+        (await upload(client, f"a,{i}\n".encode(), filename=f"o{i}.csv")).json() for i in range(6)
+    ]
+    for body in ours[:2]:
+        copied = await client.post(f"/v1/files/{body['id']}/providers", json={"provider": "zai"})
+        assert copied.status_code == 200, copied.text
+    # A copy of ours written before tags existed: the registry holds its id, so it is adopted.
+    async with rt.sessionmaker() as session:
+        legacy = await session.get(File, ours[5]["id"])
+        copy = (
+            await session.execute(select(ProviderCopy).where(ProviderCopy.file_id == ours[5]["id"]))
+        ).scalar_one()
+        assert legacy is not None
+        await rt.providers.adapter("moonshot").delete(str(copy.provider_file_id))
+        copy.status, copy.provider_file_id = "placing", None
+        await session.commit()
+        untagged = await rt.providers.adapter("moonshot").upload(
+            path=rt.blob_store.local_path(rt.blob_store.key_for(legacy.sha256)),
+            filename=f"{legacy.id}__{legacy.filename}",
+            purpose="file-extract",
+            content_type="text/plain",
+        )
+    async with deployment(settings, peer_database_url, "peer") as peer:
+        peer.runtime.settings.orphan_grace_seconds = 0
+        async with peer.client(await peer.key()) as peer_client:
+            theirs = [
+                (await upload(peer_client, f"b,{i}\n".encode(), filename=f"t{i}.csv")).json()
+                for i in range(5)
+            ]
+            copied = await peer_client.post(
+                f"/v1/files/{theirs[0]['id']}/providers", json={"provider": "zai"}
+            )
+            assert copied.status_code == 200, copied.text
+        before = {p: await sandbox_names(gateway, p) for p in ("moonshot", "zai")}
+        assert len(before["moonshot"]) == 11 and len(before["zai"]) == 3
+        for _ in range(2):
+            await reconcile(peer, "moonshot", "zai")
+            await reconcile(gateway, "moonshot", "zai")
+        after = {p: await sandbox_names(gateway, p) for p in ("moonshot", "zai")}
+        assert after == before
+        # Each saw the other's files as foreign; the legacy name only the peer did.
+        assert sample(gateway, "filegate_reconcile_foreign_files", "moonshot") == 5
+        assert sample(peer, "filegate_reconcile_foreign_files", "moonshot") == 6
+        assert sample(peer, "filegate_reconcile_foreign_files", "zai") == 2
+        for gw, c, bodies in ((gateway, client, ours), (peer, None, theirs)):
+            async with gw.client(await gw.key()) if c is None else nullcontext(c) as cl:
+                for body in bodies:
+                    got = (await cl.get(f"/v1/files/{body['id']}")).json()
+                    assert got["status"] == "processed"
+                    assert any(p["status"] == "active" for p in got["providers"])
+        adopted = (await client.get(f"/v1/files/{ours[5]['id']}")).json()
+        assert [p["provider_file_id"] for p in adopted["providers"]] == [untagged.id]
+        await assert_registry_sound(gateway, reconciled=True, sharing=[peer])
+        await assert_registry_sound(peer, reconciled=True, sharing=[gateway])
+
+
+async def test_a_run_with_many_true_orphans_deletes_at_most_the_cap(
+    gateway: Gateway, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt = gateway.runtime
+    rt.settings.orphan_grace_seconds = 0
+    rt.settings.reconcile_max_deletions = 10
+    kept = (await upload(client, b"registered\n")).json()
+    tag = await rt.deployment.tag()
+    source = rt.settings.data_dir / "orphan.txt"
+    source.write_bytes(b"orphan bytes\n")
+    # Ours by tag, unknown to the registry: what a registry restored from an old backup sees.
+    for i in range(34):
+        await rt.providers.adapter("moonshot").upload(
+            path=source,
+            filename=f"file-{'R' * 22}{i:02d}.{tag}__lost.txt",
+            purpose="file-extract",
+            content_type="text/plain",
+        )
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 35
+    with caplog.at_level(logging.WARNING, logger="filegate.recovery"):
+        await reconcile(gateway, "moonshot")
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 25
+    assert sample(gateway, "filegate_reconcile_deletions_held", "moonshot") == 24
+    assert sample(gateway, "filegate_reconcile_deletions_capped_total", "moonshot") == 24
+    warnings = [r for r in caplog.records if "held back" in r.getMessage()]
+    assert len(warnings) == 1 and "FILEGATE_RECONCILE_MAX_DELETIONS" in warnings[0].getMessage()
+    await reconcile(gateway, "moonshot")
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 15
+    assert sample(gateway, "filegate_reconcile_deletions_held", "moonshot") == 14
+    assert sample(gateway, "filegate_reconcile_deletions_capped_total", "moonshot") == 38
+    rt.settings.reconcile_max_deletions = 100
+    await reconcile(gateway, "moonshot")
+    assert sample(gateway, "filegate_reconcile_deletions_held", "moonshot") == 0
+    listed = await sandbox_names(gateway, "moonshot")
+    assert list(listed) == [kept["providers"][0]["provider_file_id"]]
     await assert_registry_sound(gateway, reconciled=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 
 from sqlalchemy import select
 
@@ -11,13 +12,19 @@ from app.models import Blob, File, ProviderCopy
 from tests.conftest import Gateway
 
 
-async def assert_registry_sound(gateway: Gateway, *, reconciled: bool = False) -> None:
-    """Every live file has a blob that re-hashes right and at most one live copy per provider."""
+async def assert_registry_sound(
+    gateway: Gateway, *, reconciled: bool = False, sharing: Sequence[Gateway] = ()
+) -> None:
+    """Every live file has a blob that re-hashes right and at most one live copy per provider.
+
+    `sharing`: other deployments on the same provider accounts, whose copies count there too.
+    """
     rt = gateway.runtime
     async with rt.sessionmaker() as session:
         files = (await session.execute(select(File))).scalars().all()
         blobs = {b.sha256: b for b in (await session.execute(select(Blob))).scalars()}
         copies = (await session.execute(select(ProviderCopy))).scalars().all()
+    others = [await _live_copies(peer) for peer in sharing]
     for file in files:
         if file.deleted_at is not None:
             continue
@@ -39,8 +46,19 @@ async def assert_registry_sound(gateway: Gateway, *, reconciled: bool = False) -
             if c.provider == provider
             and c.status == "active"
             and any(f.id == c.file_id and f.deleted_at is None for f in files)
-        ]
+        ] + [c for peer in others for c in peer if c.provider == provider]
         if reconciled:
             assert stats["files"] == len(active), (provider, stats["files"], len(active))
         else:
             assert stats["files"] >= len(active), (provider, stats["files"], len(active))
+
+
+async def _live_copies(gateway: Gateway) -> list[ProviderCopy]:
+    """The active copies of live files in one deployment's registry."""
+    async with gateway.runtime.sessionmaker() as session:
+        stmt = (
+            select(ProviderCopy)
+            .join(File, File.id == ProviderCopy.file_id)
+            .where(ProviderCopy.status == "active", File.deleted_at.is_(None))
+        )
+        return list((await session.execute(stmt)).scalars())
