@@ -18,16 +18,18 @@ from app.services.placement import file_id_from_provider_name, parse_provider_na
 ADOPTABLE = frozenset(
     {ProviderCopyStatus.PLACING, ProviderCopyStatus.FAILED, ProviderCopyStatus.MISSING}
 )
-# A provider file named for a copy in these states is never removed by reconciliation.
-PROTECTED = frozenset({ProviderCopyStatus.ACTIVE, ProviderCopyStatus.PLACING})
+# A provider file named for a copy in these states is never removed by reconciliation: an
+# upload may still land (placing). A second file named for an ACTIVE copy is a duplicate
+# (a placement retried after its first upload landed unseen): an orphan once past the grace.
+PROTECTED = frozenset({ProviderCopyStatus.PLACING})
 
 
 class Action(StrEnum):
-    KEEP = "keep"  # the registry's copy, or one named for a copy it still holds or places
+    KEEP = "keep"  # the registry's copy, or one named for a copy it is still placing
     ADOPT = "adopt"  # a landed upload of a copy the registry never saw settle
     REPLACE = "replace"  # an active copy the provider no longer lists, of a live file
     MARK_LOST = "mark_lost"  # the same, of a file that is deleted or expired
-    DELETE_ORPHAN = "delete_orphan"  # ours, nothing in the registry wants it, past the grace
+    DELETE_ORPHAN = "delete_orphan"  # ours, nothing in the registry points at it, past the grace
     WAIT = "wait"  # an orphan still within the grace period
     HOLD = "hold"  # an orphan past the grace, over this run's deletion cap
     LEAVE_FOREIGN = "leave_foreign"  # another deployment's or nobody's: never touched

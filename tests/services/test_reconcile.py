@@ -145,12 +145,12 @@ def test_classify_keeps_its_invariants(world: World) -> None:
         # Never another deployment's file, never one the registry points at.
         assert world.ours(pfile.filename), pfile.filename
         assert d.provider_file_id not in known
-        # Never a file named for a copy the registry holds or is placing.
+        # Never a file named for a copy the registry is placing (it may be that upload); a
+        # second file named for an active copy is a duplicate, and only that goes.
         copy = world.copy_of(str(d.file_id))
-        assert copy is None or copy.status not in (
-            ProviderCopyStatus.ACTIVE,
-            ProviderCopyStatus.PLACING,
-        )
+        assert copy is None or copy.status != ProviderCopyStatus.PLACING
+        if copy is not None and copy.status == ProviderCopyStatus.ACTIVE:
+            assert copy.provider_file_id != d.provider_file_id
         assert NOW.timestamp() - pfile.created_at >= GRACE.total_seconds()
 
     # The cap: never more deletions than it allows; held ones only once it is reached.
@@ -253,3 +253,27 @@ def test_many_true_orphans_are_cut_at_the_cap_oldest_first() -> None:
     deleted = [d.provider_file_id for d in plan.of(Action.DELETE_ORPHAN)]
     assert deleted == [f"p{i:03d}" for i in range(99, 89, -1)]
     assert plan.count(Action.HOLD) == 90
+
+
+def test_a_duplicate_of_an_active_copy_goes_once_past_the_grace() -> None:
+    """A placement retried after its first upload landed unseen leaves two provider files for
+    one copy: the one the registry points at stays, the other is an orphan."""
+    file_id = "file-" + "D" * 24
+    old = int((NOW - 2 * GRACE).timestamp())
+    young = int((NOW - GRACE / 2).timestamp())
+    listing = [
+        ProviderFile("pf-kept", 1, old, f"{file_id}.{OURS}__r.pdf", "file-extract"),
+        ProviderFile("pf-dup-old", 1, old, f"{file_id}.{OURS}__r.pdf", "file-extract"),
+        ProviderFile("pf-dup-young", 1, young, f"{file_id}.{OURS}__r.pdf", "file-extract"),
+    ]
+    registry = RegistryView(
+        files={file_id: RegistryFile(file_id, deleted=False, expires_at=None)},
+        copies=[RegistryCopy(1, file_id, ProviderCopyStatus.ACTIVE, "pf-kept")],
+    )
+    plan = World(listing, registry, max_deletions=10).plan()
+    actions = {d.provider_file_id: d.action for d in plan.decisions}
+    assert actions == {
+        "pf-kept": Action.KEEP,
+        "pf-dup-old": Action.DELETE_ORPHAN,
+        "pf-dup-young": Action.WAIT,
+    }
