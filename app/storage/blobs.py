@@ -142,7 +142,10 @@ class SpoolFile:
 
     def discard(self) -> None:
         if not self._fh.closed:
-            self._fh.close()
+            # Closing flushes what is buffered; on a full disk that fails again, and the
+            # bytes are being thrown away anyway.
+            with contextlib.suppress(OSError):
+                self._fh.close()
         self.path.unlink(missing_ok=True)
 
 
