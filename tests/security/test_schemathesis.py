@@ -29,7 +29,7 @@ from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.main import create_app
 from app.services.keys import issue_key
-from tests.conftest import TEST_SECRET, Gateway
+from tests.conftest import TEST_SECRET, Gateway, _truncate
 
 load_all_checks()
 from schemathesis.checks import (  # noqa: E402 - registered by load_all_checks()
@@ -67,11 +67,11 @@ async def _mint_operator_key(url: str, hmac_key: bytes) -> str:
         await engine.dispose()
 
 
-def _settings(base: Path, sandbox_url: str) -> Settings:
+def _settings(base: Path, sandbox_url: str, database_url: str | None = None) -> Settings:
     return Settings(
         env="test",
         data_dir=base / "data",
-        database_url=f"sqlite+aiosqlite:///{base / 'filegate.db'}",
+        database_url=database_url or f"sqlite+aiosqlite:///{base / 'filegate.db'}",
         redis_url=None,
         secret_key=TEST_SECRET,
         sandbox=True,
@@ -121,14 +121,23 @@ class Api:
         return case, response
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def api(
-    sqlite_template: Path, sandbox_server: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    sqlite_template: Path,
+    sandbox_server: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Api]:
-    """The app on a private SQLite copy, running, with an operator key and one stored file."""
+    """The app on a private SQLite copy or the test PostgreSQL database, running, with an
+    operator (admin) key and one stored file."""
     base = tmp_path_factory.mktemp("schemathesis")
-    shutil.copy(sqlite_template, base / "filegate.db")
-    conf = _settings(base, sandbox_server)
+    database_url = None
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("pg_url")
+        _truncate(database_url)
+    else:
+        shutil.copy(sqlite_template, base / "filegate.db")
+    conf = _settings(base, sandbox_server, database_url)
     with start_blocking_portal() as portal:
         token = portal.call(_mint_operator_key, conf.resolved_database_url, conf.hmac_key())
     app = create_app(conf)
