@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import resource
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,6 +27,7 @@ from app.core.config import Settings
 from app.core.errors import (
     GatewayError,
     HeaderFieldsTooLarge,
+    InvalidRequest,
     RequestTimeout,
     TooManyConnections,
 )
@@ -174,10 +176,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             (b"content-length", str(len(body)).encode("ascii")),
         ]
         headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        # Answered before any app ran, yet with a request id like every other answer.
+        headers.append((b"x-request-id", uuid.uuid4().hex.encode("ascii")))
         for name, value in headers:
             head += [name, b": ", value, b"\r\n"]
         self.transport.write(b"".join([*head, b"\r\n", body]))
         self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """Bytes that are not HTTP/1.1: the envelope, not the server's plain text."""
+        self.refuse(
+            InvalidRequest("The request is not valid HTTP/1.1.", headers={"Connection": "close"})
+        )
 
     def _idle(self) -> bool:
         return self.cycle is None or self.cycle.response_complete

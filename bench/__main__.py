@@ -58,6 +58,8 @@ from typing import Any
 import httpx
 import psutil
 
+from app.core.config import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench-results"
 MiB = 1024 * 1024
@@ -81,10 +83,10 @@ HANG_RATIO_MAX = 1.2
 AUTH_DELTA_MAX_MS = 1.0
 RECOVERY_GOAL_S = 5.0
 HUNG_FALLBACK_GOAL_S = 5.0
-# The resilience gateway: a hung call is cut after this (production default 10 s), and an
-# open circuit lets one probe through after this (production default 30 s).
-RESILIENCE_FIRST_BYTE_S = 2.0
-RESILIENCE_BREAKER_RESET_S = 2.0
+# The resilience gateway runs the production defaults: a hung call is cut after this, and an
+# open circuit lets one probe through after this.
+RESILIENCE_FIRST_BYTE_S = Settings.model_fields["provider_first_byte_timeout"].default
+RESILIENCE_BREAKER_RESET_S = Settings.model_fields["breaker_reset_seconds"].default
 RECOVERY_OUTAGE_S = 3.0  # how long the provider keeps failing after the last pending upload
 
 # The small-upload rows (fallback, hanging provider): Z.ai file-extract takes .csv up to 50 MiB.
@@ -1008,8 +1010,7 @@ def resilience_phase(
     b.report.notes.append(
         f"resilience: a second gateway with FILEGATE_PROVIDER_FIRST_BYTE_TIMEOUT="
         f"{RESILIENCE_FIRST_BYTE_S:g} and FILEGATE_BREAKER_RESET_SECONDS="
-        f"{RESILIENCE_BREAKER_RESET_S:g} (production defaults 10 and 30: there a hung "
-        f"fallback takes about 10 s and a recovery up to about 30 s); hung fallback runs (s): "
+        f"{RESILIENCE_BREAKER_RESET_S:g} (the production defaults); hung fallback runs (s): "
         f"{' '.join(f'{t:.2f}' for t in fallback)}, moonshot saw {hung_calls} upload calls; "
         f"recovery: {files} provider=moonshot uploads answered 202 while it answered 503, the "
         f"fault held {RECOVERY_OUTAGE_S:g} s more, then cleared; moonshot then held {placed} "

@@ -131,6 +131,7 @@ def assert_envelope(data: bytes, *, status: int, code: str) -> dict[str, Any]:
     assert got_status == status, data[:300]
     assert headers["connection"] == "close"
     assert headers["content-type"].startswith("application/json")
+    assert headers.get("x-request-id")
     error: dict[str, Any] = json.loads(body)["error"]
     assert set(error) == {"message", "type", "code", "param"}
     assert error["code"] == code
@@ -248,6 +249,14 @@ def test_a_head_over_the_cap_is_answered_431(served: Served) -> None:
         sock.sendall(head_of(MAX_HEADER_BYTES + 200))
         data = read_until_closed(sock, within=MARGIN)
     assert_envelope(data, status=431, code="request_header_fields_too_large")
+
+
+def test_bytes_that_are_not_http_are_answered_in_the_envelope(served: Served) -> None:
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"):
+        with served.connect() as sock:
+            sock.sendall(garbage)
+            data = read_until_closed(sock, within=MARGIN)
+        assert_envelope(data, status=400, code="invalid_request")
 
 
 def test_too_many_header_fields_are_answered_431(served: Served) -> None:
