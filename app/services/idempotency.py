@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -19,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import utcnow
 from app.core.errors import Conflict, InvalidRequest, Unprocessable
+from app.core.leases import renewing
 from app.models import IdempotencyKey
 from app.repositories.idempotency import IdempotencyRepository
 
@@ -124,29 +123,17 @@ async def held(
 ) -> AsyncIterator[None]:
     """Keep renewing the claim's lease while the request runs (a third of the lease apart)."""
 
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(lease_seconds / 3)
-            try:
-                async with sessionmaker() as session:
-                    until = utcnow() + timedelta(seconds=lease_seconds)
-                    alive = await IdempotencyRepository(session).renew(
-                        tenant_id=tenant_id, key=key, until=until
-                    )
-                    await session.commit()
-            except Exception as exc:  # the next beat tries again; the run itself goes on
-                log.warning("could not renew an idempotency lease: %s", type(exc).__name__)
-                continue
-            if not alive:
-                return
+    async def renew() -> bool:
+        async with sessionmaker() as session:
+            until = utcnow() + timedelta(seconds=lease_seconds)
+            alive = await IdempotencyRepository(session).renew(
+                tenant_id=tenant_id, key=key, until=until
+            )
+            await session.commit()
+        return alive
 
-    beat = asyncio.ensure_future(renew())
-    try:
+    async with renewing(renew, lease_seconds=lease_seconds, what="an Idempotency-Key claim"):
         yield
-    finally:
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
 
 
 async def finish(

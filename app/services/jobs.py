@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -16,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import utcnow
+from app.core.leases import renewing
 from app.models import Job, JobState
 from app.repositories.jobs import JobRepository
 
@@ -106,29 +105,16 @@ async def holding(
         yield
         return
 
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(lease_seconds / 3)
-            try:
-                async with sessionmaker() as session:
-                    kept = await JobRepository(session).extend_lease(
-                        job=intent.job, worker_id=intent.owner, lease_seconds=lease_seconds
-                    )
-                    await session.commit()
-            except Exception as exc:  # the next beat tries again
-                log.warning("could not renew the lease of job %s: %s", intent.job.id, exc)
-                continue
-            if not kept:
-                log.warning("job %s was taken over while its request ran", intent.job.id)
-                return
+    async def renew() -> bool:
+        async with sessionmaker() as session:
+            kept = await JobRepository(session).extend_lease(
+                job=intent.job, worker_id=intent.owner, lease_seconds=lease_seconds
+            )
+            await session.commit()
+        return kept
 
-    beat = asyncio.ensure_future(renew())
-    try:
+    async with renewing(renew, lease_seconds=lease_seconds, what=f"job {intent.job.id}"):
         yield
-    finally:
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
 
 
 async def end_intent(
