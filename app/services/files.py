@@ -302,12 +302,15 @@ async def _place_new(
     file: File,
     targets: Sequence[Target],
     provider: str,
+    withdrawn: GatewayError | None = None,
 ) -> FileView:
-    """Place a just-claimed file; keep it pending when providers are only failing for now."""
+    """Place a just-claimed file; keep it pending when providers are only failing for now.
+
+    A delete that wins the race answers 404, or `withdrawn` when given."""
     repo = FileRepository(session)
     outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
     if outcome.withdrawn:
-        raise _not_found(file.id)
+        raise withdrawn or _not_found(file.id)
     if outcome.placed_on is None:
         error = outcome.first_error
         if outcome.deferred:
@@ -378,11 +381,7 @@ async def _deduplicated(
         await asyncio.sleep(SETTLE_POLL_SECONDS)
         current = await repo.refresh(file.id)
     if current is None or current.deleted_at is not None:
-        raise ProviderUnavailable(
-            "An identical upload that was in progress failed; retry the upload.",
-            provider="gateway",
-            code="upload_conflict",
-        )
+        raise _joined_file_deleted()
     rt.metrics.dedup_hits.inc()
     if current.expires_at is not None and (expires_at is None or expires_at > current.expires_at):
         # One file serves every upload of it: it lives as long as the longest-lived request.
@@ -396,7 +395,13 @@ async def _deduplicated(
     ):
         # An explicit provider is honoured, and a file that ended in error gets another try.
         view = await _place_new(
-            session=session, rt=rt, ctx=ctx, file=current, targets=targets, provider=provider
+            session=session,
+            rt=rt,
+            ctx=ctx,
+            file=current,
+            targets=targets,
+            provider=provider,
+            withdrawn=_joined_file_deleted(),
         )
         rt.metrics.uploads.labels(_placed_on(view), "created").inc()
         return view
@@ -409,6 +414,15 @@ async def _deduplicated(
         detail="deduplicated",
     )
     return FileView(current, copies)
+
+
+def _joined_file_deleted() -> ProviderUnavailable:
+    """The identical file a duplicate upload joined failed or was deleted meanwhile."""
+    return ProviderUnavailable(
+        "An identical upload that was in progress failed or was deleted; retry the upload.",
+        provider="gateway",
+        code="upload_conflict",
+    )
 
 
 async def collect_blob(*, session: AsyncSession, rt: Runtime, sha256: str) -> bool:

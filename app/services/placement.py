@@ -135,6 +135,9 @@ async def place(
     repo = FileRepository(session)
     outcome = Placement()
     blob = await repo.blob(file.sha256)
+    if blob is None and await _deleted_meanwhile(session=session, file=file):
+        outcome.withdrawn = True  # a delete collected the blob before this placement began
+        return outcome
     if blob is None or blob.corrupt_at is not None:
         raise BlobCorrupt(
             f"The stored content of {file.id} failed its integrity check; it is not pushed again."

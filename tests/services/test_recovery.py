@@ -366,3 +366,32 @@ async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
     assert ("moonshot", placed.id) in active
     assert after["status"] == "processed"
     await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_placing_a_file_whose_blob_a_delete_collected_is_withdrawn(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    # A duplicate upload asking for another provider joins a live file; a delete then takes
+    # the file and its blob before the placement reads it. The upload must not answer 500.
+    from app.services import placement
+    from app.services.context import system_context
+
+    body = (await upload(client, b"joined, then deleted\n", filename="t.csv")).json()
+    rt = gateway.runtime
+    async with rt.sessionmaker() as session:
+        joined = await session.get(File, body["id"])
+        assert joined is not None and joined.deleted_at is None
+        assert (await client.delete(f"/v1/files/{body['id']}")).status_code == 200
+        targets = rt.providers.targets(
+            purpose="file-extract", filename="t.csv", size=joined.bytes, requested="zai"
+        )
+        outcome = await placement.place(
+            session=session,
+            rt=rt,
+            ctx=system_context(tenant_id=joined.tenant_id, task="test"),
+            file=joined,
+            targets=targets,
+        )
+    assert outcome.withdrawn and outcome.placed_on is None
+    assert (await gateway.sandbox_stats("zai"))["calls"]["upload"] == 0
+    await assert_registry_sound(gateway, reconciled=True)
