@@ -480,10 +480,13 @@ async def _retire(
 ) -> None:
     """Remove every provider copy (or queue it), mark the file deleted, collect its blob."""
     file = view.file
+    repo = FileRepository(session)
+    removed: set[int] = set()
     for copy in view.copies:
         if copy.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED):
             await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
-    FileRepository(session).add_event(
+            removed.add(copy.id)
+    repo.add_event(
         file_id=file.id,
         from_status=file.status,
         to_status=FileStatus.DELETED,
@@ -493,7 +496,12 @@ async def _retire(
     file.status = FileStatus.DELETED
     file.deleted_at = utcnow()
     audit.record(session=session, ctx=ctx, action=f"file.{action}", resource=file.id)
+    # The update holds the file row: a placement finishing from now on sees the delete. One
+    # that went live while the copies above were removed is removed here as well.
     await session.flush()
+    for copy in (await repo.copies_for([file.id]))[file.id]:
+        if copy.id not in removed and copy.status == ProviderCopyStatus.ACTIVE:
+            await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
     await collect_blob(session=session, rt=rt, sha256=file.sha256)
 
 

@@ -191,7 +191,8 @@ async def place(
             )
             await session.commit()
             continue
-        if await _deleted_meanwhile(session=session, file=file):
+        # Locked until _activate commits, so a delete either sees the new copy or is seen.
+        if await _deleted_meanwhile(session=session, file=file, lock=True):
             await _discard_late_copy(
                 session=session, adapter=adapter, ctx=ctx, copy=copy, provider_file_id=result.id
             )
@@ -203,8 +204,8 @@ async def place(
     return outcome
 
 
-async def _deleted_meanwhile(*, session: AsyncSession, file: File) -> bool:
-    current = await FileRepository(session).refresh(file.id)
+async def _deleted_meanwhile(*, session: AsyncSession, file: File, lock: bool = False) -> bool:
+    current = await FileRepository(session).refresh(file.id, lock=lock)
     return current is None or current.deleted_at is not None
 
 

@@ -395,3 +395,36 @@ async def test_placing_a_file_whose_blob_a_delete_collected_is_withdrawn(
     assert outcome.withdrawn and outcome.placed_on is None
     assert (await gateway.sandbox_stats("zai"))["calls"]["upload"] == 0
     await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_copy_placed_while_a_delete_runs_is_deleted_with_the_file(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    # The delete reads the copies, then waits on a slow provider; meanwhile a copy goes live
+    # on the other provider. The finished delete must take that copy too.
+    import asyncio
+
+    body = (await upload(client, b"copied during a delete\n", filename="t.csv")).json()
+    await gateway.sandbox_fault(
+        "moonshot", status=None, latency_ms=1500, rate=1.0, operations=["delete"]
+    )
+    deleting = asyncio.ensure_future(client.delete(f"/v1/files/{body['id']}"))
+    for _ in range(200):
+        if (await gateway.sandbox_stats("moonshot"))["calls"]["delete"]:
+            break
+        await asyncio.sleep(0.01)
+    copied = await client.post(f"/v1/files/{body['id']}/providers", json={"provider": "zai"})
+    assert copied.status_code == 200, copied.text
+    assert (await deleting).status_code == 200
+    await clear_faults(gateway)
+    await drain(gateway)
+    assert (await gateway.sandbox_stats("zai"))["files"] == 0
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 0
+    async with gateway.runtime.sessionmaker() as session:
+        copies = (
+            (await session.execute(select(ProviderCopy).where(ProviderCopy.file_id == body["id"])))
+            .scalars()
+            .all()
+        )
+    assert {c.provider: c.status for c in copies} == {"moonshot": "deleted", "zai": "deleted"}
+    await assert_registry_sound(gateway, reconciled=True)
