@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import (
@@ -261,14 +262,24 @@ async def _intent(
     repo = FileRepository(session)
     copy = await repo.copy_for(file_id=file.id, provider=target.provider)
     if copy is None:
-        copy = ProviderCopy(
+        fresh = ProviderCopy(
             file_id=file.id,
             provider=target.provider,
             native_purpose=target.rule.native,
             status=ProviderCopyStatus.PLACING,
             attempts=0,
         )
-        session.add(copy)
+        try:
+            async with session.begin_nested():
+                session.add(fresh)
+        except IntegrityError:
+            pass  # a concurrent placement of the same copy wrote the row first: take it over
+        copy = (
+            fresh
+            if fresh in session
+            else await repo.copy_for(file_id=file.id, provider=target.provider)
+        )
+        assert copy is not None
     if copy.status != ProviderCopyStatus.PLACING or copy.attempts == 0:
         repo.add_event(
             file_id=file.id,

@@ -428,3 +428,33 @@ async def test_copy_placed_while_a_delete_runs_is_deleted_with_the_file(
         )
     assert {c.provider: c.status for c in copies} == {"moonshot": "deleted", "zai": "deleted"}
     await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_concurrent_placements_of_one_copy_never_fail_on_its_row(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    # Duplicate uploads (or a job and a request) may place the same file on the same provider
+    # at once; the second to write the copy row takes it over instead of answering 500.
+    import asyncio
+
+    body = (await upload(client, b"placed twice at once\n", filename="t.csv")).json()
+    copies = await asyncio.gather(
+        *(
+            client.post(f"/v1/files/{body['id']}/providers", json={"provider": "zai"})
+            for _ in range(8)
+        )
+    )
+    assert [r.status_code for r in copies] == [200] * 8, [r.text for r in copies]
+    for _ in range(3):
+        await drain(gateway)
+    async with gateway.runtime.sessionmaker() as session:
+        rows = (
+            (await session.execute(select(ProviderCopy).where(ProviderCopy.file_id == body["id"])))
+            .scalars()
+            .all()
+        )
+    assert sorted((c.provider, c.status) for c in rows) == [
+        ("moonshot", "active"),
+        ("zai", "active"),
+    ]
+    await assert_registry_sound(gateway)
