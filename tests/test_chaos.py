@@ -380,11 +380,11 @@ def _unsettled(engine: Engine) -> list[str]:
 
 
 def _reconciled_since(engine: Engine, since: float) -> bool:
-    """True once a reconcile of every provider started after `since` (epoch s) finished."""
+    """True once a reconcile of every provider queued after `since` (epoch s) has finished."""
     rows = _rows(
         engine,
         "SELECT payload FROM jobs WHERE kind = 'reconcile' AND state = 'done' "
-        "AND updated_at > to_timestamp(:since)",
+        "AND created_at > to_timestamp(:since)",
         since=since,
     )
     return all(any(f'"{p}"' in r["payload"] for r in rows) for p in PROVIDERS)
@@ -552,7 +552,7 @@ async def test_chaos_keeps_the_registry_sound(
             "id,value\n"
             + "".join(f"{i},{rng.getrandbits(64):x}\n" for i in range(rng.randint(5, 400)))
         ).encode()
-        for _ in range(14)
+        for _ in range(30)
     ]
     ledger = Ledger(payloads=payloads)
     with ExitStack() as stack:
