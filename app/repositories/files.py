@@ -75,8 +75,15 @@ class FileRepository:
         ]
         return file, copies
 
-    async def refresh(self, file_id: str) -> File | None:
+    async def refresh(self, file_id: str, *, lock: bool = False) -> File | None:
+        """The file row as committed now; with `lock`, held until commit on PostgreSQL."""
         stmt = select(File).where(File.id == file_id).execution_options(populate_existing=True)
+        if (
+            lock
+            and self.session.bind is not None
+            and self.session.bind.dialect.name == "postgresql"
+        ):
+            stmt = stmt.with_for_update()
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def lock_live(self, file_id: str) -> File | None:

@@ -330,10 +330,12 @@ async def _place_new(
     targets: Sequence[Target],
     provider: str,
     intent: jobs.Intent | None = None,
+    withdrawn: GatewayError | None = None,
 ) -> FileView:
     """Place a file; keep it pending when providers are only failing for now. With `intent`
     (a just-claimed file) the request holds the placement job's lease meanwhile, and the job
-    ends with the outcome (done, or itself the retry of a deferred placement)."""
+    ends with the outcome (done, or itself the retry of a deferred placement). A delete that
+    wins the race answers 404, or `withdrawn` when given."""
     repo = FileRepository(session)
     lease = rt.settings.job_lease_seconds
     async with jobs.holding(rt.sessionmaker, intent, lease_seconds=lease):
@@ -341,7 +343,7 @@ async def _place_new(
     if outcome.withdrawn:
         await jobs.end_intent(session=session, intent=intent)
         await session.commit()
-        raise _not_found(file.id)
+        raise withdrawn or _not_found(file.id)
     if outcome.placed_on is None:
         error = outcome.first_error
         if outcome.deferred:
@@ -450,7 +452,13 @@ async def _deduplicated(
         # An explicit provider is honoured, and a file that ended in error gets another try.
         await session.commit()
         view = await _place_new(
-            session=session, rt=rt, ctx=ctx, file=current, targets=targets, provider=provider
+            session=session,
+            rt=rt,
+            ctx=ctx,
+            file=current,
+            targets=targets,
+            provider=provider,
+            withdrawn=_joined_file_deleted(),
         )
         rt.metrics.uploads.labels(_placed_on(view), "created").inc()
         return view
@@ -476,6 +484,15 @@ async def _placement_owned(session: AsyncSession, file: File) -> bool:
         return False
     return job.state == JobState.QUEUED or (
         job.lease_until is not None and job.lease_until > utcnow()
+    )
+
+
+def _joined_file_deleted() -> ProviderUnavailable:
+    """The identical file a duplicate upload joined failed or was deleted meanwhile."""
+    return ProviderUnavailable(
+        "An identical upload that was in progress failed or was deleted; retry the upload.",
+        provider="gateway",
+        code="upload_conflict",
     )
 
 
@@ -535,7 +552,8 @@ async def _retire(
     """Mark the file deleted (committed at once: from then on no upload is merged into it),
     then remove every provider copy (or queue it), then collect its blob."""
     file = view.file
-    FileRepository(session).add_event(
+    repo = FileRepository(session)
+    repo.add_event(
         file_id=file.id,
         from_status=file.status,
         to_status=FileStatus.DELETED,
@@ -546,10 +564,17 @@ async def _retire(
     file.deleted_at = utcnow()
     audit.record(session=session, ctx=ctx, action=f"file.{action}", resource=file.id)
     await session.commit()
+    removed: set[int] = set()
     for copy in view.copies:
         if copy.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED):
             await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
+            removed.add(copy.id)
+    # A placement finishing from now on sees the delete; one that went live while the copies
+    # above were removed is removed here as well.
     await session.flush()
+    for copy in (await repo.copies_for([file.id]))[file.id]:
+        if copy.id not in removed and copy.status == ProviderCopyStatus.ACTIVE:
+            await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
     await collect_blob(session=session, rt=rt, sha256=file.sha256)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import (
@@ -197,6 +198,9 @@ async def place(
     repo = FileRepository(session)
     outcome = Placement()
     blob = await repo.blob(file.sha256)
+    if blob is None and await _deleted_meanwhile(session=session, file=file):
+        outcome.withdrawn = True  # a delete collected the blob before this placement began
+        return outcome
     if blob is None or blob.corrupt_at is not None:
         raise BlobCorrupt(
             f"The stored content of {file.id} failed its integrity check; it is not pushed again."
@@ -251,7 +255,8 @@ async def place(
             )
             await session.commit()
             continue
-        if await _deleted_meanwhile(session=session, file=file):
+        # Locked until _activate commits, so a delete either sees the new copy or is seen.
+        if await _deleted_meanwhile(session=session, file=file, lock=True):
             await _discard_late_copy(
                 session=session, adapter=adapter, ctx=ctx, copy=copy, provider_file_id=result.id
             )
@@ -263,8 +268,8 @@ async def place(
     return outcome
 
 
-async def _deleted_meanwhile(*, session: AsyncSession, file: File) -> bool:
-    current = await FileRepository(session).refresh(file.id)
+async def _deleted_meanwhile(*, session: AsyncSession, file: File, lock: bool = False) -> bool:
+    current = await FileRepository(session).refresh(file.id, lock=lock)
     return current is None or current.deleted_at is not None
 
 
@@ -320,14 +325,24 @@ async def _intent(
     repo = FileRepository(session)
     copy = await repo.copy_for(file_id=file.id, provider=target.provider)
     if copy is None:
-        copy = ProviderCopy(
+        fresh = ProviderCopy(
             file_id=file.id,
             provider=target.provider,
             native_purpose=target.rule.native,
             status=ProviderCopyStatus.PLACING,
             attempts=0,
         )
-        session.add(copy)
+        try:
+            async with session.begin_nested():
+                session.add(fresh)
+        except IntegrityError:
+            pass  # a concurrent placement of the same copy wrote the row first: take it over
+        copy = (
+            fresh
+            if fresh in session
+            else await repo.copy_for(file_id=file.id, provider=target.provider)
+        )
+        assert copy is not None
     if copy.status != ProviderCopyStatus.PLACING or copy.attempts == 0:
         repo.add_event(
             file_id=file.id,

@@ -532,3 +532,95 @@ async def test_a_run_with_many_true_orphans_deletes_at_most_the_cap(
     listed = await sandbox_names(gateway, "moonshot")
     assert list(listed) == [kept["providers"][0]["provider_file_id"]]
     await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_placing_a_file_whose_blob_a_delete_collected_is_withdrawn(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    # A duplicate upload asking for another provider joins a live file; a delete then takes
+    # the file and its blob before the placement reads it. The upload must not answer 500.
+    from app.services import placement
+    from app.services.context import system_context
+
+    body = (await upload(client, b"joined, then deleted\n", filename="t.csv")).json()
+    rt = gateway.runtime
+    async with rt.sessionmaker() as session:
+        joined = await session.get(File, body["id"])
+        assert joined is not None and joined.deleted_at is None
+        assert (await client.delete(f"/v1/files/{body['id']}")).status_code == 200
+        targets = rt.providers.targets(
+            purpose="file-extract", filename="t.csv", size=joined.bytes, requested="zai"
+        )
+        outcome = await placement.place(
+            session=session,
+            rt=rt,
+            ctx=system_context(tenant_id=joined.tenant_id, task="test"),
+            file=joined,
+            targets=targets,
+        )
+    assert outcome.withdrawn and outcome.placed_on is None
+    assert (await gateway.sandbox_stats("zai"))["calls"]["upload"] == 0
+    await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_copy_placed_while_a_delete_runs_is_deleted_with_the_file(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    # The delete commits the file's tombstone, then waits on a slow provider; a copy asked for
+    # meanwhile finds the file gone, and nothing is left at either provider.
+    import asyncio
+
+    body = (await upload(client, b"copied during a delete\n", filename="t.csv")).json()
+    await gateway.sandbox_fault(
+        "moonshot", status=None, latency_ms=1500, rate=1.0, operations=["delete"]
+    )
+    deleting = asyncio.ensure_future(client.delete(f"/v1/files/{body['id']}"))
+    for _ in range(200):
+        if (await gateway.sandbox_stats("moonshot"))["calls"]["delete"]:
+            break
+        await asyncio.sleep(0.01)
+    copied = await client.post(f"/v1/files/{body['id']}/providers", json={"provider": "zai"})
+    assert copied.status_code == 404, copied.text
+    assert (await deleting).status_code == 200
+    await clear_faults(gateway)
+    await drain(gateway)
+    assert (await gateway.sandbox_stats("zai"))["files"] == 0
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 0
+    async with gateway.runtime.sessionmaker() as session:
+        copies = (
+            (await session.execute(select(ProviderCopy).where(ProviderCopy.file_id == body["id"])))
+            .scalars()
+            .all()
+        )
+    assert {c.provider: c.status for c in copies} == {"moonshot": "deleted"}
+    await assert_registry_sound(gateway, reconciled=True)
+
+
+async def test_concurrent_placements_of_one_copy_never_fail_on_its_row(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    # Duplicate uploads (or a job and a request) may place the same file on the same provider
+    # at once; the second to write the copy row takes it over instead of answering 500.
+    import asyncio
+
+    body = (await upload(client, b"placed twice at once\n", filename="t.csv")).json()
+    copies = await asyncio.gather(
+        *(
+            client.post(f"/v1/files/{body['id']}/providers", json={"provider": "zai"})
+            for _ in range(8)
+        )
+    )
+    assert [r.status_code for r in copies] == [200] * 8, [r.text for r in copies]
+    for _ in range(3):
+        await drain(gateway)
+    async with gateway.runtime.sessionmaker() as session:
+        rows = (
+            (await session.execute(select(ProviderCopy).where(ProviderCopy.file_id == body["id"])))
+            .scalars()
+            .all()
+        )
+    assert sorted((c.provider, c.status) for c in rows) == [
+        ("moonshot", "active"),
+        ("zai", "active"),
+    ]
+    await assert_registry_sound(gateway)
