@@ -450,6 +450,7 @@ def _registry_problems(
         ]
     referenced = {f["sha256"] for f in live.values()}
     problems += [f"blob {sha} is kept with no live file" for sha in blobs if sha not in referenced]
+    [tag] = [r["tag"] for r in _rows(engine, "SELECT tag FROM deployment")]
     for provider in PROVIDERS:
         listed = {item["id"]: item for item in listings[provider]}
         ours = {
@@ -463,9 +464,9 @@ def _registry_problems(
             elif pid not in listed:
                 problems.append(f"{provider}:{pid} (copy of {c['file_id']}) is not at {provider}")
         for pid, item in listed.items():
-            named = file_id_from_provider_name(item["filename"])
+            named = file_id_from_provider_name(item["filename"], tag=tag, registered=files)
             if named is None:
-                problems.append(f"{provider}:{pid} ({item['filename']}) is not named by a file id")
+                problems.append(f"{provider}:{pid} ({item['filename']}) is not this deployment's")
             elif pid not in ours:
                 state = "deleted" if named in files and named not in live else "live"
                 statuses = [c["status"] for c in copies if c["provider_file_id"] == pid]

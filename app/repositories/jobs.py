@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.expression import Executable
 
 from app.core.db import utcnow
 from app.models import Job, JobState
@@ -46,21 +45,28 @@ class JobRepository:
             "updated_at": utcnow(),
         }
         where = text("state IN ('queued', 'running')")
-        stmt: Executable
-        if self._dialect == "postgresql":
-            stmt = (
-                postgresql.insert(Job)
-                .values(**values)
-                .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=where)
-            )
-        else:
-            stmt = (
-                sqlite.insert(Job)
-                .values(**values)
-                .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=where)
-            )
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(Job)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=where)
+            .returning(Job.id)
+        )
+        # RETURNING, not rowcount: psycopg reports -1 (unknown) for an insert that did nothing.
         result = await self.session.execute(stmt)
-        return bool(getattr(result, "rowcount", 0))
+        return result.scalar_one_or_none() is not None
+
+    async def advance(self, *, dedupe_key: str, run_after: datetime) -> None:
+        """Bring a queued job with this dedupe key forward to `run_after`, if it is later."""
+        await self.session.execute(
+            update(Job)
+            .where(
+                Job.dedupe_key == dedupe_key,
+                Job.state == JobState.QUEUED,
+                Job.run_after > run_after,
+            )
+            .values(run_after=run_after, updated_at=utcnow())
+        )
 
     async def add_claimed(
         self,

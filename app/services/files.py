@@ -563,19 +563,39 @@ async def _retire(
     file.status = FileStatus.DELETED
     file.deleted_at = utcnow()
     audit.record(session=session, ctx=ctx, action=f"file.{action}", resource=file.id)
+    held = [
+        c
+        for c in view.copies
+        if c.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED)
+    ]
+    for copy in held:
+        # Durable with the tombstone: should this process die before the provider deletes
+        # below, a worker removes the copies.
+        await _queue_removal(session=session, rt=rt, copy=copy)
     await session.commit()
-    removed: set[int] = set()
-    for copy in view.copies:
-        if copy.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED):
-            await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
-            removed.add(copy.id)
+    for copy in held:
+        await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
     # A placement finishing from now on sees the delete; one that went live while the copies
     # above were removed is removed here as well.
     await session.flush()
+    removed = {c.id for c in held}
     for copy in (await repo.copies_for([file.id]))[file.id]:
         if copy.id not in removed and copy.status == ProviderCopyStatus.ACTIVE:
+            await _queue_removal(session=session, rt=rt, copy=copy)
             await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
     await collect_blob(session=session, rt=rt, sha256=file.sha256)
+
+
+async def _queue_removal(*, session: AsyncSession, rt: Runtime, copy: ProviderCopy) -> None:
+    """The job that removes a copy unless this request does first (then it finds it done)."""
+    await jobs.enqueue(
+        session=session,
+        kind=jobs.DELETE_COPY,
+        payload={"copy_id": copy.id},
+        dedupe_key=f"delete_copy:{copy.id}",
+        delay_seconds=rt.settings.job_lease_seconds,
+        max_attempts=rt.settings.job_max_attempts,
+    )
 
 
 async def replicate(
@@ -649,6 +669,7 @@ async def remove_copy(
                 dedupe_key=f"delete_copy:{copy.id}",
                 delay_seconds=exc.retry_after or rt.settings.job_backoff_base,
                 max_attempts=rt.settings.job_max_attempts,
+                sooner=True,  # the removal queued with a delete runs at this backoff instead
             )
             return False
     repo.add_event(

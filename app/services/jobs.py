@@ -46,17 +46,24 @@ async def enqueue(
     dedupe_key: str | None = None,
     delay_seconds: float = 0.0,
     max_attempts: int = 8,
+    sooner: bool = False,
 ) -> bool:
-    """Add a job in the caller's unit of work; False when an equal active job already exists."""
+    """Add a job in the caller's unit of work; False when an equal active job already exists
+    (with `sooner`, a queued equal job due later is brought forward to this one's time)."""
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
-    return await JobRepository(session).enqueue(
+    repo = JobRepository(session)
+    run_after = utcnow() + timedelta(seconds=delay_seconds)
+    added = await repo.enqueue(
         kind=kind,
         payload=json.dumps(payload, sort_keys=True),
         dedupe_key=dedupe_key,
-        run_after=utcnow() + timedelta(seconds=delay_seconds),
+        run_after=run_after,
         max_attempts=max_attempts,
     )
+    if not added and sooner and dedupe_key is not None:
+        await repo.advance(dedupe_key=dedupe_key, run_after=run_after)
+    return added
 
 
 async def expedite_placements(*, session: AsyncSession, provider: str) -> int:

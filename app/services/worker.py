@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from app.core.db import utcnow
 from app.core.logging import log_context, log_failure
+from app.core.outage import is_database_outage
 from app.models import Job, JobState
 from app.repositories.jobs import JobRepository
 from app.services import jobs
@@ -51,23 +52,33 @@ class Worker:
             try:
                 ran = await self.run_once()
             except Exception as exc:  # a broken database must not kill the worker loop
-                log_failure(log, "job loop error", exc=exc)
+                self._failed("job loop error", exc)
                 ran = False
+            else:
+                self.rt.database.reached()
             if not ran:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.rt.settings.job_poll_seconds)
 
+    def _failed(self, what: str, exc: Exception) -> None:
+        """An outage is told once per change of state (by the runtime's outage log), not once
+        per poll; anything else is logged as it comes."""
+        if is_database_outage(exc):
+            self.rt.database.failed(exc)
+        else:
+            log_failure(log, what, exc=exc)
+
     async def _scheduler(self, stop: asyncio.Event) -> None:
         try:
             await self.schedule_startup()
-        except Exception:
-            log.exception("job scheduler error at start-up")
+        except Exception as exc:
+            self._failed("job scheduler error at start-up", exc)
         while not stop.is_set():
             try:
                 await self.schedule_periodic()
                 await self.publish_metrics()
             except Exception as exc:
-                log_failure(log, "job scheduler error", exc=exc)
+                self._failed("job scheduler error", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), SCHEDULE_EVERY_SECONDS)
 
