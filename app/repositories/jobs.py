@@ -56,6 +56,21 @@ class JobRepository:
         result = await self.session.execute(stmt)
         return result.scalar_one_or_none() is not None
 
+    async def release_lease(self, *, job: Job, worker_id: str) -> bool:
+        """Give up our lease now (our run failed): any worker may claim the job at once."""
+        stmt = (
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.locked_by == worker_id,
+                Job.attempts == job.attempts,
+                Job.state == JobState.RUNNING,
+            )
+            .values(lease_until=utcnow())
+        )
+        result = await self.session.execute(stmt)
+        return bool(getattr(result, "rowcount", 0))
+
     async def advance(self, *, dedupe_key: str, run_after: datetime) -> None:
         """Bring a queued job with this dedupe key forward to `run_after`, if it is later."""
         await self.session.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -77,8 +78,15 @@ async def expedite_placements(*, session: AsyncSession, provider: str) -> int:
 class Intent:
     """Work a request does itself under a job's lease, so a crash hands it to a worker."""
 
-    job: Job
+    job_id: int
+    attempts: int
     owner: str
+
+    @property
+    def job(self) -> Job:
+        """A detached stand-in for the row: what the lease fences on (id, attempt, owner)
+        stays readable whatever became of the request's session."""
+        return Job(id=self.job_id, attempts=self.attempts)
 
 
 async def begin_intent(
@@ -100,7 +108,7 @@ async def begin_intent(
         lease_seconds=lease_seconds,
         max_attempts=max_attempts,
     )
-    return Intent(job=job, owner=owner)
+    return Intent(job_id=job.id, attempts=job.attempts, owner=owner)
 
 
 @asynccontextmanager
@@ -120,8 +128,33 @@ async def holding(
             await session.commit()
         return kept
 
-    async with renewing(renew, lease_seconds=lease_seconds, what=f"job {intent.job.id}"):
-        yield
+    try:
+        async with renewing(renew, lease_seconds=lease_seconds, what=f"job {intent.job_id}"):
+            yield
+    except Exception:
+        # The request failed mid-way (the database went away, most likely): hand the job to
+        # the workers as soon as the database takes the word, not when the lease lapses.
+        task = asyncio.ensure_future(_release(sessionmaker, intent, lease_seconds=lease_seconds))
+        _releasing.add(task)
+        task.add_done_callback(_releasing.discard)
+        raise
+
+
+_releasing: set[asyncio.Future[None]] = set()
+
+
+async def _release(
+    sessionmaker: async_sessionmaker[AsyncSession], intent: Intent, *, lease_seconds: float
+) -> None:
+    deadline = asyncio.get_running_loop().time() + lease_seconds
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            async with sessionmaker() as session:
+                await JobRepository(session).release_lease(job=intent.job, worker_id=intent.owner)
+                await session.commit()
+            return
+        except Exception:
+            await asyncio.sleep(min(1.0, lease_seconds / 10))
 
 
 async def end_intent(

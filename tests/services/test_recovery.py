@@ -628,11 +628,6 @@ async def test_concurrent_placements_of_one_copy_never_fail_on_its_row(
     await assert_registry_sound(gateway)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a placement that loses the database between its intent and its outcome "
-    "leaves the file 'uploaded' with a 'placing' copy and no job; nothing ever places it",
-)
 async def test_placement_cut_off_from_the_database_is_finished_later(
     pg_url: str, tmp_path: Path, sandbox_reset: str, breaker_namespace: str
 ) -> None:
