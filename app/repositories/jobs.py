@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import Update, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,16 +58,7 @@ class JobRepository:
 
     async def release_lease(self, *, job: Job, worker_id: str) -> bool:
         """Give up our lease now (our run failed): any worker may claim the job at once."""
-        stmt = (
-            update(Job)
-            .where(
-                Job.id == job.id,
-                Job.locked_by == worker_id,
-                Job.attempts == job.attempts,
-                Job.state == JobState.RUNNING,
-            )
-            .values(lease_until=utcnow())
-        )
+        stmt = _ours(job, worker_id).values(lease_until=utcnow())
         result = await self.session.execute(stmt)
         return bool(getattr(result, "rowcount", 0))
 
@@ -144,16 +135,7 @@ class JobRepository:
 
     async def extend_lease(self, *, job: Job, worker_id: str, lease_seconds: float) -> bool:
         """Renew our lease; False when another worker has taken the job over."""
-        stmt = (
-            update(Job)
-            .where(
-                Job.id == job.id,
-                Job.locked_by == worker_id,
-                Job.attempts == job.attempts,
-                Job.state == JobState.RUNNING,
-            )
-            .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
-        )
+        stmt = _ours(job, worker_id).values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
         result = await self.session.execute(stmt)
         return bool(getattr(result, "rowcount", 0))
 
@@ -179,16 +161,7 @@ class JobRepository:
             values["finished_at"] = now
         if run_after is not None:
             values["run_after"] = run_after
-        stmt = (
-            update(Job)
-            .where(
-                Job.id == job.id,
-                Job.locked_by == worker_id,
-                Job.attempts == job.attempts,
-                Job.state == JobState.RUNNING,
-            )
-            .values(**values)
-        )
+        stmt = _ours(job, worker_id).values(**values)
         result = await self.session.execute(stmt)
         return bool(getattr(result, "rowcount", 0))
 
@@ -244,3 +217,13 @@ class JobRepository:
     async def active_for(self, *, dedupe_key: str) -> Job | None:
         stmt = select(Job).where(Job.dedupe_key == dedupe_key, Job.state.in_(ACTIVE))
         return (await self.session.execute(stmt)).scalar_one_or_none()
+
+
+def _ours(job: Job, worker_id: str) -> Update:
+    """An update of `job` fenced by its lease: still running, under our name, this attempt."""
+    return update(Job).where(
+        Job.id == job.id,
+        Job.locked_by == worker_id,
+        Job.attempts == job.attempts,
+        Job.state == JobState.RUNNING,
+    )
