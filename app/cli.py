@@ -86,8 +86,8 @@ def keys_create(
     admin: Annotated[bool, typer.Option(help="Grant the admin scope")] = False,
 ) -> None:
     """Issue an API key; the key alone is printed on the last line."""
+    from app.auth.keys import issue_key
     from app.core.db import create_engine, create_sessionmaker
-    from app.services.keys import issue_key
 
     settings = _settings()
     scopes = ["files:read", "files:write"] + (["admin"] if admin else [])

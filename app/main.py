@@ -11,9 +11,10 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api import errors, openapi
 from app.api.edge import EdgeMiddleware
-from app.api.middleware import IdentifyMiddleware, RequestContextMiddleware
+from app.api.middleware import RequestContextMiddleware
 from app.api.routes import admin, files, health
 from app.api.timeouts import BodyIdleTimeoutMiddleware
+from app.auth.identify import IdentifyMiddleware
 from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging
 from app.core.metrics import GatewayMetrics

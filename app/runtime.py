@@ -11,9 +11,10 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.auth.jwt import JWTVerifier
+from app.auth.keys import KeyRecord
 from app.core.config import ConfigError, Settings
 from app.core.db import create_engine, create_sessionmaker
-from app.core.jwt import JWTVerifier
 from app.core.metrics import GatewayMetrics
 from app.core.outage import OutageLog
 from app.core.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
@@ -24,7 +25,6 @@ from app.providers.retry import RetryPolicy
 from app.services import audit, jobs
 from app.services.audit import RefusalThrottle
 from app.services.deployment import DeploymentIdentity, DeploymentTagInvalid
-from app.services.keys import KeyRecord
 from app.services.placement import ProviderHub
 from app.storage.blobs import LocalBlobStore
 

@@ -91,8 +91,8 @@ def build_settings(
 
 async def issue_bench_keys(settings: Any) -> dict[str, str]:
     """The bench key (tenant TENANT) and an admin key; also the bench tenant's id."""
+    from app.auth.keys import issue_key
     from app.core.db import create_engine, create_sessionmaker
-    from app.services.keys import issue_key
 
     engine = create_engine(settings.resolved_database_url)
     try:
@@ -168,8 +168,8 @@ def add_noauth_retrieve(app: Any, tenant_id: str) -> None:
 
     from app.api.deps import ReadSessionDep, client_addr
     from app.api.schemas import FileObject
+    from app.auth.principal import CallContext, Principal
     from app.services import files as file_service
-    from app.services.context import CallContext, Principal
 
     principal = Principal(
         key_id="bench-noauth", tenant_id=tenant_id, scopes=frozenset({"files:read"})

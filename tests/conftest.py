@@ -14,11 +14,11 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from app.auth.keys import issue_key
 from app.core.config import Settings
 from app.core.logging import APP_LOGGER, UVICORN_LOGGERS, GatewayHandler
 from app.core.migrations import downgrade, sync_url, upgrade
 from app.main import create_app
-from app.services.keys import issue_key
 from tests.support.servers import serve_in_thread
 
 PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")

@@ -25,9 +25,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
+from app.auth.identify import IDENTIFIED_PREFIXES
 from app.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
 
-IDENTIFIED_PREFIXES = ("/v1", "/admin")
 JSON_TEXT_CONTROLS = frozenset("\t\n\r")
 MAX_JSON_DEPTH = 32
 

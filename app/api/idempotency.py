@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.principal import CallContext
 from app.core.errors import GatewayError
 from app.runtime import Runtime
 from app.services import idempotency
-from app.services.context import CallContext
 
 HEADER = "Idempotency-Key"
 Action = Callable[[], Awaitable[tuple[int, BaseModel]]]

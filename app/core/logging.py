@@ -31,7 +31,7 @@ REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8  # a shorter configured value would blank out ordinary words
 
 _SECRET_PATTERNS = (
-    # API keys fg_<id>_<secret> (app/core/security.py), and anything else shaped like one.
+    # API keys fg_<id>_<secret> (app/auth/tokens.py), and anything else shaped like one.
     (re.compile(r"(?<![A-Za-z0-9])fg_[A-Za-z0-9_-]{8,}"), f"fg_{REDACTED}"),
     (re.compile(r"(?i)\bbearer\s+[^\s\"',;]+"), f"Bearer {REDACTED}"),
     # Compact JWS: base64url header (a JSON object, so "eyJ"), payload and signature.

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.principal import CallContext, system_context
 from app.core.db import utcnow
 from app.core.errors import Conflict, InvalidRequest, NotFound
 from app.models import Job, JobState
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
 from app.services import audit, recovery
-from app.services.context import CallContext, system_context
 
 if TYPE_CHECKING:
     from app.runtime import Runtime

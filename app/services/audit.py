@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.principal import CallContext
 from app.models import AuditEvent
 from app.repositories.audit import AuditRepository
-from app.services.context import CallContext
 
 COLUMN_LIMITS = {
     "request_id": 64,

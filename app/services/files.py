@@ -16,6 +16,7 @@ from anyio import to_thread
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.principal import CallContext
 from app.core.db import utcnow
 from app.core.errors import (
     BlobCorrupt,
@@ -40,7 +41,6 @@ from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
 from app.runtime import Runtime
 from app.services import audit, jobs, placement
-from app.services.context import CallContext
 from app.services.intake import IncomingUpload
 from app.services.placement import Target
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.principal import CallContext
 from app.core.errors import (
     BlobCorrupt,
     InvalidRequest,
@@ -21,7 +22,6 @@ from app.providers import check_purpose
 from app.providers.base import ProviderAdapter, PurposeRule
 from app.repositories.files import FileRepository
 from app.services import audit, jobs
-from app.services.context import CallContext
 from app.services.deployment import TAG_ALPHABET, TAG_LENGTH
 
 if TYPE_CHECKING:

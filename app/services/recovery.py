@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.principal import CallContext, system_context
 from app.core.db import utcnow
 from app.core.errors import ProviderError, ProviderNotFound, UnsupportedPurpose
 from app.models import File, FileStatus, Job, ProviderCopy, ProviderCopyStatus
 from app.repositories.files import FileRepository
 from app.repositories.idempotency import IdempotencyRepository
 from app.services import audit, files, jobs, placement, reconcile
-from app.services.context import CallContext, system_context
 from app.services.jobs import RetryLater
 from app.services.reconcile import Action, Decision
 

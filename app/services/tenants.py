@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.keys import checked_tenant_name
+from app.auth.principal import CallContext
 from app.core.errors import InvalidRequest, NotFound
 from app.models import Tenant
 from app.repositories.files import FileRepository
 from app.repositories.keys import KeyRepository
 from app.services import audit
-from app.services.context import CallContext
-from app.services.keys import checked_tenant_name
 
 # The widest values the columns hold (BIGINT and INTEGER on both databases).
 QUOTA_MAX = {"max_bytes": 2**63 - 1, "max_files": 2**31 - 1}

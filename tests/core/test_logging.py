@@ -20,10 +20,10 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse
 
 from app.api.middleware import RequestContextMiddleware
+from app.auth.tokens import generate_key
 from app.core.config import Settings
 from app.core.errors import NotFound, ProviderUnavailable
 from app.core.logging import GatewayHandler, configure_logging, log_context, log_failure
-from app.core.security import generate_key
 from app.main import create_app
 from app.models import File
 from tests.conftest import Gateway

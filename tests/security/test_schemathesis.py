@@ -25,10 +25,10 @@ from schemathesis.checks import load_all_checks
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.python.asgi import shutdown_lifespans
 
+from app.auth.keys import issue_key
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.main import create_app
-from app.services.keys import issue_key
 from tests.conftest import TEST_SECRET, Gateway, _truncate
 
 load_all_checks()

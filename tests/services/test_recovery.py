@@ -541,8 +541,8 @@ async def test_placing_a_file_whose_blob_a_delete_collected_is_withdrawn(
 ) -> None:
     # A duplicate upload asking for another provider joins a live file; a delete then takes
     # the file and its blob before the placement reads it. The upload must not answer 500.
+    from app.auth.principal import system_context
     from app.services import placement
-    from app.services.context import system_context
 
     body = (await upload(client, b"joined, then deleted\n", filename="t.csv")).json()
     rt = gateway.runtime

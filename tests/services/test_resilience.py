@@ -95,7 +95,7 @@ async def test_redis_unreachable_at_start_up_still_serves(settings: Settings) ->
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         rt = app.state.runtime
-        from app.services.keys import issue_key
+        from app.auth.keys import issue_key
 
         async with rt.sessionmaker() as session:
             issued = await issue_key(
@@ -130,7 +130,7 @@ async def test_redis_stopping_mid_run_keeps_uploads_working(settings: Settings) 
     try:
         async with app.router.lifespan_context(app):
             rt = app.state.runtime
-            from app.services.keys import issue_key
+            from app.auth.keys import issue_key
 
             async with rt.sessionmaker() as session:
                 issued = await issue_key(

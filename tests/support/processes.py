@@ -116,8 +116,8 @@ async def mint_key(
 
     Used where a test needs a key but is not about `filegate keys create`.
     """
+    from app.auth.keys import issue_key
     from app.core.db import create_engine, create_sessionmaker
-    from app.services.keys import issue_key
 
     engine = create_engine(database_url)
     try:

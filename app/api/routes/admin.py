@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.api.deps import AdminCtx, FileId, RuntimeDep, SessionDep
+from app.api.deps import FileId, RuntimeDep, SessionDep
 from app.api.errors import responses
 from app.api.idempotency import respond
 from app.api.schemas import (
@@ -32,6 +32,8 @@ from app.api.schemas import (
     TenantList,
     TenantOut,
 )
+from app.auth import keys as key_service
+from app.auth.guards import AdminCtx
 from app.core.errors import (
     AuthenticationFailed,
     Conflict,
@@ -43,7 +45,6 @@ from app.models import ApiKey, AuditEvent, Job
 from app.runtime import Runtime
 from app.services import admin as admin_service
 from app.services import audit
-from app.services import keys as key_service
 from app.services import tenants as tenant_service
 from app.services.idempotency import request_digest
 from app.services.tenants import TenantUsage

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.responses import MalformedRangeHeader
 from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfiable
 
-from app.api.deps import FileId, ReadCtx, ReadSessionDep, RuntimeDep, SessionDep, WriteCtx
+from app.api.deps import FileId, ReadSessionDep, RuntimeDep, SessionDep
 from app.api.errors import responses
 from app.api.idempotency import respond
 from app.api.schemas import (
@@ -25,6 +25,7 @@ from app.api.schemas import (
     FileObject,
     ReplicateRequest,
 )
+from app.auth.guards import ReadCtx, WriteCtx
 from app.core.db import utcnow
 from app.core.errors import (
     AuthenticationFailed,

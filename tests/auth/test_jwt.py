@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk
 from jose import jwt as jose_jwt
 
-from app.core.jwt import (
+from app.auth.jwt import (
     ALLOWED_SCOPES,
     MAX_TOKEN_BYTES,
     JWTIdentity,
@@ -27,7 +27,7 @@ from app.core.jwt import (
     JWTVerifier,
     looks_like_jwt,
 )
-from app.services.context import SCOPES
+from app.auth.principal import SCOPES
 
 AUD = "filegate"
 ISS = "https://idp.example.test/"

@@ -9,13 +9,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.principal import SCOPES, Principal
+from app.auth.tokens import generate_key, parse_key, verify_secret
 from app.core.db import utcnow
 from app.core.errors import InvalidRequest, NotFound
 from app.core.names import NameRefused, tenant_name
-from app.core.security import generate_key, parse_key, verify_secret
 from app.models import ApiKey, Tenant
 from app.repositories.keys import KeyRepository
-from app.services.context import SCOPES, Principal
 
 KEY_NAME_MAX = 100  # the column's width: a longer name is refused, never cut
 

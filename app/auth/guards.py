@@ -1,0 +1,57 @@
+"""Authorization dependencies: an identified caller holding the route's scope, within its rate."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.api.deps import client_addr
+from app.auth.principal import CallContext, Principal
+from app.core.errors import AuthenticationFailed, PermissionDenied, RateLimited
+from app.core.ratelimit import rate_limit_headers
+from app.runtime import Runtime
+
+
+def authorize(scope: str) -> Callable[[Request], Awaitable[CallContext]]:
+    """A dependency that demands an authenticated caller holding `scope`, within its rate."""
+
+    async def dependency(request: Request) -> CallContext:
+        principal: Principal | None = request.state.principal
+        if principal is None:
+            if request.state.credential_presented:
+                raise AuthenticationFailed(
+                    request.state.auth_problem or "The API key is invalid, expired or revoked."
+                )
+            raise AuthenticationFailed(
+                "Missing API key: send 'Authorization: Bearer fg_...' or 'X-API-Key'."
+            )
+        if scope not in principal.scopes and "admin" not in principal.scopes:
+            raise PermissionDenied(f"This credential lacks the '{scope}' scope.")
+        runtime: Runtime = request.app.state.runtime
+        limit = principal.rate_limit_per_minute or runtime.settings.default_rate_limit_per_minute
+        if limit:
+            decision = await runtime.rate_limiter.hit(
+                f"{principal.kind}:{principal.key_id}", limit_per_minute=limit
+            )
+            headers = rate_limit_headers(decision)
+            request.state.rate_limit_headers = headers
+            if not decision.allowed:
+                raise RateLimited(
+                    f"Rate limit of {limit} requests per minute reached; retry after "
+                    f"{headers['Retry-After']} s.",
+                    headers=headers,
+                )
+        return CallContext(
+            principal=principal,
+            request_id=request.state.request_id,
+            client_addr=client_addr(request),
+        )
+
+    return dependency
+
+
+ReadCtx = Annotated[CallContext, Depends(authorize("files:read"))]
+WriteCtx = Annotated[CallContext, Depends(authorize("files:write"))]
+AdminCtx = Annotated[CallContext, Depends(authorize("admin"))]
