@@ -87,10 +87,11 @@ def keys_create(
 ) -> None:
     """Issue an API key; the key alone is printed on the last line."""
     from app.auth.keys import issue_key
+    from app.auth.scopes import DEFAULT_SCOPES, Scope
     from app.core.db import create_engine, create_sessionmaker
 
     settings = _settings()
-    scopes = ["files:read", "files:write"] + (["admin"] if admin else [])
+    scopes = [*DEFAULT_SCOPES, *([Scope.ADMIN] if admin else [])]
 
     async def run() -> str:
         engine = create_engine(settings.resolved_database_url)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from app.auth.scopes import DEFAULT_SCOPES, Scope
 from app.services.files import FileView
 
 
@@ -208,10 +209,6 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
-
-
-Scope = Literal["files:read", "files:write", "admin"]
-DEFAULT_SCOPES: tuple[Scope, ...] = ("files:read", "files:write")
 
 
 class KeyCreate(BaseModel):

@@ -9,12 +9,13 @@ from fastapi import Depends, Request
 
 from app.api.deps import client_addr
 from app.auth.principal import CallContext, Principal
+from app.auth.scopes import Scope
 from app.core.errors import AuthenticationFailed, PermissionDenied, RateLimited
 from app.core.ratelimit import rate_limit_headers
 from app.runtime import Runtime
 
 
-def authorize(scope: str) -> Callable[[Request], Awaitable[CallContext]]:
+def authorize(scope: Scope) -> Callable[[Request], Awaitable[CallContext]]:
     """A dependency that demands an authenticated caller holding `scope`, within its rate."""
 
     async def dependency(request: Request) -> CallContext:
@@ -27,7 +28,7 @@ def authorize(scope: str) -> Callable[[Request], Awaitable[CallContext]]:
             raise AuthenticationFailed(
                 "Missing API key: send 'Authorization: Bearer fg_...' or 'X-API-Key'."
             )
-        if scope not in principal.scopes and "admin" not in principal.scopes:
+        if scope not in principal.scopes and Scope.ADMIN not in principal.scopes:
             raise PermissionDenied(f"This credential lacks the '{scope}' scope.")
         runtime: Runtime = request.app.state.runtime
         limit = principal.rate_limit_per_minute or runtime.settings.default_rate_limit_per_minute
@@ -52,6 +53,6 @@ def authorize(scope: str) -> Callable[[Request], Awaitable[CallContext]]:
     return dependency
 
 
-ReadCtx = Annotated[CallContext, Depends(authorize("files:read"))]
-WriteCtx = Annotated[CallContext, Depends(authorize("files:write"))]
-AdminCtx = Annotated[CallContext, Depends(authorize("admin"))]
+ReadCtx = Annotated[CallContext, Depends(authorize(Scope.FILES_READ))]
+WriteCtx = Annotated[CallContext, Depends(authorize(Scope.FILES_WRITE))]
+AdminCtx = Annotated[CallContext, Depends(authorize(Scope.ADMIN))]

@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
+from app.auth.scopes import Scope
 from app.core.names import NameRefused
 from app.core.names import subject as valid_subject
 from app.core.names import tenant_name as valid_tenant_name
 
 ALGORITHMS: Final = ("HS256", "RS256")
-ALLOWED_SCOPES: Final = frozenset({"files:read", "files:write", "admin"})
 MAX_TOKEN_BYTES: Final = 8192
 MAX_LEEWAY_SECONDS: Final = 30
 MIN_HS256_SECRET_BYTES: Final = 32
@@ -231,7 +231,7 @@ class JWTVerifier:
             if exp - iat > self._max_lifetime:
                 raise JWTRejected(f"token lifetime exceeds {self._max_lifetime} seconds")
         scopes = self._scopes(claims.get(self._scope_claim))
-        if "admin" in scopes and not self._allow_admin:
+        if Scope.ADMIN in scopes and not self._allow_admin:
             raise JWTRejected("the admin scope is not accepted in JWTs")
 
         jti = claims.get("jti")
@@ -253,7 +253,7 @@ class JWTVerifier:
             names = raw
         else:
             raise JWTRejected(f"invalid {self._scope_claim} claim")
-        return frozenset(names) & ALLOWED_SCOPES
+        return frozenset(names) & frozenset(Scope)
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.principal import SCOPES, Principal
+from app.auth.principal import Principal
+from app.auth.scopes import Scope
 from app.auth.tokens import generate_key, parse_key, verify_secret
 from app.core.db import utcnow
 from app.core.errors import InvalidRequest, NotFound
@@ -58,10 +59,11 @@ async def issue_key(
     rotated_from: str | None = None,
 ) -> IssuedKey:
     """Create a key for a tenant (creating the tenant on first use); the token is shown once."""
-    unknown = set(scopes) - SCOPES
+    known = {scope.value for scope in Scope}
+    unknown = set(scopes) - known
     if unknown or not scopes:
         raise InvalidRequest(
-            f"Unknown scopes {sorted(unknown)}; choose from {sorted(SCOPES)}.", param="scopes"
+            f"Unknown scopes {sorted(unknown)}; choose from {sorted(known)}.", param="scopes"
         )
     if not name.strip() or len(name) > KEY_NAME_MAX or not name.isprintable():
         raise InvalidRequest(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SCOPES = frozenset({"files:read", "files:write", "admin"})
-
 
 @dataclass(frozen=True)
 class Principal:

@@ -20,14 +20,13 @@ from jose import jwk
 from jose import jwt as jose_jwt
 
 from app.auth.jwt import (
-    ALLOWED_SCOPES,
     MAX_TOKEN_BYTES,
     JWTIdentity,
     JWTRejected,
     JWTVerifier,
     looks_like_jwt,
 )
-from app.auth.principal import SCOPES
+from app.auth.scopes import Scope
 
 AUD = "filegate"
 ISS = "https://idp.example.test/"
@@ -517,8 +516,10 @@ def test_custom_claim_names() -> None:
     assert reject(verifier, hs256(bad_scope)) == "invalid scp claim"
 
 
-def test_allowed_scopes_match_the_services() -> None:
-    assert ALLOWED_SCOPES == SCOPES
+def test_every_scope_a_key_can_hold_is_accepted_from_a_jwt() -> None:
+    verifier = hs_verifier(allow_admin=True)
+    identity = verifier.verify(hs256(claims(scope=" ".join(Scope))))
+    assert identity.scopes == frozenset(Scope)
 
 
 # --- configuration -------------------------------------------------------------------------------
