@@ -5,5 +5,7 @@ measured per process:
 
 * bench.sandbox_server -- the standalone provider sandbox (`create_standalone_app()`);
 * bench.server         -- the gateway (`create_app(Settings(...))` plus `GET /bench/bare`);
-* bench.__main__       -- the driver that starts both, measures and prints the table.
+* bench.__main__       -- the command line; bench.runner starts both and runs the phases
+  (bench.phases.*) with bench.processes, bench.measure, bench.payloads and bench.rawhttp,
+  and bench.report prints the table.
 """

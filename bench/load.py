@@ -22,49 +22,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-
-class RawClient:
-    """Minimal HTTP/1.1 keep-alive GETs over asyncio streams: far less client CPU per request
-    than httpx, so that a fast endpoint is measured by the server's capacity, not ours."""
-
-    def __init__(self, url: str, headers: dict[str, str]) -> None:
-        parts = urlsplit(url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        lines = [f"GET {path} HTTP/1.1", f"Host: {parts.netloc}", "Accept: */*"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        self.request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-        self.conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def get(self) -> int:
-        reader, writer = (
-            self.conns.pop() if self.conns else await asyncio.open_connection(self.host, self.port)
-        )
-        writer.write(self.request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-            elif name.strip().lower() == b"transfer-encoding":
-                raise RuntimeError("chunked responses are not supported by the raw client")
-        if length:
-            await reader.readexactly(length)
-        self.conns.append((reader, writer))
-        return status
-
-    async def aclose(self) -> None:
-        for _, writer in self.conns:
-            writer.close()
-        self.conns.clear()
+from bench.rawhttp import RawClient
 
 
-async def _raw_worker(client: RawClient, n: int, counts: list[int]) -> None:
+async def _raw_worker(client: RawClient, raw: bytes, n: int, counts: list[int]) -> None:
     for _ in range(n):
-        if await client.get() == 200:
+        status, _body = await client.get(raw)
+        if status == 200:
             counts[0] += 1
         else:
             counts[1] += 1
@@ -81,12 +45,19 @@ async def _worker(client: httpx.AsyncClient, url: str, n: int, counts: list[int]
 
 
 async def _run(
-    url: str, n: int, concurrency: int, counts: list[int], client: httpx.AsyncClient | RawClient
+    url: str,
+    n: int,
+    concurrency: int,
+    counts: list[int],
+    client: httpx.AsyncClient | RawClient,
+    headers: dict[str, str],
 ) -> None:
     share, extra = divmod(n, concurrency)
     sizes = [share + (1 if i < extra else 0) for i in range(concurrency)]
     if isinstance(client, RawClient):
-        await asyncio.gather(*(_raw_worker(client, k, counts) for k in sizes))
+        parts = urlsplit(url)
+        raw = client.request(parts.path + (f"?{parts.query}" if parts.query else ""), headers)
+        await asyncio.gather(*(_raw_worker(client, raw, k, counts) for k in sizes))
     else:
         await asyncio.gather(*(_worker(client, url, k, counts) for k in sizes))
 
@@ -95,7 +66,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     client: httpx.AsyncClient | RawClient
     if args.client == "raw":
-        client = RawClient(args.url, headers)
+        client = RawClient(args.url)
     else:
         limits = httpx.Limits(
             max_connections=args.concurrency, max_keepalive_connections=args.concurrency
@@ -103,7 +74,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         client = httpx.AsyncClient(headers=headers, limits=limits, timeout=60)
     try:
         warm = [0, 0]
-        await _run(args.url, max(args.warmup, args.concurrency), args.concurrency, warm, client)
+        await _run(
+            args.url, max(args.warmup, args.concurrency), args.concurrency, warm, client, headers
+        )
         if warm[1]:
             raise SystemExit(f"warm-up got {warm[1]} non-200 responses from {args.url}")
         print("ready", flush=True)
@@ -112,7 +85,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         counts = [0, 0]
         cpu0 = time.process_time()
         start = time.perf_counter()
-        await _run(args.url, args.requests, args.concurrency, counts, client)
+        await _run(args.url, args.requests, args.concurrency, counts, client, headers)
         end = time.perf_counter()
         cpu = time.process_time() - cpu0
     finally:
