@@ -21,7 +21,7 @@ def alembic_config() -> Config:
 
 
 def sync_url(async_url: str) -> str:
-    return async_url.replace("+aiosqlite", "").replace("+psycopg", "+psycopg")
+    return async_url.replace("+aiosqlite", "")
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:

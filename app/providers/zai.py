@@ -37,9 +37,6 @@ MAX_PAGES = 100
 _EXTRACT_TYPES = frozenset(
     {"pdf", "docx", "doc", "xls", "xlsx", "ppt", "pptx", "png", "jpg", "jpeg", "csv"}
 )
-_INTERPRETER_TYPES = frozenset(
-    {"pdf", "docx", "doc", "xls", "xlsx", "txt", "png", "jpg", "jpeg", "csv"}
-)
 _FILE_EXTRACT = PurposeRule(
     native="file-extract",
     max_bytes=50 * MiB,

@@ -15,7 +15,6 @@ from app.core.db import utcnow
 from app.models import (
     Blob,
     File,
-    FileStatus,
     LifecycleEvent,
     ProviderCopy,
     ProviderCopyStatus,
@@ -26,16 +25,6 @@ from app.models import (
 class FileRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-
-    async def get_live(self, *, tenant_id: str, file_id: str) -> File | None:
-        """A tenant's live, unexpired file (another tenant's id finds nothing)."""
-        stmt = select(File).where(
-            File.id == file_id,
-            File.tenant_id == tenant_id,
-            File.deleted_at.is_(None),
-            or_(File.expires_at.is_(None), File.expires_at > utcnow()),
-        )
-        return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def get_live_with_copies(
         self, *, tenant_id: str, file_id: str
@@ -324,9 +313,6 @@ class FileRepository:
     async def delete_blob_row(self, sha256: str) -> None:
         await self.session.execute(delete(Blob).where(Blob.sha256 == sha256))
 
-    async def blob_referenced(self, sha256: str) -> bool:
-        return bool(await self.session.scalar(select(exists().where(File.sha256 == sha256))))
-
     async def usage(self, *, tenant_id: str) -> tuple[int, int]:
         """(live file count, live bytes) of a tenant, counting each file at its full size."""
         stmt = select(func.count(), func.coalesce(func.sum(File.bytes), 0)).where(
@@ -372,9 +358,6 @@ class FileRepository:
             .order_by(LifecycleEvent.id)
         )
         return (await self.session.execute(stmt)).scalars().all()
-
-
-LIVE_STATUSES = (FileStatus.UPLOADED, FileStatus.PROCESSED, FileStatus.PENDING)
 
 
 def _chunks(values: Iterable[str], size: int = 500) -> Iterator[list[str]]:
