@@ -18,20 +18,16 @@ from app.core.db import create_engine, create_sessionmaker
 from app.core.metrics import GatewayMetrics
 from app.core.outage import OutageLog
 from app.core.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
-from app.providers import ADAPTERS
-from app.providers.base import ProviderAdapter, ProviderConfig
 from app.providers.breakers import BreakerBoard
+from app.providers.hub import ProviderHub, no_sandbox_message, provider_configs
 from app.providers.retry import RetryPolicy
 from app.services import audit, jobs
 from app.services.audit import RefusalThrottle
 from app.services.deployment import DeploymentIdentity, DeploymentTagInvalid
-from app.services.placement import ProviderHub
 from app.storage.blobs import LocalBlobStore
 
 log = logging.getLogger("filegate")
 
-SANDBOX_KEYS = {"moonshot": "sk-sandbox", "zai": "sandbox.key"}
-SANDBOX_PATHS = {"moonshot": "/moonshot/v1", "zai": "/zai/api/paas/v4"}
 # The registry's name for a sandbox this process serves itself (its port changes every start).
 IN_PROCESS_SANDBOX = "in-process"
 
@@ -70,46 +66,6 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self._hmac_key = self.settings.hmac_key()
-
-
-def provider_configs(settings: Settings, *, sandbox_url: str | None) -> list[ProviderConfig]:
-    """One config per provider: live with its key, or the sandbox at `sandbox_url`."""
-    configs = []
-    for name in ("moonshot", "zai"):
-        if not settings.provider_enabled(name):
-            continue
-        sandboxed = settings.provider_sandboxed(name)
-        if sandboxed and sandbox_url is None:
-            raise ConfigError(no_sandbox_message(settings))
-        key = settings.provider_key(name)
-        configs.append(
-            ProviderConfig(
-                name=name,
-                base_url=(
-                    f"{sandbox_url}{SANDBOX_PATHS[name]}"
-                    if sandboxed
-                    else getattr(settings, f"{name}_base_url")
-                ),
-                api_key=SANDBOX_KEYS[name] if sandboxed or key is None else key.get_secret_value(),
-                sandbox=sandboxed,
-                connect_timeout=settings.provider_connect_timeout,
-                first_byte_timeout=settings.provider_first_byte_timeout,
-                idle_timeout=settings.provider_timeout,
-                pool_timeout=settings.provider_pool_timeout,
-                max_connections=settings.provider_max_connections,
-                background_connections=settings.provider_background_connections,
-            )
-        )
-    return configs
-
-
-def no_sandbox_message(settings: Settings) -> str:
-    return (
-        "invalid configuration:\n  FILEGATE_SANDBOX_URL: not set, and "
-        f"{', '.join(settings.sandboxed_providers())} would be sent to the sandbox; only "
-        "`filegate serve` runs a sandbox of its own. Run `filegate sandbox` and set "
-        "FILEGATE_SANDBOX_URL to it (e.g. http://127.0.0.1:9000/sandbox) for every process."
-    )
 
 
 def build_jwt_verifier(settings: Settings) -> JWTVerifier | None:
@@ -202,23 +158,19 @@ async def _build_runtime(
             log.info("circuit %s closed: %d pending placement(s) made due", provider, count)
 
     breakers = BreakerBoard.from_settings(settings, metrics=metrics, on_close=placements_due)
-    retry_policy = RetryPolicy.from_settings(settings)
-    adapters: dict[str, ProviderAdapter] = {
-        cfg.name: ADAPTERS[cfg.name](
-            cfg,
-            observer=metrics.observe_provider_call,
-            breaker=breakers.get(cfg.name),
-            retry_policy=retry_policy,
-            retry_observer=metrics.observe_provider_retry,
-        )
-        for cfg in configs
-    }
     redis = (
         Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         if (settings.redis_url)
         else None
     )
-    hub = ProviderHub(adapters, settings.provider_order)
+    hub = ProviderHub.build(
+        configs,
+        order=settings.provider_order,
+        breakers=breakers,
+        retry_policy=RetryPolicy.from_settings(settings),
+        observer=metrics.observe_provider_call,
+        retry_observer=metrics.observe_provider_retry,
+    )
     jwt = build_jwt_verifier(settings)
     runtime = Runtime(
         settings=settings,

@@ -27,6 +27,8 @@ GatewayError
     ├── ProviderQuotaExceeded (507)  provider account full (file count, bytes, balance)
     ├── ProviderRejected (400)       provider refused the request's content
     └── ProviderUnavailable (503)    provider down, 5xx, timeout, connection error
+        ├── CircuitOpen (503)        calls are paused while the provider keeps failing
+        └── DeadlineExceeded (503)   the call's overall deadline ran out
 """
 
 from __future__ import annotations
@@ -268,3 +270,15 @@ class ProviderUnavailable(ProviderError):
     status_code = 503
     code = "provider_unavailable"
     retryable = True
+
+
+class CircuitOpen(ProviderUnavailable):
+    """The provider's circuit is open: calls fail fast until a probe is due."""
+
+    code = "provider_circuit_open"
+
+
+class DeadlineExceeded(ProviderUnavailable):
+    """The logical call (all its tries) ran out of its overall deadline."""
+
+    code = "provider_deadline"

@@ -7,21 +7,22 @@ from pathlib import PurePosixPath
 from app.core.errors import UnsupportedPurpose
 from app.providers.base import (
     IMAGE_EXTENSIONS,
-    CallObserver,
     MiB,
     ProviderAdapter,
-    ProviderConfig,
     ProviderFile,
     PurposeRule,
     parse_retry_after,
 )
 from app.providers.moonshot import MoonshotAdapter
+from app.providers.names import Provider
+from app.providers.pipeline import CallObserver, ProviderConfig
 from app.providers.zai import ZaiAdapter
 
 __all__ = [
     "ADAPTERS",
     "CallObserver",
     "MoonshotAdapter",
+    "Provider",
     "ProviderAdapter",
     "ProviderConfig",
     "ProviderFile",
@@ -32,8 +33,8 @@ __all__ = [
 ]
 
 ADAPTERS: dict[str, type[ProviderAdapter]] = {
-    "moonshot": MoonshotAdapter,
-    "zai": ZaiAdapter,
+    Provider.MOONSHOT: MoonshotAdapter,
+    Provider.ZAI: ZaiAdapter,
 }
 
 

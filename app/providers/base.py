@@ -1,47 +1,20 @@
-"""The one async interface every provider adapter implements, and what they share."""
+"""The interface every provider adapter implements, and the wire mapping the adapters share."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
-import socket
-import time
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import (
-    AbstractAsyncContextManager,
-    asynccontextmanager,
-    contextmanager,
-    nullcontext,
-)
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from abc import abstractmethod
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from app.core.errors import ProviderError, ProviderNotFound, ProviderUnavailable
-
-if TYPE_CHECKING:
-    from app.providers.breakers import ProviderBreaker
-    from app.providers.retry import RetryPolicy
-
-logger = logging.getLogger("filegate.providers")
-
-_T = TypeVar("_T")
-
-# (provider, operation, outcome, seconds) -> None; outcome is "ok" or an error code.
-CallObserver = Callable[[str, str, str, float], None]
-# (provider, operation) -> None; called before each retry of a failed try.
-RetryObserver = Callable[[str, str], None]
-
-# The operation of the enclosing observe() block, for _send() calls made inside one.
-_OPERATION: ContextVar[str | None] = ContextVar("filegate_provider_operation", default=None)
+from app.core.errors import ProviderNotFound, ProviderUnavailable
+from app.providers.pipeline import CallPipeline
 
 
 @dataclass(frozen=True)
@@ -115,113 +88,7 @@ def error_envelope(response: httpx.Response) -> dict[str, Any]:
     return inner if isinstance(inner, dict) else payload
 
 
-@dataclass
-class ProviderConfig:
-    """Where one provider is and how long its calls may wait, in seconds.
-
-    `first_byte_timeout` runs from the request's last byte sent to the response headers;
-    `idle_timeout` is the longest gap with no bytes moving either way while sending or
-    reading; a transfer that keeps moving runs until the retry policy's overall deadline.
-    """
-
-    name: str
-    base_url: str
-    api_key: str
-    sandbox: bool = False
-    connect_timeout: float = 5.0
-    first_byte_timeout: float = 10.0
-    idle_timeout: float = 10.0
-    pool_timeout: float = 1.0  # waiting for a free connection slot
-    max_connections: int = 20  # uploads and content downloads
-    background_connections: int = 4  # list, retrieve and delete
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-# Keep little unsent data queued in the kernel, so a chunk handed to the socket means the
-# wire is moving (the idle timeout sees progress) without capping the in-flight window.
-_NOTSENT_LOWAT = 128 * 1024
-_SOCKET_OPTIONS = (
-    [(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _NOTSENT_LOWAT)]
-    if hasattr(socket, "TCP_NOTSENT_LOWAT")
-    else []
-)
-
-# Calls that move file bytes for a caller; the rest (list, retrieve, delete) mostly serve
-# background jobs and get a lane of their own, so neither kind can starve the other.
-TRANSFER_OPERATIONS = frozenset({"upload", "content"})
-
-
-class _Lane:
-    """A bounded number of concurrent calls; waiting for a slot is short and then fails."""
-
-    def __init__(self, name: str, size: int, *, wait: float) -> None:
-        self.name = name
-        self.size = size
-        self.wait = wait
-        self._slots = asyncio.Semaphore(size)
-
-    @asynccontextmanager
-    async def slot(self, provider: str) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(self.wait):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise ProviderUnavailable(
-                f"{provider} already has {self.size} {self.name} calls in flight; try again later.",
-                provider=provider,
-                code="provider_busy",
-            ) from None
-        try:
-            yield
-        finally:
-            self._slots.release()
-
-
-class _Tapped(httpx.AsyncByteStream):
-    """A byte stream that reports each chunk it passes on, and its end."""
-
-    def __init__(
-        self, stream: httpx.AsyncByteStream, moved: Callable[[], None], done: Callable[[], None]
-    ) -> None:
-        self._stream = stream
-        self._moved = moved
-        self._done = done
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        self._moved()
-        async for chunk in self._stream:
-            # Asked for another chunk: the one before it has been written (or just arrived).
-            self._moved()
-            yield chunk
-        self._done()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-class _Watchdog:
-    """Moves one exchange's timer: idle while bytes flow, first-byte once the request is sent."""
-
-    def __init__(self, timer: asyncio.Timeout, *, first_byte: float, idle: float) -> None:
-        self.timer = timer
-        self.first_byte = first_byte
-        self.idle = idle
-        self.waiting_for_answer = False
-        self._loop = asyncio.get_running_loop()
-
-    def moved(self) -> None:
-        self.waiting_for_answer = False
-        self.timer.reschedule(self._loop.time() + self.idle)
-
-    def sent(self) -> None:
-        self.waiting_for_answer = True
-        self.timer.reschedule(self._loop.time() + self.first_byte)
-
-    def finished(self) -> None:
-        self.timer.reschedule(None)
-
-
-class ProviderAdapter(ABC):
+class ProviderAdapter(CallPipeline):
     """upload / retrieve / list / content / delete against one provider's file API."""
 
     name: str
@@ -230,80 +97,20 @@ class ProviderAdapter(ABC):
     account_max_files: int | None = None
     account_max_bytes: int | None = None
 
-    def __init__(
-        self,
-        config: ProviderConfig,
-        *,
-        observer: CallObserver | None = None,
-        breaker: ProviderBreaker | None = None,
-        retry_policy: RetryPolicy | None = None,
-        retry_observer: RetryObserver | None = None,
-    ) -> None:
-        self.config = config
-        self._observer = observer
-        self.breaker = breaker
-        self.retry_policy = retry_policy
-        self._retry_observer = retry_observer
-        self.client = httpx.AsyncClient(
-            base_url=config.base_url.rstrip("/") + "/",
-            headers={"Authorization": f"Bearer {config.api_key}"},
-            # Only backstops: _exchange's watchdog enforces first-byte and idle itself.
-            timeout=httpx.Timeout(
-                connect=config.connect_timeout,
-                read=max(config.first_byte_timeout, config.idle_timeout),
-                write=config.idle_timeout,
-                pool=config.pool_timeout,
-            ),
-            transport=httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(
-                    max_connections=config.max_connections + config.background_connections,
-                    max_keepalive_connections=config.max_connections,
-                ),
-                socket_options=_SOCKET_OPTIONS,
-            ),
-            follow_redirects=False,
-        )
-        self._lanes = {
-            "transfer": _Lane("transfer", config.max_connections, wait=config.pool_timeout),
-            "background": _Lane(
-                "background", config.background_connections, wait=config.pool_timeout
-            ),
-        }
-
-    @property
-    def mode(self) -> str:
-        return "sandbox" if self.config.sandbox else "live"
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-    async def available(self) -> bool:
-        """False while the circuit is open and not due for a probe (or a probe is in flight)."""
-        return self.breaker is None or await self.breaker.available()
-
-    async def paused_for(self) -> float | None:
-        """Seconds calls would still fail fast on an open circuit; None when one would go."""
-        return None if self.breaker is None else await self.breaker.paused_for()
-
-    async def breaker_snapshot(self) -> dict[str, Any]:
-        """The circuit's state, counters and last counted error (storage "none" without one)."""
-        if self.breaker is not None:
-            return await self.breaker.snapshot()
-        return {
-            "provider": self.name,
-            "state": "closed",
-            "failure_count": 0,
-            "opened_at": None,
-            "last_error": None,
-            "storage": "none",
-            "degraded": False,
-        }
-
-    @abstractmethod
     async def upload(
         self, *, path: Path, filename: str, purpose: str, content_type: str
     ) -> ProviderFile:
-        """Upload the file at `path` under the provider-native `purpose`."""
+        """Stream the file at `path` to `POST files`, purpose field first (as the SDKs)."""
+        native = self.native_purpose(purpose)
+        # httpx reads the file object in 64 KiB chunks while sending; local-disk reads are short.
+        with path.open("rb") as handle:
+            return await self.request_file(
+                "upload",
+                "POST",
+                "files",
+                data={"purpose": native},
+                files={"file": (filename, handle, content_type)},
+            )
 
     @abstractmethod
     async def retrieve(self, file_id: str) -> ProviderFile: ...
@@ -332,10 +139,6 @@ class ProviderAdapter(ABC):
 
         await self._call("delete", attempt)
 
-    @abstractmethod
-    def raise_for_error(self, response: httpx.Response) -> None:
-        """Turn a non-2xx provider response into a typed ProviderError (never echo the body)."""
-
     async def request(self, operation: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One logical call: retries, then per try the breaker, observation and error mapping."""
         return await self._call(operation, lambda: self._exchange(method, url, **kwargs))
@@ -349,174 +152,6 @@ class ProviderAdapter(ABC):
             return self.file_object(self.json_object(await self._exchange(method, url, **kwargs)))
 
         return await self._call(operation, attempt)
-
-    async def _call(
-        self, operation: str, attempt: Callable[[], Awaitable[_T]], *, observed: bool = True
-    ) -> _T:
-        """Run `attempt` until it succeeds, the policy gives up, or the deadline passes."""
-        policy = self.retry_policy
-        loop = asyncio.get_running_loop()
-        deadline = None
-        budget = policy.deadline_for(operation) if policy is not None else None
-        if budget is not None:
-            deadline = loop.time() + budget
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                return await self._attempt(operation, attempt, deadline, observed=observed)
-            except ProviderError as exc:
-                if policy is None:
-                    raise
-                remaining = None if deadline is None else deadline - loop.time()
-                delay = policy.next_delay(operation, exc, tries, remaining)
-                # Never retry into an open circuit: that try would only fail fast.
-                if delay is None or not await self.available():
-                    raise
-                code = exc.error_code
-            logger.info(
-                "%s %s failed (%s); retry %d in %.2fs", self.name, operation, code, tries, delay
-            )
-            if self._retry_observer is not None:
-                try:
-                    self._retry_observer(self.name, operation)
-                except Exception:
-                    logger.exception("provider retry observer failed")
-            await asyncio.sleep(delay)
-
-    async def _attempt(
-        self,
-        operation: str,
-        attempt: Callable[[], Awaitable[_T]],
-        deadline: float | None,
-        *,
-        observed: bool,
-    ) -> _T:
-        """One try: the breaker admits it (or fails fast), then it is observed and timed."""
-        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-            # No budget left for a real try; failing here keeps it off the breaker's count.
-            raise self._deadline_error()
-        guard: AbstractAsyncContextManager[None] = (
-            self.breaker.guard() if self.breaker is not None else nullcontext()
-        )
-        observation = self.observe(operation) if observed else nullcontext()
-        lane = self._lanes["transfer" if operation in TRANSFER_OPERATIONS else "background"]
-        # A full lane is the gateway's own limit, not a provider fault: outside the breaker.
-        with observation:
-            async with lane.slot(self.name), guard:
-                if deadline is None:
-                    return await attempt()
-                timer = asyncio.timeout_at(deadline)
-                try:
-                    async with timer:
-                        return await attempt()
-                except TimeoutError as exc:
-                    if not timer.expired():
-                        raise
-                    raise self._deadline_error() from exc
-
-    def _deadline_error(self) -> ProviderUnavailable:
-        return ProviderUnavailable(
-            f"{self.name} did not complete the call within the gateway's deadline; "
-            "try again later.",
-            provider=self.name,
-            code="provider_deadline",
-        )
-
-    @contextmanager
-    def observe(self, operation: str) -> Iterator[None]:
-        """Time the enclosed provider call and report its outcome to the observer."""
-        started = time.perf_counter()
-        outcome = "ok"
-        token = _OPERATION.set(operation)
-        try:
-            yield
-        except ProviderError as exc:
-            outcome = exc.error_code
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except BaseException:
-            outcome = "internal_error"
-            raise
-        finally:
-            _OPERATION.reset(token)
-            if self._observer is not None:
-                try:
-                    self._observer(self.name, operation, outcome, time.perf_counter() - started)
-                except Exception:
-                    # Metrics must never turn a provider result into a failure.
-                    logger.exception("provider call observer failed")
-
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One call from a subclass's own observe() block, behind the breaker and retries."""
-        operation = _OPERATION.get() or method.lower()
-        return await self._call(
-            operation, lambda: self._exchange(method, url, **kwargs), observed=False
-        )
-
-    async def _exchange(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One HTTP exchange, cut when it stalls, with transport failures and statuses mapped."""
-        request = self.client.build_request(method, url, **kwargs)
-        timer = asyncio.timeout(None)
-        try:
-            async with timer:
-                watchdog = _Watchdog(
-                    timer, first_byte=self.config.first_byte_timeout, idle=self.config.idle_timeout
-                )
-                response = await self._send_watched(request, watchdog)
-        except TimeoutError as exc:
-            if not timer.expired():
-                raise
-            raise self._stalled(watchdog) from exc
-        except httpx.TimeoutException as exc:
-            raise ProviderUnavailable(
-                f"{self.name} did not answer in time; try again later.",
-                provider=self.name,
-                code="provider_timeout",
-            ) from exc
-        except httpx.RequestError as exc:
-            # RequestError also covers broken content decoding, not only TransportError.
-            raise ProviderUnavailable(
-                f"{self.name} could not be reached; try again later.",
-                provider=self.name,
-            ) from exc
-        if response.status_code >= 400:
-            self.raise_for_error(response)
-            # A raise_for_error that returns must not let an error status pass as success.
-            raise ProviderUnavailable(
-                f"{self.name} failed with HTTP {response.status_code}; try again later.",
-                provider=self.name,
-            )
-        return response
-
-    async def _send_watched(self, request: httpx.Request, watchdog: _Watchdog) -> httpx.Response:
-        """Send `request` and read the whole response, reporting every chunk to `watchdog`."""
-        if not isinstance(request.stream, httpx.AsyncByteStream):
-            raise TypeError("provider requests need an async body stream")
-        request.stream = _Tapped(request.stream, watchdog.moved, watchdog.sent)
-        response = await self.client.send(request, stream=True)
-        watchdog.moved()
-        try:
-            if not isinstance(response.stream, httpx.AsyncByteStream):
-                raise TypeError("provider responses need an async body stream")
-            response.stream = _Tapped(response.stream, watchdog.moved, watchdog.finished)
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
-
-    def _stalled(self, watchdog: _Watchdog) -> ProviderUnavailable:
-        if watchdog.waiting_for_answer:
-            what = f"did not start answering within {watchdog.first_byte:g}s"
-        else:
-            what = f"moved no data for {watchdog.idle:g}s"
-        return ProviderUnavailable(
-            f"{self.name} {what}; try again later.",
-            provider=self.name,
-            code="provider_timeout",
-        )
 
     def native_purpose(self, purpose: str) -> str:
         """The provider-native purpose for a gateway purpose; native names pass through."""

@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from app.core.errors import (
+    CircuitOpen,
     GatewayError,
     ProviderAuthFailed,
     ProviderError,
@@ -570,12 +571,11 @@ class ProviderBreaker:
         # waiters at once (on_close), and one that fails re-opens it for reset_seconds.
         return min(await self.store.probe_remaining(), self.reset_seconds)
 
-    def _open_error(self, wait: float) -> ProviderUnavailable:
-        return ProviderUnavailable(
+    def _open_error(self, wait: float) -> CircuitOpen:
+        return CircuitOpen(
             f"{self.provider} is failing and calls to it are paused (circuit open); "
             "try again later.",
             provider=self.provider,
-            code="provider_circuit_open",
             retry_after=max(wait, 0.001),
         )
 

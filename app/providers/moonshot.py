@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import re
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +27,7 @@ from app.providers.base import (
     error_envelope,
     retry_after_header,
 )
+from app.providers.names import Provider
 
 # The Kimi app's list (provider doc 1.3) plus common source/text types it reads as plain text.
 _DOCUMENTS = frozenset(
@@ -62,7 +62,7 @@ _TRY_AGAIN_AFTER = re.compile(r"try again after\s+(\d+(?:\.\d+)?)\s*s", re.IGNOR
 class MoonshotAdapter(ProviderAdapter):
     """Moonshot `/v1/files`: multipart upload, single-page list, extracted-text content."""
 
-    name = "moonshot"
+    name = Provider.MOONSHOT
     account_max_files = 1000
     account_max_bytes = 10 * 1024 * MiB
     purposes = {
@@ -85,21 +85,6 @@ class MoonshotAdapter(ProviderAdapter):
         ),
     }
 
-    async def upload(
-        self, *, path: Path, filename: str, purpose: str, content_type: str
-    ) -> ProviderFile:
-        """Stream the file at `path` to `POST files`, purpose field first (as the OpenAI SDK)."""
-        native = self.native_purpose(purpose)
-        # httpx reads the file object in 64 KiB chunks while sending; local-disk reads are short.
-        with path.open("rb") as handle:
-            return await self.request_file(
-                "upload",
-                "POST",
-                "files",
-                data={"purpose": native},
-                files={"file": (filename, handle, content_type)},
-            )
-
     async def retrieve(self, file_id: str) -> ProviderFile:
         """`GET files/{id}`."""
         return await self.request_file("retrieve", "GET", self.file_path(file_id))
@@ -107,7 +92,7 @@ class MoonshotAdapter(ProviderAdapter):
     async def list(self, *, purpose: str | None = None) -> builtins.list[ProviderFile]:
         """The first page of `GET files` only: Moonshot documents no pagination (doc 1.5)."""
         with self.observe("list"):
-            data = self.json_object(await self._send("GET", "files")).get("data")
+            data = self.json_object(await self._send("list", "GET", "files")).get("data")
             if not isinstance(data, builtins.list):
                 raise self.unexpected_response()
             files = [self.file_object(item) for item in data]

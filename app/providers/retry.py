@@ -1,48 +1,62 @@
-"""Bounded retries with full-jitter exponential backoff for provider calls safe to repeat."""
+"""Bounded retries with full-jitter exponential backoff for provider calls safe to repeat.
+
+tenacity runs the loop; this module decides what is worth another try, how long to wait
+(its capped exponential with full jitter, floored at the provider's Retry-After) and when the
+overall deadline leaves no room for one.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from app.core.errors import ProviderRateLimited, ProviderUnavailable
+from tenacity import AsyncRetrying, RetryCallState
+from tenacity.wait import wait_base, wait_exponential
+
+from app.core.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderUnavailable,
+)
 
 if TYPE_CHECKING:
     from app.core.config import Settings
 
 # Repeating these cannot create or lose anything; an upload might already have landed.
 SAFE_OPERATIONS = frozenset({"retrieve", "list", "content", "delete"})
-# Unavailable, but a retry cannot help: the circuit is open or the budget is spent.
-FINAL_CODES = frozenset({"provider_circuit_open", "provider_deadline"})
-# 2**62 already exceeds any sane cap; a bound keeps huge attempt numbers from overflowing.
-_MAX_EXPONENT = 62
 
 
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float,
-    cap: float,
-    retry_after: float | None = None,
-    rng: Callable[[], float] = random.random,
-) -> float:
-    """Full-jitter delay after failed try `attempt` (1-based), floored at `retry_after`."""
-    exponent = min(max(attempt - 1, 0), _MAX_EXPONENT)
-    ceiling = min(cap, base * float(2**exponent))
-    delay = rng() * ceiling
-    if retry_after is not None and retry_after > delay:
-        # The provider's own hint wins over the cap: retrying sooner would be throttled again.
-        delay = retry_after
-    return max(0.0, delay)
-
-
-def is_retryable(error: BaseException) -> bool:
+def is_retryable(error: BaseException | None) -> bool:
     """True for provider faults a later try may get past (5xx, 408, timeouts, 429)."""
     if not isinstance(error, ProviderUnavailable | ProviderRateLimited):
         return False
-    return error.error_code not in FINAL_CODES
+    # Unavailable, but a retry cannot help: the circuit is open or the budget is spent.
+    return not isinstance(error, CircuitOpen | DeadlineExceeded)
+
+
+class FullJitter(wait_base):
+    """A uniform wait up to tenacity's capped exponential, floored at the error's Retry-After."""
+
+    def __init__(
+        self, *, base: float, cap: float, rng: Callable[[], float] = random.random
+    ) -> None:
+        self._ceiling = wait_exponential(multiplier=base, max=cap)
+        self._rng = rng
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None and outcome.failed else None
+        hint = error.retry_after if isinstance(error, ProviderError) else None
+        delay = self._rng() * self._ceiling(retry_state)
+        if hint is not None and hint > delay:
+            # The provider's own hint wins over the cap: retrying sooner would be throttled again.
+            delay = hint
+        return max(0.0, delay)
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,9 @@ class RetryPolicy:
     upload_deadline: float | None = 600.0  # large files on slow links need far longer
     operations: frozenset[str] = SAFE_OPERATIONS
     rng: Callable[[], float] = field(default=random.random, compare=False, repr=False)
+    sleep: Callable[[float], Awaitable[None]] = field(
+        default=asyncio.sleep, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -84,24 +101,45 @@ class RetryPolicy:
         """Total tries allowed for `operation` (1 for anything not safe to repeat)."""
         return self.max_attempts if operation in self.operations else 1
 
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """The jittered wait after failed try `attempt`."""
-        return backoff_delay(
-            attempt,
-            base=self.base_delay,
-            cap=self.max_delay,
-            retry_after=retry_after,
-            rng=self.rng,
-        )
+    @property
+    def wait(self) -> FullJitter:
+        """The wait strategy between tries."""
+        return FullJitter(base=self.base_delay, cap=self.max_delay, rng=self.rng)
 
-    def next_delay(
-        self, operation: str, error: BaseException, attempt: int, remaining: float | None
-    ) -> float | None:
-        """Seconds to wait before another try, or None to give up and raise `error`."""
-        if attempt >= self.attempts_for(operation) or not is_retryable(error):
-            return None
-        retry_after = getattr(error, "retry_after", None)
-        delay = self.delay(attempt, retry_after if isinstance(retry_after, int | float) else None)
-        if remaining is not None and delay >= remaining:
-            return None
-        return delay
+    def backoff(self, attempt: int, *, retry_after: float | None = None) -> float:
+        """The jittered wait after failed try `attempt` (1-based), floored at `retry_after`."""
+        state = RetryCallState(AsyncRetrying(), fn=None, args=(), kwargs={})
+        state.attempt_number = max(attempt, 1)
+        delay = self.wait(state)
+        return delay if retry_after is None else max(delay, retry_after)
+
+    def retrying(
+        self,
+        operation: str,
+        *,
+        deadline: float | None,
+        clock: Callable[[], float],
+        may_retry: Callable[[], Awaitable[bool]],
+        before_sleep: Callable[[RetryCallState], None],
+    ) -> AsyncRetrying:
+        """The retry loop for one logical call of `operation` that must end by `deadline`."""
+        attempts = self.attempts_for(operation)
+
+        async def worth_another_try(state: RetryCallState) -> bool:
+            outcome = state.outcome
+            if outcome is None or not outcome.failed or state.attempt_number >= attempts:
+                return False
+            return is_retryable(outcome.exception()) and await may_retry()
+
+        def out_of_time(state: RetryCallState) -> bool:
+            # A wait that reaches the deadline leaves no time for the try after it.
+            return deadline is not None and state.upcoming_sleep >= deadline - clock()
+
+        return AsyncRetrying(
+            retry=worth_another_try,
+            wait=self.wait,
+            stop=out_of_time,
+            before_sleep=before_sleep,
+            sleep=self.sleep,
+            reraise=True,
+        )

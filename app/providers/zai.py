@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import logging
 import re
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +27,7 @@ from app.providers.base import (
     error_envelope,
     retry_after_header,
 )
+from app.providers.names import Provider
 
 logger = logging.getLogger("filegate.providers")
 
@@ -60,7 +60,7 @@ _EXTRACT_FAILED = re.compile(r"failed to extract|extract(?:ion)? (?:error|failed
 class ZaiAdapter(ProviderAdapter):
     """Z.ai `/files`: multipart upload, `after`-paginated list, raw-bytes content."""
 
-    name = "zai"
+    name = Provider.ZAI
     purposes = {
         "file-extract": _FILE_EXTRACT,
         "assistants": _FILE_EXTRACT,
@@ -93,21 +93,6 @@ class ZaiAdapter(ProviderAdapter):
         ),
     }
 
-    async def upload(
-        self, *, path: Path, filename: str, purpose: str, content_type: str
-    ) -> ProviderFile:
-        """Stream the file at `path` to `POST files`, purpose field first (as the SDKs)."""
-        native = self.native_purpose(purpose)
-        # httpx reads the file object in 64 KiB chunks while sending; local-disk reads are short.
-        with path.open("rb") as handle:
-            return await self.request_file(
-                "upload",
-                "POST",
-                "files",
-                data={"purpose": native},
-                files={"file": (filename, handle, content_type)},
-            )
-
     async def retrieve(self, file_id: str) -> ProviderFile:
         """`GET files/{id}`, falling back to a list scan where that route is missing (doc 2.2)."""
         try:
@@ -134,7 +119,7 @@ class ZaiAdapter(ProviderAdapter):
             if after is not None:
                 params["after"] = after
             with self.observe("list"):
-                payload = self.json_object(await self._send("GET", "files", params=params))
+                payload = self.json_object(await self._send("list", "GET", "files", params=params))
                 data = payload.get("data")
                 if not isinstance(data, builtins.list):
                     raise self.unexpected_response()

@@ -37,12 +37,12 @@ from app.models import (
     ProviderCopyStatus,
     Tenant,
 )
+from app.providers.hub import Target
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
 from app.runtime import Runtime
 from app.services import audit, jobs, placement
 from app.services.intake import IncomingUpload
-from app.services.placement import Target
 
 FILE_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 EXTRACTABLE = frozenset({"file-extract"})

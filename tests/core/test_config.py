@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.core.config import ConfigError, load_settings
-from app.runtime import provider_configs
+from app.providers.hub import provider_configs
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 
 from app.core.errors import GatewayError
-from app.providers.base import ProviderAdapter, ProviderConfig
+from app.providers.base import ProviderAdapter
+from app.providers.pipeline import ProviderConfig
 
 SECRET_KEY = "sk-test-SECRET-do-not-leak-0123456789"
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -23,8 +23,8 @@ from app.core.errors import (
 )
 from app.core.metrics import GatewayMetrics
 from app.providers import MoonshotAdapter
-from app.providers.base import ProviderConfig
 from app.providers.breakers import BreakerBoard, ProviderBreaker
+from app.providers.pipeline import ProviderConfig
 from tests.providers import control, fault
 from tests.support.loop import Heartbeat
 from tests.support.proxy import TcpProxy

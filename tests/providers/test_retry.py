@@ -13,6 +13,8 @@ import pytest
 
 from app.core.config import Settings
 from app.core.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
     ProviderError,
     ProviderNotFound,
     ProviderRateLimited,
@@ -20,9 +22,10 @@ from app.core.errors import (
     ProviderUnavailable,
 )
 from app.providers import MoonshotAdapter, ZaiAdapter
-from app.providers.base import ProviderAdapter, ProviderConfig
+from app.providers.base import ProviderAdapter
 from app.providers.breakers import BreakerBoard
-from app.providers.retry import SAFE_OPERATIONS, RetryPolicy, backoff_delay, is_retryable
+from app.providers.pipeline import ProviderConfig
+from app.providers.retry import SAFE_OPERATIONS, RetryPolicy, is_retryable
 from tests.providers import Recorder, control, fault
 
 PROVIDERS = {"moonshot": MoonshotAdapter, "zai": ZaiAdapter}
@@ -33,11 +36,16 @@ def unavailable(**kw: Any) -> ProviderUnavailable:
     return ProviderUnavailable("down", provider="moonshot", **kw)
 
 
-# --- the backoff function ----------------------------------------------------------------
+# --- the backoff helper ------------------------------------------------------------------
+
+
+def backoff(attempt: int, *, rng: Callable[[], float], retry_after: float | None = None) -> float:
+    policy = RetryPolicy(base_delay=0.2, max_delay=5.0, rng=rng)
+    return policy.backoff(attempt, retry_after=retry_after)
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
-    delays = [backoff_delay(n, base=0.2, cap=5.0, rng=lambda: 1.0) for n in range(1, 8)]
+    delays = [backoff(n, rng=lambda: 1.0) for n in range(1, 8)]
     assert delays == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0])
 
 
@@ -45,66 +53,145 @@ def test_backoff_is_full_jitter_within_bounds() -> None:
     rng = random.Random(7).random
     for attempt in range(1, 7):
         ceiling = min(5.0, 0.2 * 2 ** (attempt - 1))
-        samples = [backoff_delay(attempt, base=0.2, cap=5.0, rng=rng) for _ in range(300)]
+        samples = [backoff(attempt, rng=rng) for _ in range(300)]
         assert all(0.0 <= s <= ceiling for s in samples)
         # Full jitter spreads over the whole [0, ceiling) range rather than clustering.
         assert min(samples) < 0.1 * ceiling and max(samples) > 0.9 * ceiling
         assert len(set(samples)) > 250
-    assert backoff_delay(3, base=0.2, cap=5.0, rng=lambda: 0.0) == 0.0
+    assert backoff(3, rng=lambda: 0.0) == 0.0
 
 
 def test_retry_after_is_a_floor_not_capped() -> None:
-    assert backoff_delay(1, base=0.2, cap=5.0, retry_after=1.5, rng=lambda: 0.0) == 1.5
-    assert backoff_delay(1, base=0.2, cap=5.0, retry_after=1.5, rng=lambda: 1.0) == 1.5
+    assert backoff(1, retry_after=1.5, rng=lambda: 0.0) == 1.5
+    assert backoff(1, retry_after=1.5, rng=lambda: 1.0) == 1.5
     # A smaller hint does not shorten the jittered delay.
-    assert backoff_delay(5, base=0.2, cap=5.0, retry_after=0.1, rng=lambda: 1.0) == 3.2
+    assert backoff(5, retry_after=0.1, rng=lambda: 1.0) == pytest.approx(3.2)
     # The provider's hint wins over our cap.
-    assert backoff_delay(1, base=0.2, cap=5.0, retry_after=30, rng=lambda: 0.5) == 30
+    assert backoff(1, retry_after=30, rng=lambda: 0.5) == 30
 
 
 def test_backoff_survives_extreme_attempts() -> None:
-    assert backoff_delay(10_000, base=0.2, cap=5.0, rng=lambda: 1.0) == 5.0
-    assert backoff_delay(0, base=0.2, cap=5.0, rng=lambda: 1.0) == 0.2
-    assert backoff_delay(-3, base=0.2, cap=5.0, rng=lambda: 1.0) == 0.2
+    assert backoff(10_000, rng=lambda: 1.0) == 5.0
+    assert backoff(0, rng=lambda: 1.0) == 0.2
+    assert backoff(-3, rng=lambda: 1.0) == 0.2
 
 
-# --- the policy's decisions --------------------------------------------------------------
+# --- the retry loop's decisions, on an injected clock ------------------------------------
+
+
+@dataclass
+class FakeClock:
+    """A clock that moves only when the retry loop sleeps."""
+
+    now: float = 100.0
+    slept: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+async def run_retrying(
+    operation: str,
+    errors: list[BaseException],
+    *,
+    remaining: float | None = None,
+    circuit_closed: bool = True,
+    clock: FakeClock | None = None,
+) -> tuple[int, BaseException | None, FakeClock]:
+    """Tries made, the error that escaped (None on success) and the clock, per the policy."""
+    clock = clock or FakeClock()
+    policy = RetryPolicy(
+        max_attempts=3, base_delay=0.2, max_delay=5.0, rng=lambda: 0.5, sleep=clock.sleep
+    )
+    deadline = None if remaining is None else clock.now + remaining
+    tries = 0
+
+    async def attempt() -> str:
+        nonlocal tries
+        tries += 1
+        if tries <= len(errors):
+            raise errors[tries - 1]
+        return "ok"
+
+    async def may_retry() -> bool:
+        return circuit_closed
+
+    retrier = policy.retrying(
+        operation, deadline=deadline, clock=clock, may_retry=may_retry, before_sleep=lambda s: None
+    )
+    try:
+        await retrier(attempt)
+    except BaseException as exc:
+        return tries, exc, clock
+    return tries, None, clock
 
 
 @pytest.mark.parametrize(
-    ("operation", "error", "attempt", "remaining", "retry"),
+    ("operation", "error", "remaining", "retry"),
     [
-        ("retrieve", unavailable(), 1, None, True),
-        ("list", unavailable(), 2, 10.0, True),
-        ("content", ProviderRateLimited("slow", provider="moonshot"), 1, None, True),
-        ("delete", unavailable(code="provider_timeout"), 1, None, True),
-        ("retrieve", unavailable(), 3, None, False),  # attempts used up
-        ("upload", unavailable(), 1, None, False),  # never repeat an upload
-        ("retrieve", ProviderNotFound("gone", provider="moonshot"), 1, None, False),
-        ("retrieve", ProviderRejected("no", provider="moonshot"), 1, None, False),
-        ("retrieve", unavailable(code="provider_circuit_open"), 1, None, False),
-        ("retrieve", unavailable(code="provider_deadline"), 1, None, False),
-        ("retrieve", RuntimeError("bug"), 1, None, False),
-        ("retrieve", unavailable(), 1, 0.0, False),  # no budget left
-        ("retrieve", unavailable(retry_after=5), 1, 4.0, False),  # hint beyond the deadline
-        ("retrieve", unavailable(retry_after=5), 1, 6.0, True),
+        ("retrieve", unavailable(), None, True),
+        ("list", unavailable(), 10.0, True),
+        ("content", ProviderRateLimited("slow", provider="moonshot"), None, True),
+        ("delete", unavailable(code="provider_timeout"), None, True),
+        ("upload", unavailable(), None, False),  # never repeat an upload
+        ("retrieve", ProviderNotFound("gone", provider="moonshot"), None, False),
+        ("retrieve", ProviderRejected("no", provider="moonshot"), None, False),
+        ("retrieve", CircuitOpen("paused", provider="moonshot"), None, False),
+        ("retrieve", DeadlineExceeded("late", provider="moonshot"), None, False),
+        ("retrieve", RuntimeError("bug"), None, False),
+        ("retrieve", unavailable(), 0.0, False),  # no budget left
+        ("retrieve", unavailable(retry_after=5), 4.0, False),  # hint beyond the deadline
+        ("retrieve", unavailable(retry_after=5), 6.0, True),
     ],
 )
-def test_next_delay(
-    operation: str, error: BaseException, attempt: int, remaining: float | None, retry: bool
+async def test_one_failure_is_retried_or_raised(
+    operation: str, error: BaseException, remaining: float | None, retry: bool
 ) -> None:
-    policy = RetryPolicy(max_attempts=3, base_delay=0.2, max_delay=5.0, rng=lambda: 0.5)
-    delay = policy.next_delay(operation, error, attempt, remaining)
-    assert (delay is not None) is retry
-    if delay is not None and isinstance(error, ProviderError) and error.retry_after:
-        assert delay >= error.retry_after
+    tries, escaped, clock = await run_retrying(operation, [error], remaining=remaining)
+    assert (tries, escaped) == ((2, None) if retry else (1, error))
+    if retry and isinstance(error, ProviderError) and error.retry_after:
+        assert clock.slept == [error.retry_after]
+
+
+async def test_attempts_are_bounded() -> None:
+    errors: list[BaseException] = [unavailable(), unavailable(), unavailable()]
+    tries, escaped, clock = await run_retrying("retrieve", errors)
+    assert (tries, escaped) == (3, errors[2])
+    assert clock.slept == pytest.approx([0.1, 0.2])  # half of 0.2 and 0.4 with rng 0.5
+
+
+async def test_retry_after_is_honoured_on_the_clock() -> None:
+    errors: list[BaseException] = [ProviderRateLimited("slow", provider="zai", retry_after=3)]
+    tries, escaped, clock = await run_retrying("list", errors, remaining=10.0)
+    assert (tries, escaped, clock.slept, clock.now) == (2, None, [3], 103.0)
+
+
+async def test_deadline_stops_before_a_wait_that_would_reach_it() -> None:
+    errors: list[BaseException] = [
+        unavailable(retry_after=2),
+        unavailable(retry_after=2),
+        unavailable(),
+    ]
+    tries, escaped, clock = await run_retrying("list", errors, remaining=3.0)
+    # 2 s fits into 3 s; after it only 1 s is left, so the second 2 s wait is not taken.
+    assert (tries, escaped, clock.slept) == (2, errors[1], [2])
+
+
+async def test_open_circuit_stops_retries() -> None:
+    error = unavailable()
+    tries, escaped, clock = await run_retrying("retrieve", [error], circuit_closed=False)
+    assert (tries, escaped, clock.slept) == (1, error, [])
 
 
 def test_is_retryable() -> None:
     assert is_retryable(unavailable())
     assert is_retryable(ProviderRateLimited("slow", provider="zai"))
     assert not is_retryable(ProviderNotFound("gone", provider="zai"))
-    assert not is_retryable(unavailable(code="provider_circuit_open"))
+    assert not is_retryable(CircuitOpen("paused", provider="zai"))
 
 
 def test_policy_from_settings() -> None:
@@ -275,6 +362,7 @@ async def test_deadline_cuts_a_hung_call(make: Factory, sandbox: str) -> None:
     with pytest.raises(ProviderUnavailable) as caught:
         await adapter.content("file-1")
     assert 0.35 <= time.monotonic() - started < 1.5
+    assert isinstance(caught.value, DeadlineExceeded)
     assert caught.value.error_code == "provider_deadline"
     assert recorder.outcomes == [("moonshot", "content", "provider_deadline")]
 
@@ -301,6 +389,7 @@ async def test_open_breaker_stops_retries(make: Factory, sandbox: str) -> None:
     assert log.retries == [("moonshot", "list")]
     with pytest.raises(ProviderUnavailable) as caught:
         await adapter.list()
+    assert isinstance(caught.value, CircuitOpen)
     assert caught.value.error_code == "provider_circuit_open"
     assert calls(sandbox, "moonshot", "list") == 2
     assert log.retries == [("moonshot", "list")]
