@@ -243,7 +243,7 @@ async def test_start_up_and_requests_on_a_stalled_redis_do_not_block(settings: S
     proxy.start()
     proxy.freeze()  # Redis accepts connections and never answers
     settings.redis_url = proxy.url(REDIS_URL)
-    settings.breaker_redis_timeout_seconds = 0.5
+    settings.breaker_redis_timeout_seconds = 0.8
     app = create_app(settings)
     try:
         async with Heartbeat() as heart, app.router.lifespan_context(app):
@@ -251,7 +251,10 @@ async def test_start_up_and_requests_on_a_stalled_redis_do_not_block(settings: S
             async with gateway.client(await gateway.key()) as c:
                 resp = await upload(c, b"while redis hangs\n")
                 assert resp.status_code == 200, resp.text
-        assert heart.longest < 0.2, f"the event loop stalled for {heart.longest:.3f}s"
+        # A Redis call made on the loop would stall it for a whole timeout; anything well under
+        # one is the machine's own scheduling, which a loaded CI host stretches past 0.2 s.
+        bound = settings.breaker_redis_timeout_seconds / 2
+        assert heart.longest < bound, f"the event loop stalled for {heart.longest:.3f}s"
     finally:
         proxy.stop()
 
