@@ -208,6 +208,14 @@ class BlobCorrupt(GatewayError):
     code = "blob_corrupt"
 
 
+class IllegalTransition(GatewayError):
+    """A status change the lifecycle tables do not allow: a bug in the gateway, never input."""
+
+    status_code = 500
+    type = "server_error"
+    code = "internal_error"
+
+
 class ProviderError(GatewayError):
     """A provider call failed; `provider` names which one, `retryable` says if a retry may help."""
 

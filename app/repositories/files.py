@@ -330,27 +330,6 @@ class FileRepository:
             await self.session.execute(stmt.execution_options(populate_existing=True))
         ).scalar_one_or_none()
 
-    def add_event(
-        self,
-        *,
-        file_id: str,
-        to_status: str,
-        reason: str,
-        from_status: str | None = None,
-        provider: str | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        self.session.add(
-            LifecycleEvent(
-                file_id=file_id,
-                provider=provider,
-                from_status=from_status,
-                to_status=to_status,
-                reason=reason,
-                request_id=request_id,
-            )
-        )
-
     async def events_for(self, file_id: str) -> Sequence[LifecycleEvent]:
         stmt = (
             select(LifecycleEvent)

@@ -41,7 +41,7 @@ from app.providers.hub import Target
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
 from app.runtime import Runtime
-from app.services import audit, jobs, placement
+from app.services import audit, jobs, lifecycle, placement
 from app.services.intake import IncomingUpload
 
 FILE_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -268,18 +268,19 @@ async def _claim(
         filename=upload.filename,
         content_type=upload.content_type,
         purpose=purpose,
-        status=FileStatus.UPLOADED,
         requested_provider=provider,
         created_at=now,
         expires_at=expires_at,
     )
-    session.add(file)
-    repo.add_event(
-        file_id=file.id,
-        to_status=FileStatus.UPLOADED,
+    lifecycle.transition(
+        session,
+        file,
+        FileStatus.UPLOADED,
         reason="upload accepted",
         request_id=ctx.request_id,
+        new=True,
     )
+    session.add(file)
     audit.record(session=session, ctx=ctx, action="file.create", resource=file.id)
     try:
         await session.flush()  # the unique index on live files settles a concurrent twin here
@@ -386,15 +387,13 @@ async def _fail_placement(
     reasons: str,
 ) -> None:
     """Every provider refused a new file for good: retire it so nothing half-made stays live."""
-    repo = FileRepository(session)
-    repo.add_event(
-        file_id=file.id,
-        from_status=file.status,
-        to_status=FileStatus.ERROR,
+    lifecycle.transition(
+        session,
+        file,
+        FileStatus.ERROR,
         reason=f"placement refused: {reasons}",
         request_id=ctx.request_id,
     )
-    file.status = FileStatus.ERROR
     file.status_details = reasons
     file.deleted_at = utcnow()
     audit.record(
@@ -553,14 +552,9 @@ async def _retire(
     then remove every provider copy (or queue it), then collect its blob."""
     file = view.file
     repo = FileRepository(session)
-    repo.add_event(
-        file_id=file.id,
-        from_status=file.status,
-        to_status=FileStatus.DELETED,
-        reason=reason,
-        request_id=ctx.request_id,
+    lifecycle.transition(
+        session, file, FileStatus.DELETED, reason=reason, request_id=ctx.request_id
     )
-    file.status = FileStatus.DELETED
     file.deleted_at = utcnow()
     audit.record(session=session, ctx=ctx, action=f"file.{action}", resource=file.id)
     held = [
@@ -644,7 +638,6 @@ async def remove_copy(
     *, session: AsyncSession, rt: Runtime, ctx: CallContext, copy: ProviderCopy, reason: str
 ) -> bool:
     """Delete one provider copy; on a provider fault mark it deleting and queue a retry."""
-    repo = FileRepository(session)
     if copy.provider_file_id:
         try:
             await rt.providers.adapter(copy.provider).delete(copy.provider_file_id)
@@ -652,15 +645,13 @@ async def remove_copy(
             pass  # already gone at the provider: the goal is reached
         except ProviderError as exc:
             if copy.status != ProviderCopyStatus.DELETING:
-                repo.add_event(
-                    file_id=copy.file_id,
-                    provider=copy.provider,
-                    from_status=copy.status,
-                    to_status=ProviderCopyStatus.DELETING,
+                lifecycle.transition(
+                    session,
+                    copy,
+                    ProviderCopyStatus.DELETING,
                     reason=f"{reason}; provider delete will be retried: {exc.message}",
                     request_id=ctx.request_id,
                 )
-            copy.status = ProviderCopyStatus.DELETING
             copy.last_error = exc.message
             await jobs.enqueue(
                 session=session,
@@ -672,15 +663,9 @@ async def remove_copy(
                 sooner=True,  # the removal queued with a delete runs at this backoff instead
             )
             return False
-    repo.add_event(
-        file_id=copy.file_id,
-        provider=copy.provider,
-        from_status=copy.status,
-        to_status=ProviderCopyStatus.DELETED,
-        reason=reason,
-        request_id=ctx.request_id,
+    lifecycle.transition(
+        session, copy, ProviderCopyStatus.DELETED, reason=reason, request_id=ctx.request_id
     )
-    copy.status = ProviderCopyStatus.DELETED
     copy.last_error = None
     return True
 

@@ -15,11 +15,12 @@ from app.core.errors import (
     ProviderError,
     ProviderUnavailable,
 )
-from app.models import File, FileStatus, ProviderCopy, ProviderCopyStatus
+from app.models import File, FileStatus, ProviderCopy
+from app.models import ProviderCopyStatus as C
 from app.providers.base import ProviderAdapter
 from app.providers.hub import Target
 from app.repositories.files import FileRepository
-from app.services import audit, jobs
+from app.services import audit, jobs, lifecycle
 from app.services.deployment import TAG_ALPHABET, TAG_LENGTH
 
 if TYPE_CHECKING:
@@ -154,6 +155,9 @@ async def place(
         if index > 0:
             rt.metrics.fallbacks.labels(target.provider).inc()
         copy = await _intent(session=session, ctx=ctx, file=file, target=target)
+        if copy is None:
+            outcome.placed_on = target.provider  # a concurrent placement got there first
+            return outcome
         try:
             result = await adapter.upload(
                 path=blob_path,
@@ -173,16 +177,10 @@ async def place(
         except ProviderError as exc:
             outcome.errors.append(exc)
             outcome.deferred = outcome.deferred or exc.retryable
-            copy.status = ProviderCopyStatus.FAILED
-            copy.last_error = exc.message
-            repo.add_event(
-                file_id=file.id,
-                provider=target.provider,
-                from_status=ProviderCopyStatus.PLACING,
-                to_status=ProviderCopyStatus.FAILED,
-                reason=exc.message,
-                request_id=ctx.request_id,
+            lifecycle.transition(
+                session, copy, C.FAILED, reason=exc.message, request_id=ctx.request_id
             )
+            copy.last_error = exc.message
             await session.commit()
             continue
         # Locked until _activate commits, so a delete either sees the new copy or is seen.
@@ -208,14 +206,12 @@ async def _withdraw_unsent_copy(
 ) -> None:
     """The file was deleted before its upload began: nothing reached the provider."""
     await session.refresh(copy)
-    if copy.status != ProviderCopyStatus.PLACING:
+    if copy.status != C.PLACING:
         return  # the delete settled it already
-    copy.status = ProviderCopyStatus.DELETED
-    FileRepository(session).add_event(
-        file_id=copy.file_id,
-        provider=copy.provider,
-        from_status=ProviderCopyStatus.PLACING,
-        to_status=ProviderCopyStatus.DELETED,
+    lifecycle.transition(
+        session,
+        copy,
+        C.DELETED,
         reason="file deleted during placement; nothing was uploaded",
         request_id=ctx.request_id,
     )
@@ -232,12 +228,10 @@ async def _discard_late_copy(
 ) -> None:
     """The file was deleted while its upload ran: remove the copy that arrived too late."""
     copy.provider_file_id = provider_file_id
-    copy.status = ProviderCopyStatus.DELETED
-    FileRepository(session).add_event(
-        file_id=copy.file_id,
-        provider=copy.provider,
-        from_status=ProviderCopyStatus.PLACING,
-        to_status=ProviderCopyStatus.DELETED,
+    lifecycle.transition(
+        session,
+        copy,
+        C.DELETED,
         reason=f"file deleted during placement; removing {provider_file_id}",
         request_id=ctx.request_id,
     )
@@ -250,8 +244,9 @@ async def _discard_late_copy(
 
 async def _intent(
     *, session: AsyncSession, ctx: CallContext, file: File, target: Target
-) -> ProviderCopy:
-    """Write (and commit) the copy row before calling the provider, so a crash leaves a trail."""
+) -> ProviderCopy | None:
+    """Write (and commit) the copy row before calling the provider, so a crash leaves a trail;
+    None when the copy is live already (a concurrent placement of it finished first)."""
     repo = FileRepository(session)
     copy = await repo.copy_for(file_id=file.id, provider=target.provider)
     if copy is None:
@@ -259,7 +254,7 @@ async def _intent(
             file_id=file.id,
             provider=target.provider,
             native_purpose=target.rule.native,
-            status=ProviderCopyStatus.PLACING,
+            status=C.PLACING,  # the row's placeholder until the move below records it
             attempts=0,
         )
         try:
@@ -273,16 +268,19 @@ async def _intent(
             else await repo.copy_for(file_id=file.id, provider=target.provider)
         )
         assert copy is not None
-    if copy.status != ProviderCopyStatus.PLACING or copy.attempts == 0:
-        repo.add_event(
-            file_id=file.id,
-            provider=target.provider,
-            from_status=copy.status if copy.attempts else None,
-            to_status=ProviderCopyStatus.PLACING,
+    if copy.status == C.ACTIVE:
+        await session.commit()
+        return None
+    # A copy still placing after an attempt was cut off (a crash, a lapsed lease) stays placing.
+    if copy.status != C.PLACING or copy.attempts == 0:
+        lifecycle.transition(
+            session,
+            copy,
+            C.PLACING,
             reason=f"placing as '{target.rule.native}'",
             request_id=ctx.request_id,
+            new=copy.attempts == 0,
         )
-    copy.status = ProviderCopyStatus.PLACING
     copy.native_purpose = target.rule.native
     copy.provider_file_id = None
     copy.attempts += 1
@@ -299,7 +297,6 @@ async def adopt(
     provider_file_id: str,
 ) -> None:
     """Take over a provider file the gateway uploaded but never recorded (crash before commit)."""
-    copy.status = ProviderCopyStatus.PLACING
     await _activate(
         session=session,
         ctx=ctx,
@@ -319,28 +316,24 @@ async def _activate(
     provider_file_id: str,
     reason: str | None = None,
 ) -> None:
-    repo = FileRepository(session)
-    copy.status = ProviderCopyStatus.ACTIVE
-    copy.provider_file_id = provider_file_id
-    copy.last_error = None
-    copy.extracted = None
-    repo.add_event(
-        file_id=file.id,
-        provider=copy.provider,
-        from_status=ProviderCopyStatus.PLACING,
-        to_status=ProviderCopyStatus.ACTIVE,
+    lifecycle.transition(
+        session,
+        copy,
+        C.ACTIVE,
         reason=reason or f"placed as {provider_file_id}",
         request_id=ctx.request_id,
     )
+    copy.provider_file_id = provider_file_id
+    copy.last_error = None
+    copy.extracted = None
     if file.status != FileStatus.PROCESSED:
-        repo.add_event(
-            file_id=file.id,
-            from_status=file.status,
-            to_status=FileStatus.PROCESSED,
+        lifecycle.transition(
+            session,
+            file,
+            FileStatus.PROCESSED,
             reason=f"live on {copy.provider}",
             request_id=ctx.request_id,
         )
-        file.status = FileStatus.PROCESSED
         file.status_details = None
     audit.record(
         session=session, ctx=ctx, action="file.place", resource=f"{file.id}@{copy.provider}"
@@ -359,16 +352,14 @@ async def defer(
     retry_after: float | None = None,
 ) -> None:
     """Keep the accepted file and let a job place it once a provider can take it."""
-    repo = FileRepository(session)
     if file.status not in (FileStatus.PROCESSED, FileStatus.PENDING):
-        repo.add_event(
-            file_id=file.id,
-            from_status=file.status,
-            to_status=FileStatus.PENDING,
+        lifecycle.transition(
+            session,
+            file,
+            FileStatus.PENDING,
             reason=f"waiting for a provider: {reason}",
             request_id=ctx.request_id,
         )
-        file.status = FileStatus.PENDING
         file.status_details = f"Waiting for a provider: {reason}"
     await jobs.enqueue(
         session=session,

@@ -15,7 +15,7 @@ from app.core.errors import ProviderError, ProviderNotFound, UnsupportedPurpose
 from app.models import File, FileStatus, Job, ProviderCopy, ProviderCopyStatus
 from app.repositories.files import FileRepository
 from app.repositories.idempotency import IdempotencyRepository
-from app.services import audit, files, jobs, placement, reconcile
+from app.services import audit, files, jobs, lifecycle, placement, reconcile
 from app.services.jobs import RetryLater
 from app.services.reconcile import Action, Decision
 
@@ -60,14 +60,18 @@ async def _give_up(*, session: AsyncSession, ctx: CallContext, file: File, reaso
     """Mark a file that no provider will take; its blob stays so nothing accepted is lost."""
     if file.status == FileStatus.PROCESSED:
         return
-    FileRepository(session).add_event(
-        file_id=file.id,
-        from_status=file.status,
-        to_status=FileStatus.ERROR,
-        reason=f"placement gave up: {reason}",
-        request_id=ctx.request_id,
-    )
-    file.status = FileStatus.ERROR
+    if file.status == FileStatus.ERROR:
+        lifecycle.note(
+            session, file, reason=f"placement gave up: {reason}", request_id=ctx.request_id
+        )
+    else:
+        lifecycle.transition(
+            session,
+            file,
+            FileStatus.ERROR,
+            reason=f"placement gave up: {reason}",
+            request_id=ctx.request_id,
+        )
     file.status_details = f"No provider took the file: {reason}"
     audit.record(
         session=session,
@@ -135,13 +139,7 @@ async def check_file(
         rt.metrics.health_checks.labels("blob_" + report["blob"]).inc()
         reason = f"blob {report['blob']}: content withheld until repaired"
         if file.status_details != reason:
-            repo.add_event(
-                file_id=file.id,
-                from_status=file.status,
-                to_status=file.status,
-                reason=reason,
-                request_id=ctx.request_id,
-            )
+            lifecycle.note(session, file, reason=reason, request_id=ctx.request_id)
             file.status_details = reason
     copies = (await repo.copies_for([file.id]))[file.id]
     for copy in copies:
@@ -188,15 +186,9 @@ async def mark_missing(
     reason: str,
 ) -> None:
     """Record a copy the provider lost and queue its re-placement from the canonical blob."""
-    FileRepository(session).add_event(
-        file_id=file.id,
-        provider=copy.provider,
-        from_status=copy.status,
-        to_status=ProviderCopyStatus.MISSING,
-        reason=reason,
-        request_id=ctx.request_id,
+    lifecycle.transition(
+        session, copy, ProviderCopyStatus.MISSING, reason=reason, request_id=ctx.request_id
     )
-    copy.status = ProviderCopyStatus.MISSING
     copy.last_error = reason
     if file.deleted_at is None and (file.expires_at is None or file.expires_at > utcnow()):
         await jobs.enqueue(
