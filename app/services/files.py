@@ -366,6 +366,9 @@ async def _place_new(
             copies = (await repo.copies_for([file.id]))[file.id]
             return FileView(file, copies, retry_after=retry_after)
         await jobs.end_intent(session=session, intent=intent)
+        if file.status == FileStatus.PROCESSED:
+            await session.commit()  # an extra copy was refused: the file stays live where it is
+            raise error
         await _fail_placement(
             session=session, rt=rt, ctx=ctx, file=file, error=error, reasons=outcome.reasons
         )
@@ -387,13 +390,13 @@ async def _fail_placement(
     reasons: str,
 ) -> None:
     """Every provider refused a new file for good: retire it so nothing half-made stays live."""
-    lifecycle.transition(
-        session,
-        file,
-        FileStatus.ERROR,
-        reason=f"placement refused: {reasons}",
-        request_id=ctx.request_id,
-    )
+    reason = f"placement refused: {reasons}"
+    if file.status == FileStatus.ERROR:  # a re-upload's new try of a file in error
+        lifecycle.note(session, file, reason=reason, request_id=ctx.request_id)
+    else:
+        lifecycle.transition(
+            session, file, FileStatus.ERROR, reason=reason, request_id=ctx.request_id
+        )
     file.status_details = reasons
     file.deleted_at = utcnow()
     audit.record(

@@ -249,6 +249,29 @@ async def test_provider_refusal_leaves_nothing_live(
     assert await count(gateway, Blob) == 0
 
 
+async def test_a_refused_extra_copy_keeps_the_live_file(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    # The same bytes again, for a provider that refuses them: the tenant's live file stays.
+    first = (await upload(client, b"a,b\n", filename="t.csv")).json()
+    await gateway.sandbox_fault("zai", status=400, rate=1.0)
+    resp = await upload(client, b"a,b\n", filename="t.csv", provider="zai")
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == "provider_rejected"
+    kept = await client.get(f"/v1/files/{first['id']}")
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["status"] == "processed"
+    assert {p["provider"]: p["status"] for p in kept.json()["providers"]} == {"moonshot": "active"}
+    events = (await client.get(f"/v1/files/{first['id']}/events")).json()["data"]
+    assert [(e["provider"], e["to_status"]) for e in events][-2:] == [
+        ("zai", "placing"),
+        ("zai", "failed"),
+    ]
+    content = await client.get(f"/v1/files/{first['id']}/content")
+    assert content.status_code == 200 and content.content == b"a,b\n"
+    assert await count(gateway, Blob) == 1
+
+
 async def test_provider_outage_accepts_upload_as_pending(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
