@@ -11,6 +11,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api import errors, openapi
 from app.api.edge import EdgeMiddleware
+from app.api.intake import MULTIPART_OVERHEAD_BYTES
 from app.api.middleware import RequestContextMiddleware
 from app.api.routes import admin, files, health
 from app.api.timeouts import BodyIdleTimeoutMiddleware
@@ -19,7 +20,6 @@ from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging
 from app.core.metrics import GatewayMetrics
 from app.runtime import build_runtime
-from app.services.intake import MULTIPART_OVERHEAD_BYTES
 from app.services.sandbox import recheck_on_start
 from app.services.worker import running_workers
 

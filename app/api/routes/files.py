@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.responses import MalformedRangeHeader
@@ -16,6 +15,7 @@ from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfia
 from app.api.deps import FileId, ReadSessionDep, RuntimeDep, SessionDep
 from app.api.errors import responses
 from app.api.idempotency import respond
+from app.api.intake import media_type, receive_upload
 from app.api.schemas import (
     Extracted,
     FileDeleted,
@@ -46,7 +46,6 @@ from app.core.errors import (
 from app.models import FileStatus
 from app.services import files as file_service
 from app.services.idempotency import request_digest
-from app.services.intake import media_type, receive_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -122,15 +121,14 @@ UPLOAD_BODY = {
 async def upload_file(
     request: Request, ctx: WriteCtx, session: SessionDep, rt: RuntimeDep
 ) -> JSONResponse:
-    upload = await receive_upload(
+    async with receive_upload(
         body=request.stream(),
         content_type=request.headers.get("content-type"),
         blob_store=rt.blob_store,
         max_file_bytes=rt.settings.max_upload_bytes,
         max_parts=rt.settings.max_multipart_parts,
         text_fields=UPLOAD_FIELDS,
-    )
-    try:
+    ) as upload:
         purpose = upload.fields.get("purpose")
         if not purpose:
             raise InvalidRequest("The 'purpose' field is required.", param="purpose")
@@ -170,8 +168,6 @@ async def upload_file(
             action=create,
         )
         return _with_retry_after(response, retry_after)
-    finally:
-        await to_thread.run_sync(upload.spool.discard)
 
 
 def _with_retry_after(response: JSONResponse, retry_after: float | None) -> JSONResponse:

@@ -1,4 +1,7 @@
-"""Streaming multipart intake: hash and spool the file part as it arrives, in bounded memory."""
+"""Streaming multipart intake: hash and spool the file part as it arrives, in bounded memory.
+
+The spool is owned here: `receive_upload` yields the upload and removes its spool when the
+request is done with it, whatever happened (a blob store commit has moved it by then)."""
 
 from __future__ import annotations
 
@@ -7,13 +10,14 @@ import contextlib
 import re
 import unicodedata
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from app.services.files import IncomingUpload
 from app.storage.blobs import BlobStore, SpoolFile
 
 FLUSH_BYTES = 1024 * 1024
@@ -21,18 +25,6 @@ MAX_FIELD_BYTES = 1024
 MAX_HEADER_BYTES = 8 * 1024
 MAX_FILENAME_CHARS = 255
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
-
-
-@dataclass
-class IncomingUpload:
-    """A fully received upload: the spooled file part plus the text fields."""
-
-    spool: SpoolFile
-    sha256: str
-    size: int
-    filename: str
-    content_type: str
-    fields: dict[str, str] = field(default_factory=dict)
 
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 token
@@ -320,6 +312,7 @@ def multipart_boundary(content_type: str | None) -> bytes:
     return boundary
 
 
+@asynccontextmanager
 async def receive_upload(
     *,
     body: AsyncIterator[bytes],
@@ -328,8 +321,8 @@ async def receive_upload(
     max_file_bytes: int,
     max_parts: int,
     text_fields: frozenset[str],
-) -> IncomingUpload:
-    """Stream a multipart body into a spool; on any failure nothing is left on disk."""
+) -> AsyncIterator[IncomingUpload]:
+    """Stream a multipart body into a spool, yield it, and leave nothing on disk afterwards."""
     intake = MultipartIntake(
         blob_store=blob_store,
         boundary=multipart_boundary(content_type),
@@ -349,7 +342,6 @@ async def receive_upload(
                         param="file",
                     )
                 await intake.feed(chunk)
-        return await intake.finish()
-    except BaseException:
+        yield await intake.finish()
+    finally:
         await intake.discard()
-        raise

@@ -1,0 +1,38 @@
+"""Files: accept (dedup + place), read, list, download, extract, copy and delete.
+
+One module per use case; this package's names are the ones routes and jobs call."""
+
+from app.services.files.copies import replicate
+from app.services.files.extract import extract
+from app.services.files.queries import content_path, events, get_file, list_files, read_file
+from app.services.files.retire import collect_blob, delete_file, expire_file, remove_copy
+from app.services.files.upload import create_file
+from app.services.files.views import (
+    CreateResult,
+    FilePage,
+    FileView,
+    IncomingUpload,
+    new_file_id,
+    valid_file_id,
+)
+
+__all__ = [
+    "CreateResult",
+    "FilePage",
+    "FileView",
+    "IncomingUpload",
+    "collect_blob",
+    "content_path",
+    "create_file",
+    "delete_file",
+    "events",
+    "expire_file",
+    "extract",
+    "get_file",
+    "list_files",
+    "new_file_id",
+    "read_file",
+    "remove_copy",
+    "replicate",
+    "valid_file_id",
+]

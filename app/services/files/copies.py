@@ -1,0 +1,49 @@
+"""Extra copies: put a file on another provider from its canonical blob."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.principal import CallContext
+from app.core.errors import InvalidRequest
+from app.models import ProviderCopyStatus
+from app.repositories.files import FileRepository
+from app.runtime import Runtime
+from app.services import placement
+from app.services.files.queries import get_file
+from app.services.files.views import FileView, not_found
+
+
+async def replicate(
+    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str, provider: str
+) -> FileView:
+    """Place a copy of a file on another provider from the canonical blob."""
+    view = await get_file(session=session, ctx=ctx, file_id=file_id)
+    file = view.file
+    if provider == "auto":
+        raise InvalidRequest("Name the provider to copy the file to.", param="provider")
+    if any(c.provider == provider and c.status == ProviderCopyStatus.ACTIVE for c in view.copies):
+        return view
+    targets = rt.providers.targets(
+        purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
+    )
+    outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
+    if outcome.withdrawn:
+        raise not_found(file.id)
+    if outcome.placed_on is None:
+        error = outcome.first_error
+        if not outcome.deferred:
+            raise error
+        await placement.defer(
+            session=session,
+            rt=rt,
+            ctx=ctx,
+            file=file,
+            provider=provider,
+            reason=outcome.reasons,
+            retry_after=outcome.retry_after,
+        )
+        copies = (await FileRepository(session).copies_for([file.id]))[file.id]
+        return FileView(file, copies, retry_after=outcome.retry_after)
+    copies = (await FileRepository(session).copies_for([file.id]))[file.id]
+    return FileView(file, copies)

@@ -1,0 +1,148 @@
+"""Retiring files: delete or expire one, remove its provider copies, collect its blob."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.principal import CallContext
+from app.core.db import utcnow
+from app.core.errors import ProviderError, ProviderNotFound
+from app.models import File, FileStatus, ProviderCopy, ProviderCopyStatus
+from app.repositories.files import FileRepository
+from app.runtime import Runtime
+from app.services import audit, jobs, lifecycle
+from app.services.files.queries import get_file
+from app.services.files.views import FileView
+
+
+async def delete_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str) -> str:
+    """Delete a file now; provider copies that cannot be removed yet are retried by a job."""
+    view = await get_file(session=session, ctx=ctx, file_id=file_id)
+    await _retire(
+        session=session, rt=rt, ctx=ctx, view=view, reason="deleted by caller", action="delete"
+    )
+    return view.file.id
+
+
+async def expire_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, file: File) -> None:
+    """Remove an expired file at every provider and retire it; the blob goes when unused."""
+    copies = (await FileRepository(session).copies_for([file.id]))[file.id]
+    await _retire(
+        session=session,
+        rt=rt,
+        ctx=ctx,
+        view=FileView(file, copies),
+        reason="expired",
+        action="expire",
+    )
+
+
+async def _retire(
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    view: FileView,
+    reason: str,
+    action: str,
+) -> None:
+    """Mark the file deleted (committed at once: from then on no upload is merged into it),
+    then remove every provider copy (or queue it), then collect its blob."""
+    file = view.file
+    repo = FileRepository(session)
+    lifecycle.transition(
+        session, file, FileStatus.DELETED, reason=reason, request_id=ctx.request_id
+    )
+    file.deleted_at = utcnow()
+    audit.record(session=session, ctx=ctx, action=f"file.{action}", resource=file.id)
+    held = [
+        c
+        for c in view.copies
+        if c.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED)
+    ]
+    for copy in held:
+        # Durable with the tombstone: should this process die before the provider deletes
+        # below, a worker removes the copies.
+        await _queue_removal(session=session, rt=rt, copy=copy)
+    await session.commit()
+    for copy in held:
+        await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
+    # A placement finishing from now on sees the delete; one that went live while the copies
+    # above were removed is removed here as well.
+    await session.flush()
+    removed = {c.id for c in held}
+    for copy in (await repo.copies_for([file.id]))[file.id]:
+        if copy.id not in removed and copy.status == ProviderCopyStatus.ACTIVE:
+            await _queue_removal(session=session, rt=rt, copy=copy)
+            await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
+    await collect_blob(session=session, rt=rt, sha256=file.sha256)
+
+
+async def _queue_removal(*, session: AsyncSession, rt: Runtime, copy: ProviderCopy) -> None:
+    """The job that removes a copy unless this request does first (then it finds it done)."""
+    await jobs.enqueue(
+        session=session,
+        kind=jobs.DELETE_COPY,
+        payload={"copy_id": copy.id},
+        dedupe_key=f"delete_copy:{copy.id}",
+        delay_seconds=rt.settings.job_lease_seconds,
+        max_attempts=rt.settings.job_max_attempts,
+    )
+
+
+async def remove_copy(
+    *, session: AsyncSession, rt: Runtime, ctx: CallContext, copy: ProviderCopy, reason: str
+) -> bool:
+    """Delete one provider copy; on a provider fault mark it deleting and queue a retry."""
+    if copy.provider_file_id:
+        try:
+            await rt.providers.adapter(copy.provider).delete(copy.provider_file_id)
+        except ProviderNotFound:
+            pass  # already gone at the provider: the goal is reached
+        except ProviderError as exc:
+            if copy.status != ProviderCopyStatus.DELETING:
+                lifecycle.transition(
+                    session,
+                    copy,
+                    ProviderCopyStatus.DELETING,
+                    reason=f"{reason}; provider delete will be retried: {exc.message}",
+                    request_id=ctx.request_id,
+                )
+            copy.last_error = exc.message
+            await jobs.enqueue(
+                session=session,
+                kind=jobs.DELETE_COPY,
+                payload={"copy_id": copy.id},
+                dedupe_key=f"delete_copy:{copy.id}",
+                delay_seconds=exc.retry_after or rt.settings.job_backoff_base,
+                max_attempts=rt.settings.job_max_attempts,
+                sooner=True,  # the removal queued with a delete runs at this backoff instead
+            )
+            return False
+    lifecycle.transition(
+        session, copy, ProviderCopyStatus.DELETED, reason=reason, request_id=ctx.request_id
+    )
+    copy.last_error = None
+    return True
+
+
+async def collect_blob(*, session: AsyncSession, rt: Runtime, sha256: str) -> bool:
+    """Remove a blob once no live file of any tenant references it; commits the session."""
+    repo = FileRepository(session)
+    blob = await repo.lock_blob_if_unreferenced(sha256)
+    if blob is None:
+        return False
+    await repo.delete_blob_row(sha256)
+    await session.flush()
+    # Moved aside under the row lock (a concurrent upload of the same bytes waits), removed only
+    # once the deletion commits: a failed commit puts it back, a crash leaves a spool to sweep.
+    token = await rt.blob_store.set_aside(blob.storage_key)
+    try:
+        await session.commit()
+    except BaseException:
+        if token is not None:
+            await rt.blob_store.put_back(blob.storage_key, token)
+        raise
+    if token is not None:
+        await rt.blob_store.purge(token)
+    return True
