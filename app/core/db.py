@@ -128,6 +128,16 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 @asynccontextmanager
+async def unit_of_work(session: AsyncSession) -> AsyncIterator[AsyncSession]:
+    """One transaction of a multi-step flow, committed when the block ends.
+
+    An error leaves the transaction to the session's owner, which rolls it back (objects stay
+    loaded for the error path); helpers called inside never commit."""
+    yield session
+    await session.commit()
+
+
+@asynccontextmanager
 async def session_scope(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
+from app.core.db import unit_of_work
 from app.core.errors import (
     BlobCorrupt,
     ProviderError,
@@ -17,10 +18,9 @@ from app.core.errors import (
 )
 from app.models import File, FileStatus, ProviderCopy
 from app.models import ProviderCopyStatus as C
-from app.providers.base import ProviderAdapter
 from app.providers.hub import Target
 from app.repositories.files import FileRepository
-from app.services import audit, jobs, lifecycle
+from app.services import audit, lifecycle
 from app.services.deployment import TAG_ALPHABET, TAG_LENGTH
 
 if TYPE_CHECKING:
@@ -125,11 +125,18 @@ async def place(
     file: File,
     targets: Sequence[Target],
 ) -> Placement:
-    """Upload the canonical blob to the first target that takes it, committing each step."""
+    """Upload the canonical blob to the first target that takes it.
+
+    Per target: a unit of work records the intent (the copy row, so a crash leaves a trail),
+    the provider call runs with no transaction open, and a last unit records the outcome:
+    failed, or live under the file's row lock, so a concurrent delete either sees the new
+    copy or is seen (then the late copy is removed)."""
     repo = FileRepository(session)
     outcome = Placement()
-    blob = await repo.blob(file.sha256)
-    if blob is None and await _deleted_meanwhile(session=session, file=file):
+    async with unit_of_work(session):
+        blob = await repo.blob(file.sha256)
+        gone = blob is None and await _deleted_meanwhile(session=session, file=file)
+    if gone:
         outcome.withdrawn = True  # a delete collected the blob before this placement began
         return outcome
     if blob is None or blob.corrupt_at is not None:
@@ -154,7 +161,8 @@ async def place(
             continue
         if index > 0:
             rt.metrics.fallbacks.labels(target.provider).inc()
-        copy = await _intent(session=session, ctx=ctx, file=file, target=target)
+        async with unit_of_work(session):
+            copy = await _intent(session=session, ctx=ctx, file=file, target=target)
         if copy is None:
             outcome.placed_on = target.provider  # a concurrent placement got there first
             return outcome
@@ -167,30 +175,40 @@ async def place(
             )
         except FileNotFoundError:
             # The blob went with a delete that ran while this placement waited its turn.
-            if not await _deleted_meanwhile(session=session, file=file):
+            async with unit_of_work(session):
+                gone = await _deleted_meanwhile(session=session, file=file)
+                if gone:
+                    await _withdraw_unsent_copy(session=session, ctx=ctx, copy=copy)
+            if not gone:
                 raise BlobCorrupt(
                     f"The stored content of {file.id} is missing; it is not pushed again."
                 ) from None
-            await _withdraw_unsent_copy(session=session, ctx=ctx, copy=copy)
             outcome.withdrawn = True
             return outcome
         except ProviderError as exc:
             outcome.errors.append(exc)
             outcome.deferred = outcome.deferred or exc.retryable
-            lifecycle.transition(
-                session, copy, C.FAILED, reason=exc.message, request_id=ctx.request_id
-            )
-            copy.last_error = exc.message
-            await session.commit()
+            async with unit_of_work(session):
+                lifecycle.transition(
+                    session, copy, C.FAILED, reason=exc.message, request_id=ctx.request_id
+                )
+                copy.last_error = exc.message
             continue
-        # Locked until _activate commits, so a delete either sees the new copy or is seen.
-        if await _deleted_meanwhile(session=session, file=file, lock=True):
-            await _discard_late_copy(
-                session=session, adapter=adapter, ctx=ctx, copy=copy, provider_file_id=result.id
-            )
+        async with unit_of_work(session):
+            late = await _deleted_meanwhile(session=session, file=file, lock=True)
+            if late:
+                _discard_late_copy(session=session, ctx=ctx, copy=copy, provider_file_id=result.id)
+            else:
+                _activate(
+                    session=session, ctx=ctx, file=file, copy=copy, provider_file_id=result.id
+                )
+        if late:
+            try:
+                await adapter.delete(result.id)
+            except ProviderError:
+                pass  # reconciliation removes it: it carries the id of a deleted file
             outcome.withdrawn = True
             return outcome
-        await _activate(session=session, ctx=ctx, file=file, copy=copy, provider_file_id=result.id)
         outcome.placed_on = target.provider
         return outcome
     return outcome
@@ -215,18 +233,12 @@ async def _withdraw_unsent_copy(
         reason="file deleted during placement; nothing was uploaded",
         request_id=ctx.request_id,
     )
-    await session.commit()
 
 
-async def _discard_late_copy(
-    *,
-    session: AsyncSession,
-    adapter: ProviderAdapter,
-    ctx: CallContext,
-    copy: ProviderCopy,
-    provider_file_id: str,
+def _discard_late_copy(
+    *, session: AsyncSession, ctx: CallContext, copy: ProviderCopy, provider_file_id: str
 ) -> None:
-    """The file was deleted while its upload ran: remove the copy that arrived too late."""
+    """The file was deleted while its upload ran: record the late copy as removed."""
     copy.provider_file_id = provider_file_id
     lifecycle.transition(
         session,
@@ -235,17 +247,12 @@ async def _discard_late_copy(
         reason=f"file deleted during placement; removing {provider_file_id}",
         request_id=ctx.request_id,
     )
-    await session.commit()
-    try:
-        await adapter.delete(provider_file_id)
-    except ProviderError:
-        pass  # reconciliation removes it: it carries the id of a deleted file
 
 
 async def _intent(
     *, session: AsyncSession, ctx: CallContext, file: File, target: Target
 ) -> ProviderCopy | None:
-    """Write (and commit) the copy row before calling the provider, so a crash leaves a trail;
+    """The copy row, written before calling the provider so a crash leaves a trail;
     None when the copy is live already (a concurrent placement of it finished first)."""
     repo = FileRepository(session)
     copy = await repo.copy_for(file_id=file.id, provider=target.provider)
@@ -269,7 +276,6 @@ async def _intent(
         )
         assert copy is not None
     if copy.status == C.ACTIVE:
-        await session.commit()
         return None
     # A copy still placing after an attempt was cut off (a crash, a lapsed lease) stays placing.
     if copy.status != C.PLACING or copy.attempts == 0:
@@ -284,11 +290,10 @@ async def _intent(
     copy.native_purpose = target.rule.native
     copy.provider_file_id = None
     copy.attempts += 1
-    await session.commit()
     return copy
 
 
-async def adopt(
+def adopt(
     *,
     session: AsyncSession,
     ctx: CallContext,
@@ -297,7 +302,7 @@ async def adopt(
     provider_file_id: str,
 ) -> None:
     """Take over a provider file the gateway uploaded but never recorded (crash before commit)."""
-    await _activate(
+    _activate(
         session=session,
         ctx=ctx,
         file=file,
@@ -307,7 +312,7 @@ async def adopt(
     )
 
 
-async def _activate(
+def _activate(
     *,
     session: AsyncSession,
     ctx: CallContext,
@@ -338,35 +343,3 @@ async def _activate(
     audit.record(
         session=session, ctx=ctx, action="file.place", resource=f"{file.id}@{copy.provider}"
     )
-    await session.commit()
-
-
-async def defer(
-    *,
-    session: AsyncSession,
-    rt: Runtime,
-    ctx: CallContext,
-    file: File,
-    provider: str,
-    reason: str,
-    retry_after: float | None = None,
-) -> None:
-    """Keep the accepted file and let a job place it once a provider can take it."""
-    if file.status not in (FileStatus.PROCESSED, FileStatus.PENDING):
-        lifecycle.transition(
-            session,
-            file,
-            FileStatus.PENDING,
-            reason=f"waiting for a provider: {reason}",
-            request_id=ctx.request_id,
-        )
-        file.status_details = f"Waiting for a provider: {reason}"
-    await jobs.enqueue(
-        session=session,
-        kind=jobs.PLACE,
-        payload={"file_id": file.id, "provider": provider},
-        dedupe_key=f"place:{file.id}:{provider}",
-        delay_seconds=retry_after or rt.settings.job_backoff_base,
-        max_attempts=rt.settings.job_max_attempts,
-    )
-    await session.commit()

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext, system_context
-from app.core.db import utcnow
+from app.core.db import unit_of_work, utcnow
 from app.core.errors import ProviderError, ProviderNotFound, UnsupportedPurpose
-from app.models import File, FileStatus, Job, ProviderCopy, ProviderCopyStatus
+from app.models import File, Job, ProviderCopy, ProviderCopyStatus
 from app.repositories.files import FileRepository
 from app.repositories.idempotency import IdempotencyRepository
 from app.services import audit, files, jobs, lifecycle, placement, reconcile
+from app.services.files.settle import Attempt, Settled, give_up, settle
 from app.services.jobs import RetryLater
 from app.services.reconcile import Action, Decision
 
@@ -46,42 +47,20 @@ async def handle_place(
             purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
         )
     except UnsupportedPurpose as exc:
-        await _give_up(session=session, ctx=ctx, file=file, reason=exc.message)
+        give_up(session=session, ctx=ctx, file=file, reason=exc.message)
         return
     outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
-    if outcome.placed_on is not None or outcome.withdrawn:
-        return
-    if outcome.deferred:
-        raise RetryLater(outcome.reasons, retry_after=outcome.retry_after)
-    await _give_up(session=session, ctx=ctx, file=file, reason=outcome.reasons)
-
-
-async def _give_up(*, session: AsyncSession, ctx: CallContext, file: File, reason: str) -> None:
-    """Mark a file that no provider will take; its blob stays so nothing accepted is lost."""
-    if file.status == FileStatus.PROCESSED:
-        return
-    if file.status == FileStatus.ERROR:
-        lifecycle.note(
-            session, file, reason=f"placement gave up: {reason}", request_id=ctx.request_id
-        )
-    else:
-        lifecycle.transition(
-            session,
-            file,
-            FileStatus.ERROR,
-            reason=f"placement gave up: {reason}",
-            request_id=ctx.request_id,
-        )
-    file.status_details = f"No provider took the file: {reason}"
-    audit.record(
+    settled = await settle(
         session=session,
+        rt=rt,
         ctx=ctx,
-        action="file.place",
-        resource=file.id,
-        outcome="failed",
-        status_code=None,
-        detail=reason,
+        file=file,
+        provider=provider,
+        outcome=outcome,
+        attempt=Attempt.JOB,
     )
+    if settled is Settled.DEFERRED:
+        raise RetryLater(outcome.reasons, retry_after=outcome.retry_after)
 
 
 async def on_place_dead(
@@ -91,7 +70,7 @@ async def on_place_dead(
     file = await FileRepository(session).refresh(str(payload["file_id"]))
     if file is not None and file.deleted_at is None:
         ctx = system_context(tenant_id=file.tenant_id, task=f"job-{job.id}")
-        await _give_up(
+        give_up(
             session=session,
             ctx=ctx,
             file=file,
@@ -294,9 +273,10 @@ async def _adopt(*, rt: Runtime, provider: str, decision: Decision, task: str) -
         ):
             return  # settled meanwhile
         ctx = system_context(tenant_id=file.tenant_id, task=task)
-        await placement.adopt(
-            session=s, ctx=ctx, file=file, copy=copy, provider_file_id=decision.provider_file_id
-        )
+        async with unit_of_work(s):
+            placement.adopt(
+                session=s, ctx=ctx, file=file, copy=copy, provider_file_id=decision.provider_file_id
+            )
     rt.metrics.reconcile_drift.labels(provider, "adopted").inc()
 
 

@@ -7,11 +7,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import CallContext
 from app.core.errors import InvalidRequest
 from app.models import ProviderCopyStatus
-from app.repositories.files import FileRepository
 from app.runtime import Runtime
 from app.services import placement
 from app.services.files.queries import get_file
-from app.services.files.views import FileView, not_found
+from app.services.files.settle import Attempt, answer, settle
+from app.services.files.views import FileView
 
 
 async def replicate(
@@ -28,22 +28,13 @@ async def replicate(
         purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
     )
     outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
-    if outcome.withdrawn:
-        raise not_found(file.id)
-    if outcome.placed_on is None:
-        error = outcome.first_error
-        if not outcome.deferred:
-            raise error
-        await placement.defer(
-            session=session,
-            rt=rt,
-            ctx=ctx,
-            file=file,
-            provider=provider,
-            reason=outcome.reasons,
-            retry_after=outcome.retry_after,
-        )
-        copies = (await FileRepository(session).copies_for([file.id]))[file.id]
-        return FileView(file, copies, retry_after=outcome.retry_after)
-    copies = (await FileRepository(session).copies_for([file.id]))[file.id]
-    return FileView(file, copies)
+    settled = await settle(
+        session=session,
+        rt=rt,
+        ctx=ctx,
+        file=file,
+        provider=provider,
+        outcome=outcome,
+        attempt=Attempt.COPY,
+    )
+    return await answer(session=session, file=file, outcome=outcome, settled=settled)

@@ -14,15 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
 from app.core.db import utcnow
-from app.core.errors import GatewayError, ProviderError, ProviderUnavailable, QuotaExceeded
+from app.core.errors import GatewayError, ProviderUnavailable, QuotaExceeded
 from app.models import File, FileStatus, JobState, ProviderCopyStatus, Tenant
 from app.providers.hub import Target
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
 from app.runtime import Runtime
 from app.services import audit, jobs, lifecycle, placement
-from app.services.files.retire import collect_blob, expire_file
-from app.services.files.views import CreateResult, FileView, IncomingUpload, new_file_id, not_found
+from app.services.files.retire import expire_file
+from app.services.files.settle import Attempt, answer, settle
+from app.services.files.views import CreateResult, FileView, IncomingUpload, new_file_id
 
 SETTLE_POLL_SECONDS = 0.1
 
@@ -211,87 +212,30 @@ async def _place_new(
     file: File,
     targets: Sequence[Target],
     provider: str,
+    attempt: Attempt = Attempt.UPLOAD,
     intent: jobs.Intent | None = None,
     withdrawn: GatewayError | None = None,
 ) -> FileView:
-    """Place a file; keep it pending when providers are only failing for now. With `intent`
-    (a just-claimed file) the request holds the placement job's lease meanwhile, and the job
-    ends with the outcome (done, or itself the retry of a deferred placement). A delete that
-    wins the race answers 404, or `withdrawn` when given."""
-    repo = FileRepository(session)
+    """Place a file and answer with it; pending when providers are only failing for now. With
+    `intent` (a just-claimed file) the request holds the placement job's lease meanwhile, and
+    the job ends with the outcome (done, or itself the retry of a deferred placement). A
+    delete that wins the race answers 404, or `withdrawn` when given."""
     lease = rt.settings.job_lease_seconds
     async with jobs.holding(rt.sessionmaker, intent, lease_seconds=lease):
         outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
-    if outcome.withdrawn:
-        await jobs.end_intent(session=session, intent=intent)
-        await session.commit()
-        raise withdrawn or not_found(file.id)
-    if outcome.placed_on is None:
-        error = outcome.first_error
-        if outcome.deferred:
-            retry_after = outcome.retry_after
-            delay = retry_after or rt.settings.job_backoff_base
-            # The intent becomes the retry, in the same unit of work that marks the file pending.
-            await jobs.end_intent(
-                session=session, intent=intent, retry_at=utcnow() + timedelta(seconds=delay)
-            )
-            await placement.defer(
-                session=session,
-                rt=rt,
-                ctx=ctx,
-                file=file,
-                provider=provider,
-                reason=outcome.reasons,
-                retry_after=retry_after,
-            )
-            copies = (await repo.copies_for([file.id]))[file.id]
-            return FileView(file, copies, retry_after=retry_after)
-        await jobs.end_intent(session=session, intent=intent)
-        if file.status == FileStatus.PROCESSED:
-            await session.commit()  # an extra copy was refused: the file stays live where it is
-            raise error
-        await _fail_placement(
-            session=session, rt=rt, ctx=ctx, file=file, error=error, reasons=outcome.reasons
-        )
-        raise error
-    if intent is not None:
-        await jobs.end_intent(session=session, intent=intent)
-        await session.commit()
-    copies = (await repo.copies_for([file.id]))[file.id]
-    return FileView(file, copies)
-
-
-async def _fail_placement(
-    *,
-    session: AsyncSession,
-    rt: Runtime,
-    ctx: CallContext,
-    file: File,
-    error: ProviderError,
-    reasons: str,
-) -> None:
-    """Every provider refused a new file for good: retire it so nothing half-made stays live."""
-    reason = f"placement refused: {reasons}"
-    if file.status == FileStatus.ERROR:  # a re-upload's new try of a file in error
-        lifecycle.note(session, file, reason=reason, request_id=ctx.request_id)
-    else:
-        lifecycle.transition(
-            session, file, FileStatus.ERROR, reason=reason, request_id=ctx.request_id
-        )
-    file.status_details = reasons
-    file.deleted_at = utcnow()
-    audit.record(
+    settled = await settle(
         session=session,
+        rt=rt,
         ctx=ctx,
-        action="file.place",
-        resource=file.id,
-        outcome="failed",
-        status_code=error.status_code,
-        detail=reasons,
+        file=file,
+        provider=provider,
+        outcome=outcome,
+        attempt=attempt,
+        intent=intent,
     )
-    await session.commit()
-    await collect_blob(session=session, rt=rt, sha256=file.sha256)
-    await session.commit()
+    return await answer(
+        session=session, file=file, outcome=outcome, settled=settled, withdrawn=withdrawn
+    )
 
 
 async def _deduplicated(
@@ -341,6 +285,8 @@ async def _deduplicated(
             file=current,
             targets=targets,
             provider=provider,
+            # A file in error gets another try of its own; a live one gets an extra copy.
+            attempt=Attempt.UPLOAD if current.status == FileStatus.ERROR else Attempt.COPY,
             withdrawn=_joined_file_deleted(),
         )
         rt.metrics.uploads.labels(_placed_on(view), "created").inc()

@@ -1,0 +1,186 @@
+"""What a placement attempt means for its file: the one place its outcome is interpreted."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.principal import CallContext
+from app.core.db import unit_of_work, utcnow
+from app.core.errors import GatewayError
+from app.models import File, FileStatus
+from app.repositories.files import FileRepository
+from app.runtime import Runtime
+from app.services import audit, jobs, lifecycle
+from app.services.files.retire import collect_blob
+from app.services.files.views import FileView, not_found
+from app.services.placement import Placement
+
+
+class Attempt(StrEnum):
+    """Who placed the file, which decides what a refusal does to it."""
+
+    UPLOAD = "upload"  # an upload's own placement, its answer not given yet
+    JOB = "job"  # a queued placement of a file accepted earlier
+    COPY = "copy"  # an extra copy of a file that has (or waits for) its own
+
+
+class Settled(StrEnum):
+    PLACED = "placed"
+    WITHDRAWN = "withdrawn"  # the file was deleted meanwhile
+    DEFERRED = "deferred"  # providers are failing for now: placed later by a job
+    REFUSED = "refused"  # refused for good
+
+
+async def settle(
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    file: File,
+    provider: str,
+    outcome: Placement,
+    attempt: Attempt,
+    intent: jobs.Intent | None = None,
+) -> Settled:
+    """Record what `outcome` means for `file` in one unit of work, and say what it was.
+
+    Placed or withdrawn: the request's placement intent is done. Deferred: the file waits as
+    pending and the intent becomes its retry (a job is retried by the worker instead).
+    Refused for good: a file live elsewhere, or an extra copy, stays as it is; a job's file
+    ends in error with its blob kept; an upload's own file is retired with its blob, since
+    its answer is the error."""
+    async with unit_of_work(session):
+        if outcome.withdrawn or outcome.placed_on is not None:
+            await jobs.end_intent(session=session, intent=intent)
+            return Settled.WITHDRAWN if outcome.withdrawn else Settled.PLACED
+        if outcome.deferred:
+            if attempt is not Attempt.JOB:
+                await _defer(
+                    session=session,
+                    rt=rt,
+                    ctx=ctx,
+                    file=file,
+                    provider=provider,
+                    outcome=outcome,
+                    intent=intent,
+                )
+            return Settled.DEFERRED
+        await jobs.end_intent(session=session, intent=intent)
+        if file.status == FileStatus.PROCESSED or attempt is Attempt.COPY:
+            return Settled.REFUSED
+        if attempt is Attempt.JOB:
+            give_up(session=session, ctx=ctx, file=file, reason=outcome.reasons)
+            return Settled.REFUSED
+        _retire_refused(session=session, ctx=ctx, file=file, outcome=outcome)
+    await collect_blob(session=session, rt=rt, sha256=file.sha256)
+    return Settled.REFUSED
+
+
+async def answer(
+    *,
+    session: AsyncSession,
+    file: File,
+    outcome: Placement,
+    settled: Settled,
+    withdrawn: GatewayError | None = None,
+) -> FileView:
+    """A request's answer once settled: the file, or the error that ended it."""
+    if settled is Settled.WITHDRAWN:
+        raise withdrawn or not_found(file.id)
+    if settled is Settled.REFUSED:
+        raise outcome.first_error
+    copies = (await FileRepository(session).copies_for([file.id]))[file.id]
+    retry_after = outcome.retry_after if settled is Settled.DEFERRED else None
+    return FileView(file, copies, retry_after=retry_after)
+
+
+async def _defer(
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    file: File,
+    provider: str,
+    outcome: Placement,
+    intent: jobs.Intent | None,
+) -> None:
+    """Keep the accepted file and let a job place it once a provider can take it."""
+    retry_after = outcome.retry_after
+    delay = retry_after or rt.settings.job_backoff_base
+    # A request's intent becomes the retry; otherwise a placement job is queued.
+    await jobs.end_intent(
+        session=session, intent=intent, retry_at=utcnow() + timedelta(seconds=delay)
+    )
+    if file.status not in (FileStatus.PROCESSED, FileStatus.PENDING):
+        lifecycle.transition(
+            session,
+            file,
+            FileStatus.PENDING,
+            reason=f"waiting for a provider: {outcome.reasons}",
+            request_id=ctx.request_id,
+        )
+        file.status_details = f"Waiting for a provider: {outcome.reasons}"
+    await jobs.enqueue(
+        session=session,
+        kind=jobs.PLACE,
+        payload={"file_id": file.id, "provider": provider},
+        dedupe_key=f"place:{file.id}:{provider}",
+        delay_seconds=delay,
+        max_attempts=rt.settings.job_max_attempts,
+    )
+
+
+def give_up(*, session: AsyncSession, ctx: CallContext, file: File, reason: str) -> None:
+    """Mark a file that no provider will take; its blob stays so nothing accepted is lost."""
+    if file.status == FileStatus.PROCESSED:
+        return
+    if file.status == FileStatus.ERROR:
+        lifecycle.note(
+            session, file, reason=f"placement gave up: {reason}", request_id=ctx.request_id
+        )
+    else:
+        lifecycle.transition(
+            session,
+            file,
+            FileStatus.ERROR,
+            reason=f"placement gave up: {reason}",
+            request_id=ctx.request_id,
+        )
+    file.status_details = f"No provider took the file: {reason}"
+    audit.record(
+        session=session,
+        ctx=ctx,
+        action="file.place",
+        resource=file.id,
+        outcome="failed",
+        status_code=None,
+        detail=reason,
+    )
+
+
+def _retire_refused(
+    *, session: AsyncSession, ctx: CallContext, file: File, outcome: Placement
+) -> None:
+    """Every provider refused a new upload for good: retire it so nothing half-made stays."""
+    reasons = outcome.reasons
+    reason = f"placement refused: {reasons}"
+    if file.status == FileStatus.ERROR:  # a re-upload's new try of a file in error
+        lifecycle.note(session, file, reason=reason, request_id=ctx.request_id)
+    else:
+        lifecycle.transition(
+            session, file, FileStatus.ERROR, reason=reason, request_id=ctx.request_id
+        )
+    file.status_details = reasons
+    file.deleted_at = utcnow()
+    audit.record(
+        session=session,
+        ctx=ctx,
+        action="file.place",
+        resource=file.id,
+        outcome="failed",
+        status_code=outcome.first_error.status_code,
+        detail=reasons,
+    )
