@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
-from app.core.db import utcnow
+from app.core.db import unit_of_work, utcnow
 from app.core.errors import GatewayError, ProviderUnavailable, QuotaExceeded
 from app.models import File, FileStatus, JobState, ProviderCopyStatus, Tenant
 from app.providers.hub import Target
@@ -40,9 +40,10 @@ async def create_file(
 ) -> CreateResult:
     """Accept an upload: reuse the tenant's identical live file or store and place a new one.
 
-    The units of work: claim (blob and file row, with the placement job this request runs
-    itself), then placement; or, for bytes the tenant already holds, the answer is the existing
-    file, confirmed live under its row lock. A twin deleted meanwhile makes this a new file."""
+    The units of work read top to bottom: look for the tenant's identical file; then either
+    answer with it, confirmed live under its row lock, or claim (blob, file row and the
+    placement job this request runs itself), place and settle. A twin deleted meanwhile makes
+    this a new file; a twin that wins the claim is judged against."""
     try:
         targets = rt.providers.targets(
             purpose=purpose, filename=upload.filename, size=upload.size, requested=provider
@@ -50,16 +51,31 @@ async def create_file(
         repo = FileRepository(session)
         rt.metrics.upload_bytes.inc(upload.size)
         for _ in range(3):
-            existing = await repo.find_duplicate(
-                tenant_id=ctx.principal.tenant_id, sha256=upload.sha256, purpose=purpose
-            )
+            async with unit_of_work(session):  # does the tenant hold these bytes already?
+                existing = await repo.find_duplicate(
+                    tenant_id=ctx.principal.tenant_id, sha256=upload.sha256, purpose=purpose
+                )
             if existing is not None and existing.expires_at and existing.expires_at <= utcnow():
                 await expire_file(session=session, rt=rt, ctx=ctx, file=existing)
                 await session.commit()
                 existing = None
-            if existing is None:
-                if not upload.spool.path.exists():
-                    break  # our bytes went into a twin's blob that its delete then collected
+            if existing is not None:
+                # The existing file, confirmed live under its row lock (None: gone meanwhile).
+                deduplicated = await _deduplicated(
+                    session=session,
+                    rt=rt,
+                    ctx=ctx,
+                    file=existing,
+                    provider=provider,
+                    targets=targets,
+                    expires_at=expires_at,
+                )
+                if deduplicated is not None:
+                    return CreateResult(deduplicated, created=False)
+                continue
+            if not upload.spool.path.exists():
+                break  # our bytes went into a twin's blob that its delete then collected
+            async with unit_of_work(session):  # the blob, the file row and the placement intent
                 claimed = await _claim(
                     session=session,
                     rt=rt,
@@ -67,34 +83,23 @@ async def create_file(
                     upload=upload,
                     purpose=purpose,
                     provider=provider,
-                    first=targets[0],
                     expires_at=expires_at,
                 )
-                if claimed is not None:
-                    file, intent = claimed
-                    view = await _place_new(
-                        session=session,
-                        rt=rt,
-                        ctx=ctx,
-                        file=file,
-                        targets=targets,
-                        provider=provider,
-                        intent=intent,
-                    )
-                    rt.metrics.uploads.labels(_placed_on(view), "created").inc()
-                    return CreateResult(view, created=True)
+            if claimed is None:
                 continue  # a concurrent twin won the unique index: judge against it
-            deduplicated = await _deduplicated(
+            file, intent = claimed
+            # Placement (its own units of work, the provider call outside any), then settled.
+            view = await _place_new(
                 session=session,
                 rt=rt,
                 ctx=ctx,
-                file=existing,
-                provider=provider,
+                file=file,
                 targets=targets,
-                expires_at=expires_at,
+                provider=provider,
+                intent=intent,
             )
-            if deduplicated is not None:
-                return CreateResult(deduplicated, created=False)
+            rt.metrics.uploads.labels(_placed_on(view), "created").inc()
+            return CreateResult(view, created=True)
         raise ProviderUnavailable(
             "The upload collided with concurrent uploads and deletes of the same bytes; retry it.",
             provider="gateway",
@@ -118,14 +123,12 @@ async def _claim(
     upload: IncomingUpload,
     purpose: str,
     provider: str,
-    first: Target,
     expires_at: datetime | None,
 ) -> tuple[File, jobs.Intent] | None:
-    """Commit blob, file row and the placement job this request now runs itself (should its
-    process die, a worker takes the job over once its lease lapses); None if a concurrent
-    twin won the unique index."""
+    """Blob, file row and the placement job this request now runs itself (should its process
+    die, a worker takes the job over once its lease lapses); None if a concurrent twin won the
+    unique index (then the transaction is rolled back)."""
     repo = FileRepository(session)
-    await session.commit()  # end any read snapshot so the write transaction starts fresh
     key = rt.blob_store.key_for(upload.sha256)
     tenant = await repo.lock_tenant(ctx.principal.tenant_id)
     await repo.lock_blob(sha256=upload.sha256, size=upload.size, storage_key=key)
@@ -175,7 +178,6 @@ async def _claim(
             lease_seconds=rt.settings.job_lease_seconds,
             max_attempts=rt.settings.job_max_attempts,
         )
-        await session.commit()
     except IntegrityError:
         await session.rollback()
         return None
