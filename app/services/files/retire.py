@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
-from app.core.db import utcnow
+from app.core.db import unit_of_work, utcnow
 from app.core.errors import ProviderError, ProviderNotFound
 from app.models import File, FileStatus, ProviderCopy, ProviderCopyStatus
 from app.repositories.files import FileRepository
@@ -50,31 +50,35 @@ async def _retire(
     then remove every provider copy (or queue it), then collect its blob."""
     file = view.file
     repo = FileRepository(session)
-    lifecycle.transition(
-        session, file, FileStatus.DELETED, reason=reason, request_id=ctx.request_id
-    )
-    file.deleted_at = utcnow()
-    audit.record(session=session, ctx=ctx, action=f"file.{action}", resource=file.id)
     held = [
         c
         for c in view.copies
         if c.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED)
     ]
-    for copy in held:
-        # Durable with the tombstone: should this process die before the provider deletes
-        # below, a worker removes the copies.
-        await _queue_removal(session=session, rt=rt, copy=copy)
-    await session.commit()
+    async with unit_of_work(session):  # the tombstone, and a removal job per copy held
+        lifecycle.transition(
+            session, file, FileStatus.DELETED, reason=reason, request_id=ctx.request_id
+        )
+        file.deleted_at = utcnow()
+        audit.record(session=session, ctx=ctx, action=f"file.{action}", resource=file.id)
+        for copy in held:
+            # Should this process die before the provider deletes below, a worker does them.
+            await _queue_removal(session=session, rt=rt, copy=copy)
     for copy in held:
         await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
     # A placement finishing from now on sees the delete; one that went live while the copies
     # above were removed is removed here as well.
-    await session.flush()
     removed = {c.id for c in held}
-    for copy in (await repo.copies_for([file.id]))[file.id]:
-        if copy.id not in removed and copy.status == ProviderCopyStatus.ACTIVE:
+    async with unit_of_work(session):
+        late = [
+            c
+            for c in (await repo.copies_for([file.id]))[file.id]
+            if c.id not in removed and c.status == ProviderCopyStatus.ACTIVE
+        ]
+        for copy in late:
             await _queue_removal(session=session, rt=rt, copy=copy)
-            await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
+    for copy in late:
+        await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
     await collect_blob(session=session, rt=rt, sha256=file.sha256)
 
 
@@ -93,41 +97,47 @@ async def _queue_removal(*, session: AsyncSession, rt: Runtime, copy: ProviderCo
 async def remove_copy(
     *, session: AsyncSession, rt: Runtime, ctx: CallContext, copy: ProviderCopy, reason: str
 ) -> bool:
-    """Delete one provider copy; on a provider fault mark it deleting and queue a retry."""
+    """Delete one provider copy, then record it deleted in a unit of work; on a provider fault
+    record it deleting, with a retry queued."""
+    failure: ProviderError | None = None
     if copy.provider_file_id:
         try:
             await rt.providers.adapter(copy.provider).delete(copy.provider_file_id)
         except ProviderNotFound:
             pass  # already gone at the provider: the goal is reached
         except ProviderError as exc:
-            if copy.status != ProviderCopyStatus.DELETING:
-                lifecycle.transition(
-                    session,
-                    copy,
-                    ProviderCopyStatus.DELETING,
-                    reason=f"{reason}; provider delete will be retried: {exc.message}",
-                    request_id=ctx.request_id,
-                )
-            copy.last_error = exc.message
-            await jobs.enqueue(
-                session=session,
-                kind=jobs.DELETE_COPY,
-                payload={"copy_id": copy.id},
-                dedupe_key=f"delete_copy:{copy.id}",
-                delay_seconds=exc.retry_after or rt.settings.job_backoff_base,
-                max_attempts=rt.settings.job_max_attempts,
-                sooner=True,  # the removal queued with a delete runs at this backoff instead
+            failure = exc
+    async with unit_of_work(session):
+        if failure is None:
+            lifecycle.transition(
+                session, copy, ProviderCopyStatus.DELETED, reason=reason, request_id=ctx.request_id
             )
-            return False
-    lifecycle.transition(
-        session, copy, ProviderCopyStatus.DELETED, reason=reason, request_id=ctx.request_id
-    )
-    copy.last_error = None
-    return True
+            copy.last_error = None
+            return True
+        if copy.status != ProviderCopyStatus.DELETING:
+            lifecycle.transition(
+                session,
+                copy,
+                ProviderCopyStatus.DELETING,
+                reason=f"{reason}; provider delete will be retried: {failure.message}",
+                request_id=ctx.request_id,
+            )
+        copy.last_error = failure.message
+        await jobs.enqueue(
+            session=session,
+            kind=jobs.DELETE_COPY,
+            payload={"copy_id": copy.id},
+            dedupe_key=f"delete_copy:{copy.id}",
+            delay_seconds=failure.retry_after or rt.settings.job_backoff_base,
+            max_attempts=rt.settings.job_max_attempts,
+            sooner=True,  # the removal queued with a delete runs at this backoff instead
+        )
+        return False
 
 
 async def collect_blob(*, session: AsyncSession, rt: Runtime, sha256: str) -> bool:
-    """Remove a blob once no live file of any tenant references it; commits the session."""
+    """Remove a blob once no live file of any tenant references it, in a unit of work of its own:
+    the row goes first, the bytes once that commits."""
     repo = FileRepository(session)
     blob = await repo.lock_blob_if_unreferenced(sha256)
     if blob is None:
