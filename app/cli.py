@@ -133,8 +133,8 @@ def worker(
     import signal
 
     from app.core.metrics import GatewayMetrics
+    from app.jobs.worker import Worker
     from app.runtime import build_runtime
-    from app.services.worker import Worker
 
     settings = _settings()
 

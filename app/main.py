@@ -19,9 +19,9 @@ from app.auth.identify import IdentifyMiddleware
 from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging
 from app.core.metrics import GatewayMetrics
+from app.jobs.worker import running_workers
 from app.runtime import build_runtime
 from app.services.sandbox import recheck_on_start
-from app.services.worker import running_workers
 
 DESCRIPTION = """\
 One OpenAI-compatible Files API in front of Moonshot (Kimi) and Z.ai (GLM).

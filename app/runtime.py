@@ -18,10 +18,11 @@ from app.core.db import create_engine, create_sessionmaker
 from app.core.metrics import GatewayMetrics
 from app.core.outage import OutageLog
 from app.core.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
+from app.jobs import queue
 from app.providers.breakers import BreakerBoard
 from app.providers.hub import ProviderHub, no_sandbox_message, provider_configs
 from app.providers.retry import RetryPolicy
-from app.services import audit, jobs
+from app.services import audit
 from app.services.audit import RefusalThrottle
 from app.services.deployment import DeploymentIdentity, DeploymentTagInvalid
 from app.storage.blobs import LocalBlobStore
@@ -152,7 +153,7 @@ async def _build_runtime(
     async def placements_due(provider: str) -> None:
         """This process closed a circuit: placements waiting for the provider go now."""
         async with sessionmaker() as session:
-            count = await jobs.expedite_placements(session=session, provider=provider)
+            count = await queue.expedite_placements(session=session, provider=provider)
             await session.commit()
         if count:
             log.info("circuit %s closed: %d pending placement(s) made due", provider, count)

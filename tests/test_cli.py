@@ -214,13 +214,17 @@ async def test_serve_sandbox_embeds_everything_on_sqlite(embedded: Embedded) -> 
 async def enqueue_check(database_url: str, file_id: str) -> None:
     """Queue a health check of one file straight into the registry, as the hourly sweep would."""
     from app.core.db import create_engine, create_sessionmaker
-    from app.services import jobs
+    from app.jobs import queue
+    from app.jobs.queue import JobKind
 
     engine = create_engine(database_url)
     try:
         async with create_sessionmaker(engine)() as session:
-            await jobs.enqueue(
-                session=session, kind=jobs.CHECK_FILE, payload={"file_id": file_id}, max_attempts=3
+            await queue.enqueue(
+                session=session,
+                kind=JobKind.CHECK_FILE,
+                payload={"file_id": file_id},
+                max_attempts=3,
             )
             await session.commit()
     finally:

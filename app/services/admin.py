@@ -15,7 +15,7 @@ from app.core.errors import Conflict, InvalidRequest, NotFound
 from app.models import Job, JobState
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
-from app.services import audit, recovery
+from app.services import audit, health
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -74,7 +74,7 @@ async def check_file(
     file = await FileRepository(session).refresh(file_id)
     if file is None or file.deleted_at is not None:
         raise NotFound(f"No such File object: {file_id}", param="id")
-    report = await recovery.check_file(
+    report = await health.check_file(
         session=session,
         rt=rt,
         ctx=system_context(tenant_id=file.tenant_id, task=ctx.request_id or "admin-check"),

@@ -9,9 +9,10 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.jobs import queue
+from app.jobs.queue import JobKind
 from app.repositories.files import FileRepository
 from app.repositories.sandbox import SandboxRepository
-from app.services import jobs
 
 log = logging.getLogger("filegate.sandbox")
 INSTANCE_ID_MAX = 64
@@ -51,9 +52,9 @@ async def recheck_if_new(
             return None
         queued = 0
         for file_id in await FileRepository(session).with_active_copy_on(providers):
-            queued += await jobs.enqueue(
+            queued += await queue.enqueue(
                 session=session,
-                kind=jobs.CHECK_FILE,
+                kind=JobKind.CHECK_FILE,
                 payload={"file_id": file_id},
                 dedupe_key=f"check_file:{file_id}",
                 max_attempts=3,

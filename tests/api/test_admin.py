@@ -90,18 +90,19 @@ async def test_audit_trail_filters_pages_and_exports(gateway: Gateway) -> None:
 
 
 async def test_retrying_a_finished_job_whose_twin_is_queued_is_a_409(gateway: Gateway) -> None:
+    from app.jobs import queue
+    from app.jobs.queue import JobKind
     from app.models import Job, JobState
-    from app.services import jobs
 
     async with gateway.runtime.sessionmaker() as session:
-        await jobs.enqueue(
-            session=session, kind=jobs.RECONCILE, payload={}, dedupe_key="periodic:test"
+        await queue.enqueue(
+            session=session, kind=JobKind.RECONCILE, payload={}, dedupe_key="periodic:test"
         )
         [first] = (await session.execute(select(Job))).scalars().all()
         first.state = JobState.DONE
         await session.flush()
-        await jobs.enqueue(
-            session=session, kind=jobs.RECONCILE, payload={}, dedupe_key="periodic:test"
+        await queue.enqueue(
+            session=session, kind=JobKind.RECONCILE, payload={}, dedupe_key="periodic:test"
         )
         await session.commit()
         first_id = first.id

@@ -246,8 +246,9 @@ async def test_revocation_reaches_every_process_within_five_seconds(
 async def test_old_idempotency_keys_are_forgotten(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
-    from app.services import jobs
-    from app.services.worker import Worker
+    from app.jobs import queue
+    from app.jobs.queue import JobKind
+    from app.jobs.worker import Worker
 
     headers = {"Idempotency-Key": "old"}
     await client.post(
@@ -259,7 +260,7 @@ async def test_old_idempotency_keys_are_forgotten(
     async with gateway.runtime.sessionmaker() as session:
         row = (await session.execute(select(IdempotencyKey))).scalar_one()
         row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
-        await jobs.enqueue(session=session, kind=jobs.EXPIRE, payload={})
+        await queue.enqueue(session=session, kind=JobKind.EXPIRE, payload={})
         await session.commit()
     await Worker(gateway.runtime).drain()
     async with gateway.runtime.sessionmaker() as session:

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from app.core.config import Settings
+from app.jobs.worker import Worker
 from app.main import create_app
 from app.models import File, FileStatus, Job, JobState
-from app.services.worker import Worker
 from tests.api.test_files import upload
 from tests.conftest import REDIS_URL, Gateway
 from tests.support.invariants import assert_registry_sound
@@ -351,16 +351,17 @@ async def test_concurrent_auto_uploads_against_a_hung_provider_all_land_on_the_o
 async def test_a_reconcile_run_during_a_hang_fails_cleanly_and_the_worker_carries_on(
     hang_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from app.services import jobs
+    from app.jobs import queue
+    from app.jobs.queue import JobKind
 
     hang_settings.retry_max_attempts = 1
     hang_settings.breaker_reset_seconds = 1.0  # repeated hung runs open the circuit
     async with _hung_gateway(hang_settings) as gateway:
         rt = gateway.runtime
         async with rt.sessionmaker() as session:
-            await jobs.enqueue(
+            await queue.enqueue(
                 session=session,
-                kind=jobs.RECONCILE,
+                kind=JobKind.RECONCILE,
                 payload={"provider": "moonshot"},
                 dedupe_key="reconcile:during-hang",  # not the worker's periodic ones
             )

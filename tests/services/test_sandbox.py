@@ -8,10 +8,10 @@ import httpx
 from sqlalchemy import select
 
 from app.core.config import Settings
+from app.jobs.queue import JobKind
+from app.jobs.worker import Worker
 from app.main import create_app
 from app.models import Job
-from app.services import jobs
-from app.services.worker import Worker
 from tests.api.test_files import upload
 from tests.conftest import Gateway
 
@@ -21,7 +21,7 @@ TEXT = b"the quarterly numbers, in prose\n"
 async def queued_checks(gateway: Gateway) -> list[str]:
     async with gateway.runtime.sessionmaker() as session:
         rows = await session.execute(
-            select(Job.payload).where(Job.kind == jobs.CHECK_FILE, Job.state == "queued")
+            select(Job.payload).where(Job.kind == JobKind.CHECK_FILE, Job.state == "queued")
         )
         return sorted(json.loads(payload)["file_id"] for payload in rows.scalars())
 

@@ -7,10 +7,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import CallContext
 from app.core.db import unit_of_work, utcnow
 from app.core.errors import ProviderError, ProviderNotFound
+from app.jobs import queue
+from app.jobs.queue import JobKind
 from app.models import File, FileStatus, ProviderCopy, ProviderCopyStatus
 from app.repositories.files import FileRepository
 from app.runtime import Runtime
-from app.services import audit, jobs, lifecycle
+from app.services import audit, lifecycle
 from app.services.files.queries import get_file
 from app.services.files.views import FileView
 
@@ -84,9 +86,9 @@ async def _retire(
 
 async def _queue_removal(*, session: AsyncSession, rt: Runtime, copy: ProviderCopy) -> None:
     """The job that removes a copy unless this request does first (then it finds it done)."""
-    await jobs.enqueue(
+    await queue.enqueue(
         session=session,
-        kind=jobs.DELETE_COPY,
+        kind=JobKind.DELETE_COPY,
         payload={"copy_id": copy.id},
         dedupe_key=f"delete_copy:{copy.id}",
         delay_seconds=rt.settings.job_lease_seconds,
@@ -123,9 +125,9 @@ async def remove_copy(
                 request_id=ctx.request_id,
             )
         copy.last_error = failure.message
-        await jobs.enqueue(
+        await queue.enqueue(
             session=session,
-            kind=jobs.DELETE_COPY,
+            kind=JobKind.DELETE_COPY,
             payload={"copy_id": copy.id},
             dedupe_key=f"delete_copy:{copy.id}",
             delay_seconds=failure.retry_after or rt.settings.job_backoff_base,

@@ -10,10 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import CallContext
 from app.core.db import unit_of_work, utcnow
 from app.core.errors import GatewayError
+from app.jobs import queue
+from app.jobs.queue import JobKind
 from app.models import File, FileStatus
 from app.repositories.files import FileRepository
 from app.runtime import Runtime
-from app.services import audit, jobs, lifecycle
+from app.services import audit, lifecycle
 from app.services.files.retire import collect_blob
 from app.services.files.views import FileView, not_found
 from app.services.placement import Placement
@@ -43,7 +45,7 @@ async def settle(
     provider: str,
     outcome: Placement,
     attempt: Attempt,
-    intent: jobs.Intent | None = None,
+    intent: queue.Intent | None = None,
 ) -> Settled:
     """Record what `outcome` means for `file` in one unit of work, and say what it was.
 
@@ -54,7 +56,7 @@ async def settle(
     its answer is the error."""
     async with unit_of_work(session):
         if outcome.withdrawn or outcome.placed_on is not None:
-            await jobs.end_intent(session=session, intent=intent)
+            await queue.end_intent(session=session, intent=intent)
             return Settled.WITHDRAWN if outcome.withdrawn else Settled.PLACED
         if outcome.deferred:
             if attempt is not Attempt.JOB:
@@ -68,7 +70,7 @@ async def settle(
                     intent=intent,
                 )
             return Settled.DEFERRED
-        await jobs.end_intent(session=session, intent=intent)
+        await queue.end_intent(session=session, intent=intent)
         if file.status == FileStatus.PROCESSED or attempt is Attempt.COPY:
             return Settled.REFUSED
         if attempt is Attempt.JOB:
@@ -105,13 +107,13 @@ async def _defer(
     file: File,
     provider: str,
     outcome: Placement,
-    intent: jobs.Intent | None,
+    intent: queue.Intent | None,
 ) -> None:
     """Keep the accepted file and let a job place it once a provider can take it."""
     retry_after = outcome.retry_after
     delay = retry_after or rt.settings.job_backoff_base
     # A request's intent becomes the retry; otherwise a placement job is queued.
-    await jobs.end_intent(
+    await queue.end_intent(
         session=session, intent=intent, retry_at=utcnow() + timedelta(seconds=delay)
     )
     if file.status not in (FileStatus.PROCESSED, FileStatus.PENDING):
@@ -123,9 +125,9 @@ async def _defer(
             request_id=ctx.request_id,
         )
         file.status_details = f"Waiting for a provider: {outcome.reasons}"
-    await jobs.enqueue(
+    await queue.enqueue(
         session=session,
-        kind=jobs.PLACE,
+        kind=JobKind.PLACE,
         payload={"file_id": file.id, "provider": provider},
         dedupe_key=f"place:{file.id}:{provider}",
         delay_seconds=delay,

@@ -15,12 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import CallContext
 from app.core.db import unit_of_work, utcnow
 from app.core.errors import GatewayError, ProviderUnavailable, QuotaExceeded
+from app.jobs import queue
+from app.jobs.queue import JobKind
 from app.models import File, FileStatus, JobState, ProviderCopyStatus, Tenant
 from app.providers.hub import Target
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
 from app.runtime import Runtime
-from app.services import audit, jobs, lifecycle, placement
+from app.services import audit, lifecycle, placement
 from app.services.files.retire import expire_file
 from app.services.files.settle import Attempt, answer, settle
 from app.services.files.views import CreateResult, FileView, IncomingUpload, new_file_id
@@ -124,7 +126,7 @@ async def _claim(
     purpose: str,
     provider: str,
     expires_at: datetime | None,
-) -> tuple[File, jobs.Intent] | None:
+) -> tuple[File, queue.Intent] | None:
     """Blob, file row and the placement job this request now runs itself (should its process
     die, a worker takes the job over once its lease lapses); None if a concurrent twin won the
     unique index (then the transaction is rolled back)."""
@@ -169,9 +171,9 @@ async def _claim(
     audit.record(session=session, ctx=ctx, action="file.create", resource=file.id)
     try:
         await session.flush()  # the unique index on live files settles a concurrent twin here
-        intent = await jobs.begin_intent(
+        intent = await queue.begin_intent(
             session=session,
-            kind=jobs.PLACE,
+            kind=JobKind.PLACE,
             payload={"file_id": file.id, "provider": provider},
             dedupe_key=f"place:{file.id}:{provider}",
             owner=_owner(ctx),
@@ -215,7 +217,7 @@ async def _place_new(
     targets: Sequence[Target],
     provider: str,
     attempt: Attempt = Attempt.UPLOAD,
-    intent: jobs.Intent | None = None,
+    intent: queue.Intent | None = None,
     withdrawn: GatewayError | None = None,
 ) -> FileView:
     """Place a file and answer with it; pending when providers are only failing for now. With
@@ -223,7 +225,7 @@ async def _place_new(
     the job ends with the outcome (done, or itself the retry of a deferred placement). A
     delete that wins the race answers 404, or `withdrawn` when given."""
     lease = rt.settings.job_lease_seconds
-    async with jobs.holding(rt.sessionmaker, intent, lease_seconds=lease):
+    async with queue.holding(rt.sessionmaker, intent, lease_seconds=lease):
         outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
     settled = await settle(
         session=session,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,14 +22,18 @@ from app.repositories.jobs import JobRepository
 
 log = logging.getLogger("filegate.jobs")
 
-PLACE = "place"
-DELETE_COPY = "delete_copy"
-CHECK_FILE = "check_file"
-RECONCILE = "reconcile"
-EXPIRE = "expire"
-HEALTH_SWEEP = "health_sweep"
-SWEEP_STORAGE = "sweep_storage"
-KINDS = (PLACE, DELETE_COPY, CHECK_FILE, RECONCILE, EXPIRE, HEALTH_SWEEP, SWEEP_STORAGE)
+
+class JobKind(StrEnum):
+    PLACE = "place"
+    DELETE_COPY = "delete_copy"
+    CHECK_FILE = "check_file"
+    RECONCILE = "reconcile"
+    EXPIRE = "expire"
+    HEALTH_SWEEP = "health_sweep"
+    SWEEP_STORAGE = "sweep_storage"
+
+
+KINDS = frozenset(JobKind)
 
 
 class RetryLater(Exception):
@@ -70,7 +75,7 @@ async def enqueue(
 async def expedite_placements(*, session: AsyncSession, provider: str) -> int:
     """Make every queued placement that may go to `provider` due now (its circuit closed)."""
     return await JobRepository(session).expedite(
-        kind=PLACE, dedupe_patterns=[f"{PLACE}:%:{provider}", f"{PLACE}:%:auto"]
+        kind=JobKind.PLACE, dedupe_patterns=[f"place:%:{provider}", "place:%:auto"]
     )
 
 

@@ -15,11 +15,12 @@ from sqlalchemy.engine import make_url
 
 from app.core.config import Settings
 from app.core.db import utcnow
+from app.jobs import queue
+from app.jobs.queue import JobKind
+from app.jobs.worker import Worker
 from app.main import create_app
 from app.models import File, Job, ProviderCopy
-from app.services import jobs
 from app.services.placement import provider_filename
-from app.services.worker import Worker
 from tests.api.test_files import upload
 from tests.conftest import Gateway
 from tests.support.invariants import assert_registry_sound
@@ -170,10 +171,13 @@ async def test_reconciliation_adopts_upload_whose_commit_was_lost(
         await session.execute(select(Job))  # keep session open across the await above
     rt.settings.orphan_grace_seconds = 0
     async with rt.sessionmaker() as session:
-        from app.services import jobs
+        from app.jobs import queue
+        from app.jobs.queue import JobKind
 
         await session.execute(Job.__table__.delete())
-        await jobs.enqueue(session=session, kind=jobs.RECONCILE, payload={"provider": "moonshot"})
+        await queue.enqueue(
+            session=session, kind=JobKind.RECONCILE, payload={"provider": "moonshot"}
+        )
         await session.commit()
     await drain(gateway)
     after = (await client.get(f"/v1/files/{body['id']}")).json()
@@ -220,9 +224,10 @@ async def test_expired_files_are_removed_everywhere(
         await session.commit()
     assert (await client.get(f"/v1/files/{body['id']}")).status_code == 404
     async with gateway.runtime.sessionmaker() as session:
-        from app.services import jobs
+        from app.jobs import queue
+        from app.jobs.queue import JobKind
 
-        await jobs.enqueue(session=session, kind=jobs.EXPIRE, payload={})
+        await queue.enqueue(session=session, kind=JobKind.EXPIRE, payload={})
         await session.commit()
     await drain(gateway)
     assert (await gateway.sandbox_stats("moonshot"))["files"] == 0
@@ -367,10 +372,13 @@ async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
     assert later["status"] == "processed"
     rt.settings.orphan_grace_seconds = 0
     async with rt.sessionmaker() as session:
-        from app.services import jobs
+        from app.jobs import queue
+        from app.jobs.queue import JobKind
 
         await session.execute(Job.__table__.delete())
-        await jobs.enqueue(session=session, kind=jobs.RECONCILE, payload={"provider": "moonshot"})
+        await queue.enqueue(
+            session=session, kind=JobKind.RECONCILE, payload={"provider": "moonshot"}
+        )
         await session.commit()
     await drain(gateway)
     after = (await client.get(f"/v1/files/{stuck['id']}")).json()
@@ -399,7 +407,9 @@ async def deployment(settings: Settings, database_url: str, name: str) -> AsyncI
 async def reconcile(gateway: Gateway, *providers: str) -> None:
     async with gateway.runtime.sessionmaker() as session:
         for provider in providers:
-            await jobs.enqueue(session=session, kind=jobs.RECONCILE, payload={"provider": provider})
+            await queue.enqueue(
+                session=session, kind=JobKind.RECONCILE, payload={"provider": provider}
+            )
         await session.commit()
     await drain(gateway)
 

@@ -15,11 +15,12 @@ from sqlalchemy import select, update
 from app.core.db import utcnow
 from app.core.errors import NotFound
 from app.core.logging import configure_logging
+from app.jobs import queue
+from app.jobs.handlers import REGISTRY
+from app.jobs.queue import JobKind, RetryLater
+from app.jobs.worker import Worker
 from app.models import Job
 from app.repositories.jobs import JobRepository
-from app.services import jobs, recovery
-from app.services.jobs import RetryLater
-from app.services.worker import Worker
 from tests.conftest import Gateway
 
 
@@ -36,9 +37,7 @@ async def add_jobs(gateway: Gateway, kind: str, n: int) -> None:
         await session.commit()
 
 
-async def test_two_workers_never_run_one_job_twice(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_two_workers_never_run_one_job_twice(gateway: Gateway) -> None:
     running: set[int] = set()
     overlaps: list[int] = []
     runs: Counter[int] = Counter()
@@ -51,9 +50,12 @@ async def test_two_workers_never_run_one_job_twice(
         await asyncio.sleep(0.02)
         running.discard(job.id)
 
-    monkeypatch.setitem(recovery.HANDLERS, "probe", probe)
+    registry = REGISTRY.with_handlers(probe=probe)
     await add_jobs(gateway, "probe", 30)
-    first, second = Worker(gateway.runtime), Worker(gateway.runtime)
+    first, second = (
+        Worker(gateway.runtime, registry=registry),
+        Worker(gateway.runtime, registry=registry),
+    )
     done = await asyncio.gather(*(w.drain() for w in (first, second, first, second)))
     assert sum(done) == 30
     assert overlaps == []
@@ -63,13 +65,11 @@ async def test_two_workers_never_run_one_job_twice(
     assert set(states) == {"done"}
 
 
-async def test_expired_lease_is_taken_over_and_the_stale_worker_is_fenced(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_expired_lease_is_taken_over_and_the_stale_worker_is_fenced(gateway: Gateway) -> None:
     async def probe(session: Any, rt: Any, job: Job, payload: dict[str, Any]) -> None:
         return None
 
-    monkeypatch.setitem(recovery.HANDLERS, "probe", probe)
+    registry = REGISTRY.with_handlers(probe=probe)
     await add_jobs(gateway, "probe", 1)
     rt = gateway.runtime
     async with rt.sessionmaker() as session:
@@ -80,7 +80,7 @@ async def test_expired_lease_is_taken_over_and_the_stale_worker_is_fenced(
         assert await JobRepository(session).claim(worker_id="other", lease_seconds=60) is None
         await session.execute(update(Job).values(lease_until=utcnow() - timedelta(seconds=1)))
         await session.commit()
-    assert await Worker(rt, worker_id="fresh").drain() == 1
+    assert await Worker(rt, worker_id="fresh", registry=registry).drain() == 1
     async with rt.sessionmaker() as session:
         repo = JobRepository(session)
         assert not await repo.finish(job=stale, worker_id="stale", state="done")
@@ -89,9 +89,7 @@ async def test_expired_lease_is_taken_over_and_the_stale_worker_is_fenced(
         assert job is not None and job.state == "done" and job.attempts == 2
 
 
-async def test_retry_backoff_then_dead_letter(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_retry_backoff_then_dead_letter(gateway: Gateway) -> None:
     calls = 0
 
     async def flaky(session: Any, rt: Any, job: Job, payload: dict[str, Any]) -> None:
@@ -99,10 +97,10 @@ async def test_retry_backoff_then_dead_letter(
         calls += 1
         raise RetryLater("provider still down")
 
-    monkeypatch.setitem(recovery.HANDLERS, "probe", flaky)
+    registry = REGISTRY.with_handlers(probe=flaky)
     await add_jobs(gateway, "probe", 1)
     for _ in range(30):
-        await Worker(gateway.runtime).drain()
+        await Worker(gateway.runtime, registry=registry).drain()
         await asyncio.sleep(0.03)
     async with gateway.runtime.sessionmaker() as session:
         [job] = (await session.execute(select(Job))).scalars().all()
@@ -129,7 +127,7 @@ async def test_periodic_jobs_are_scheduled_once_across_workers(gateway: Gateway)
 async def test_unknown_kinds_are_refused_at_enqueue(gateway: Gateway) -> None:
     async with gateway.runtime.sessionmaker() as session:
         with pytest.raises(ValueError, match="unknown job kind"):
-            await jobs.enqueue(session=session, kind="nope", payload={})
+            await queue.enqueue(session=session, kind="nope", payload={})
 
 
 async def test_in_process_workers_run_with_the_server(settings: Any) -> None:
@@ -141,7 +139,7 @@ async def test_in_process_workers_run_with_the_server(settings: Any) -> None:
     async with app.router.lifespan_context(app):
         rt = app.state.runtime
         async with rt.sessionmaker() as session:
-            await jobs.enqueue(session=session, kind=jobs.EXPIRE, payload={})
+            await queue.enqueue(session=session, kind=JobKind.EXPIRE, payload={})
             await session.commit()
         for _ in range(100):
             async with rt.sessionmaker() as session:
@@ -157,17 +155,14 @@ async def test_in_process_workers_run_with_the_server(settings: Any) -> None:
 
 
 @pytest.mark.usefixtures("restore_logging")
-async def test_job_failures_are_logged_with_the_job_context(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_job_failures_are_logged_with_the_job_context(gateway: Gateway) -> None:
     async def refused(session: Any, rt: Any, job: Job, payload: dict[str, Any]) -> None:
         raise NotFound("No such File object.")
 
     async def broken(session: Any, rt: Any, job: Job, payload: dict[str, Any]) -> None:
         raise RuntimeError("bug in a handler")
 
-    monkeypatch.setitem(recovery.HANDLERS, "refused", refused)
-    monkeypatch.setitem(recovery.HANDLERS, "broken", broken)
+    registry = REGISTRY.with_handlers(refused=refused, broken=broken)
     async with gateway.runtime.sessionmaker() as session:
         for kind in ("refused", "broken"):
             await JobRepository(session).enqueue(
@@ -181,7 +176,7 @@ async def test_job_failures_are_logged_with_the_job_context(
     buf = io.StringIO()
     as_json = gateway.runtime.settings.model_copy(update={"log_format": "json"})
     configure_logging(as_json, stream=buf)
-    assert await Worker(gateway.runtime).drain() == 2
+    assert await Worker(gateway.runtime, registry=registry).drain() == 2
 
     lines = [json.loads(line) for line in buf.getvalue().splitlines()]
     kinds = ("refused", "broken")

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 from app.core.db import utcnow
 from app.core.logging import log_context, log_failure
 from app.core.outage import is_database_outage
+from app.jobs import queue
+from app.jobs.handlers import REGISTRY, Registry
+from app.jobs.queue import JobKind, RetryLater, backoff_at
 from app.models import Job, JobState
 from app.repositories.jobs import JobRepository
-from app.services import jobs
-from app.services.jobs import RetryLater, backoff_at
-from app.services.recovery import DEAD_HANDLERS, HANDLERS
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -36,8 +36,16 @@ class LeaseLost(Exception):
 class Worker:
     """Runs jobs from the shared queue; any number of these may run on any number of hosts."""
 
-    def __init__(self, rt: Runtime, *, concurrency: int = 2, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        concurrency: int = 2,
+        worker_id: str | None = None,
+        registry: Registry = REGISTRY,
+    ) -> None:
         self.rt = rt
+        self.registry = registry
         self.concurrency = concurrency
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.rng = random.Random()
@@ -85,9 +93,9 @@ class Worker:
     async def schedule_startup(self) -> None:
         """Work due once whenever a worker starts: sweep what a crash may have left on disk."""
         async with self.rt.sessionmaker() as session:
-            await jobs.enqueue(
+            await queue.enqueue(
                 session=session,
-                kind=jobs.SWEEP_STORAGE,
+                kind=JobKind.SWEEP_STORAGE,
                 payload={},
                 dedupe_key="sweep_storage:startup",
                 max_attempts=3,
@@ -98,16 +106,21 @@ class Worker:
         """Keep one queued instance of each periodic job (dedupe keys settle races)."""
         s = self.rt.settings
         periodic: list[tuple[str, dict[str, object], str, float]] = [
-            (jobs.EXPIRE, {}, "expire", s.expiry_interval_seconds),
-            (jobs.HEALTH_SWEEP, {}, "health_sweep", s.health_check_interval_seconds),
-            (jobs.SWEEP_STORAGE, {}, "sweep_storage", s.storage_sweep_interval_seconds),
+            (JobKind.EXPIRE, {}, "expire", s.expiry_interval_seconds),
+            (JobKind.HEALTH_SWEEP, {}, "health_sweep", s.health_check_interval_seconds),
+            (JobKind.SWEEP_STORAGE, {}, "sweep_storage", s.storage_sweep_interval_seconds),
         ] + [
-            (jobs.RECONCILE, {"provider": name}, f"reconcile:{name}", s.reconcile_interval_seconds)
+            (
+                JobKind.RECONCILE,
+                {"provider": name},
+                f"reconcile:{name}",
+                s.reconcile_interval_seconds,
+            )
             for name in self.rt.providers.order
         ]
         async with self.rt.sessionmaker() as session:
             for kind, payload, key, every in periodic:
-                await jobs.enqueue(
+                await queue.enqueue(
                     session=session,
                     kind=kind,
                     payload=payload,
@@ -152,7 +165,7 @@ class Worker:
             await self._execute(job, payload)
 
     async def _execute(self, job: Job, payload: dict[str, object]) -> None:
-        handler = HANDLERS.get(job.kind)
+        handler = self.registry.handlers.get(job.kind)
         run = asyncio.ensure_future(self._run_handler(job, payload))
         beat = asyncio.ensure_future(self._heartbeat(job, run))
         try:
@@ -171,7 +184,7 @@ class Worker:
         await self._finish(job, payload, error, unknown=handler is None)
 
     async def _run_handler(self, job: Job, payload: dict[str, object]) -> BaseException | None:
-        handler = HANDLERS.get(job.kind)
+        handler = self.registry.handlers.get(job.kind)
         if handler is None:
             return ValueError(f"no handler for job kind {job.kind!r}")
         async with self.rt.sessionmaker() as session:
@@ -215,7 +228,7 @@ class Worker:
                 kept = await repo.finish(
                     job=job, worker_id=self.worker_id, state=JobState.DEAD, error=job.last_error
                 )
-                dead = DEAD_HANDLERS.get(job.kind)
+                dead = self.registry.on_dead.get(job.kind)
                 if kept and dead is not None:
                     await dead(session, self.rt, job, payload)
             else:

@@ -1,0 +1,1 @@
+"""Durable jobs: the queue services add work to, the worker that runs it, and its handlers."""

@@ -1,0 +1,101 @@
+"""Health of a stored file: its blob re-hashed, each live provider copy confirmed or repaired."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.principal import CallContext
+from app.core.db import utcnow
+from app.core.errors import ProviderError, ProviderNotFound
+from app.jobs import queue
+from app.jobs.queue import JobKind
+from app.models import File, ProviderCopy, ProviderCopyStatus
+from app.repositories.files import FileRepository
+from app.runtime import Runtime
+from app.services import audit, lifecycle
+
+
+async def check_file(
+    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file: File
+) -> dict[str, Any]:
+    """Re-hash the blob and confirm every live copy still exists; repair what is missing."""
+    repo = FileRepository(session)
+    report: dict[str, Any] = {"file_id": file.id, "blob": "ok", "copies": {}}
+    blob = await repo.blob(file.sha256)
+    if blob is None or not await rt.blob_store.exists(blob.storage_key):
+        report["blob"] = "missing"
+    else:
+        digest = await rt.blob_store.rehash(blob.storage_key)
+        if digest != file.sha256:
+            report["blob"] = "corrupt"
+            if blob.corrupt_at is None:
+                blob.corrupt_at = utcnow()
+                blob.corrupt_reason = f"re-hash gave {digest[:16]}…, expected {file.sha256[:16]}…"
+        else:
+            blob.verified_at = utcnow()
+    if report["blob"] != "ok":
+        rt.metrics.health_checks.labels("blob_" + report["blob"]).inc()
+        reason = f"blob {report['blob']}: content withheld until repaired"
+        if file.status_details != reason:
+            lifecycle.note(session, file, reason=reason, request_id=ctx.request_id)
+            file.status_details = reason
+    copies = (await repo.copies_for([file.id]))[file.id]
+    for copy in copies:
+        if copy.status != ProviderCopyStatus.ACTIVE or not copy.provider_file_id:
+            continue
+        try:
+            await rt.providers.adapter(copy.provider).retrieve(copy.provider_file_id)
+        except ProviderNotFound:
+            report["copies"][copy.provider] = "missing"
+            rt.metrics.health_checks.labels("copy_missing").inc()
+            await mark_missing(
+                session=session,
+                rt=rt,
+                ctx=ctx,
+                file=file,
+                copy=copy,
+                reason="health check: the provider no longer has it",
+            )
+            continue
+        except ProviderError as exc:
+            report["copies"][copy.provider] = f"unknown ({exc.error_code})"
+            continue
+        copy.checked_at = utcnow()
+        report["copies"][copy.provider] = "ok"
+    if report["blob"] == "ok" and all(v == "ok" for v in report["copies"].values()):
+        rt.metrics.health_checks.labels("ok").inc()
+    audit.record(
+        session=session,
+        ctx=ctx,
+        action="file.check",
+        resource=file.id,
+        detail=json.dumps(report, sort_keys=True),
+    )
+    return report
+
+
+async def mark_missing(
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    file: File,
+    copy: ProviderCopy,
+    reason: str,
+) -> None:
+    """Record a copy the provider lost and queue its re-placement from the canonical blob."""
+    lifecycle.transition(
+        session, copy, ProviderCopyStatus.MISSING, reason=reason, request_id=ctx.request_id
+    )
+    copy.last_error = reason
+    if file.deleted_at is None and (file.expires_at is None or file.expires_at > utcnow()):
+        await queue.enqueue(
+            session=session,
+            kind=JobKind.PLACE,
+            payload={"file_id": file.id, "provider": copy.provider},
+            dedupe_key=f"place:{file.id}:{copy.provider}",
+            max_attempts=rt.settings.job_max_attempts,
+        )
