@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.auth.scopes import DEFAULT_SCOPES, Scope
+from app.core.provider_names import Provider
 from app.services.files import FileView
 
 
@@ -85,7 +86,7 @@ class Extracted(BaseModel):
 
 
 class ReplicateRequest(BaseModel):
-    provider: Literal["moonshot", "zai"] = Field(examples=["zai"])
+    provider: Provider = Field(examples=["zai"])
     model_config = {"extra": "forbid"}
 
 

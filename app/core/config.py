@@ -17,7 +17,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PROVIDERS = ("moonshot", "zai")
+from app.core.provider_names import Provider
+
+PROVIDERS = tuple(Provider)
 KiB = 1024
 MiB = 1024 * 1024
 SANDBOX_URL_MAX = 500  # the registry remembers each sandbox by its URL
@@ -54,7 +56,7 @@ class Settings(BaseSettings):
     max_header_count: int = Field(default=100, ge=8, le=1000)
     max_connections: int = Field(default=1000, ge=1)
 
-    provider_order: Annotated[list[str], NoDecode] = ["moonshot", "zai"]
+    provider_order: Annotated[list[str], NoDecode] = list(PROVIDERS)
     sandbox: bool = False
     # None: the gateway serves its own sandbox on an ephemeral loopback port.
     sandbox_url: str | None = Field(default=None, max_length=SANDBOX_URL_MAX)

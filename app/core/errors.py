@@ -216,6 +216,14 @@ class IllegalTransition(GatewayError):
     code = "internal_error"
 
 
+class UploadConflict(GatewayError):
+    """The upload raced concurrent uploads and deletes of the same bytes too often; retry it."""
+
+    status_code = 503
+    type = "server_error"
+    code = "upload_conflict"
+
+
 class ProviderError(GatewayError):
     """A provider call failed; `provider` names which one, `retryable` says if a retry may help."""
 
@@ -284,6 +292,12 @@ class CircuitOpen(ProviderUnavailable):
     """The provider's circuit is open: calls fail fast until a probe is due."""
 
     code = "provider_circuit_open"
+
+
+class ProviderBusy(ProviderUnavailable):
+    """The gateway already has as many calls of this kind in flight to the provider as allowed."""
+
+    code = "provider_busy"
 
 
 class DeadlineExceeded(ProviderUnavailable):

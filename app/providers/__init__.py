@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from app.core.errors import UnsupportedPurpose
+from app.core.provider_names import Provider
 from app.providers.base import (
     IMAGE_EXTENSIONS,
     MiB,
@@ -14,7 +15,6 @@ from app.providers.base import (
     parse_retry_after,
 )
 from app.providers.moonshot import MoonshotAdapter
-from app.providers.names import Provider
 from app.providers.pipeline import CallObserver, ProviderConfig
 from app.providers.zai import ZaiAdapter
 

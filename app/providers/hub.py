@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from app.core.config import ConfigError, Settings
 from app.core.errors import InvalidRequest, UnsupportedPurpose
+from app.core.provider_names import Provider
 from app.providers import ADAPTERS, check_purpose
 from app.providers.base import ProviderAdapter, PurposeRule
-from app.providers.names import Provider
 from app.providers.pipeline import CallObserver, ProviderConfig, RetryObserver
 
 if TYPE_CHECKING:

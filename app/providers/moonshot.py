@@ -18,6 +18,7 @@ from app.core.errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
+from app.core.provider_names import Provider
 from app.providers.base import (
     IMAGE_EXTENSIONS,
     MiB,
@@ -27,7 +28,6 @@ from app.providers.base import (
     error_envelope,
     retry_after_header,
 )
-from app.providers.names import Provider
 
 # The Kimi app's list (provider doc 1.3) plus common source/text types it reads as plain text.
 _DOCUMENTS = frozenset(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 from tenacity import RetryCallState
 
-from app.core.errors import DeadlineExceeded, ProviderError, ProviderUnavailable
+from app.core.errors import DeadlineExceeded, ProviderBusy, ProviderError, ProviderUnavailable
 
 if TYPE_CHECKING:
     from app.providers.breakers import ProviderBreaker
@@ -86,10 +86,9 @@ class _Lane:
             async with asyncio.timeout(self.wait):
                 await self._slots.acquire()
         except TimeoutError:
-            raise ProviderUnavailable(
+            raise ProviderBusy(
                 f"{provider} already has {self.size} {self.name} calls in flight; try again later.",
                 provider=provider,
-                code="provider_busy",
             ) from None
         try:
             yield

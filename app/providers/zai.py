@@ -19,6 +19,7 @@ from app.core.errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
+from app.core.provider_names import Provider
 from app.providers.base import (
     MiB,
     ProviderAdapter,
@@ -27,7 +28,6 @@ from app.providers.base import (
     error_envelope,
     retry_after_header,
 )
-from app.providers.names import Provider
 
 logger = logging.getLogger("filegate.providers")
 

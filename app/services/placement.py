@@ -11,11 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
 from app.core.db import unit_of_work
-from app.core.errors import (
-    BlobCorrupt,
-    ProviderError,
-    ProviderUnavailable,
-)
+from app.core.errors import BlobCorrupt, CircuitOpen, ProviderError
 from app.models import File, FileStatus, ProviderCopy
 from app.models import ProviderCopyStatus as C
 from app.providers.hub import Target
@@ -151,10 +147,9 @@ async def place(
         if paused_for is not None:
             outcome.deferred = True
             outcome.errors.append(
-                ProviderUnavailable(
+                CircuitOpen(
                     f"{target.provider} is failing (circuit open); it is skipped for now.",
                     provider=target.provider,
-                    code="provider_circuit_open",
                     retry_after=paused_for,
                 )
             )

@@ -43,6 +43,7 @@ from app.core.errors import (
     RangeNotSatisfiable,
     UnsupportedMediaType,
 )
+from app.core.provider_names import Provider
 from app.models import FileStatus
 from app.services import files as file_service
 from app.services.idempotency import request_digest
@@ -81,7 +82,7 @@ UPLOAD_BODY = {
                         },
                         "provider": {
                             "type": "string",
-                            "enum": ["auto", "moonshot", "zai"],
+                            "enum": ["auto", *Provider],
                             "default": "auto",
                         },
                         "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},

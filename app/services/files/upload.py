@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
 from app.core.db import unit_of_work, utcnow
-from app.core.errors import GatewayError, ProviderUnavailable, QuotaExceeded
+from app.core.errors import GatewayError, QuotaExceeded, UploadConflict
 from app.jobs import queue
 from app.jobs.queue import JobKind
 from app.models import File, FileStatus, JobState, ProviderCopyStatus, Tenant
@@ -102,10 +102,9 @@ async def create_file(
             )
             rt.metrics.uploads.labels(_placed_on(view), "created").inc()
             return CreateResult(view, created=True)
-        raise ProviderUnavailable(
+        raise UploadConflict(
             "The upload collided with concurrent uploads and deletes of the same bytes; retry it.",
-            provider="gateway",
-            code="upload_conflict",
+            headers={"Retry-After": "1"},
         )
     except GatewayError:
         rt.metrics.uploads.labels(provider, "failed").inc()
@@ -320,10 +319,9 @@ async def _placement_owned(session: AsyncSession, file: File) -> bool:
     )
 
 
-def _joined_file_deleted() -> ProviderUnavailable:
+def _joined_file_deleted() -> UploadConflict:
     """The identical file a duplicate upload joined failed or was deleted meanwhile."""
-    return ProviderUnavailable(
+    return UploadConflict(
         "An identical upload that was in progress failed or was deleted; retry the upload.",
-        provider="gateway",
-        code="upload_conflict",
+        headers={"Retry-After": "1"},
     )
