@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import FileId, RuntimeDep, SessionDep
 from app.api.errors import responses
-from app.api.idempotency import respond
+from app.api.idempotency import Idempotent
 from app.api.routes.admin.common import ADMIN_ERRORS, PREFIX
 from app.api.schemas import CheckReport
 from app.auth.guards import AdminCtx
@@ -25,17 +25,10 @@ router = APIRouter(prefix=PREFIX)
     responses=responses(*ADMIN_ERRORS, NotFound),
 )
 async def check_file(
-    file_id: FileId, request: Request, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
+    file_id: FileId, ctx: AdminCtx, idem: Idempotent, session: SessionDep, rt: RuntimeDep
 ) -> JSONResponse:
-    async def check() -> tuple[int, CheckReport]:
-        report = await admin_service.check_file(session=session, rt=rt, ctx=ctx, file_id=file_id)
-        return 200, CheckReport(**report)
-
-    return await respond(
-        request=request,
-        rt=rt,
-        ctx=ctx,
-        session=session,
-        request_fingerprint=request_digest(route="POST /admin/files/check", id=file_id),
-        action=check,
-    )
+    fingerprint = request_digest(route="POST /admin/files/check", id=file_id)
+    if (replay := await idem.begin(fingerprint)) is not None:
+        return replay
+    report = await admin_service.check_file(session=session, rt=rt, ctx=ctx, file_id=file_id)
+    return await idem.answer(200, CheckReport(**report))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from app.api.deps import RuntimeDep, SessionDep
+from app.api.deps import SessionDep
 from app.api.errors import responses
-from app.api.idempotency import respond
+from app.api.idempotency import Idempotent
 from app.api.routes.admin.common import ADMIN_ERRORS, MAX_ID, PREFIX
 from app.api.schemas import JobOut, JobSummary
 from app.auth.guards import AdminCtx
@@ -46,20 +46,12 @@ async def job_summary(
 )
 async def retry_job(
     job_id: Annotated[int, Path(ge=1, le=MAX_ID)],
-    request: Request,
     ctx: AdminCtx,
+    idem: Idempotent,
     session: SessionDep,
-    rt: RuntimeDep,
 ) -> JSONResponse:
-    async def retry() -> tuple[int, JobOut]:
-        job = await admin_service.retry_job(session=session, ctx=ctx, job_id=job_id)
-        return 200, JobOut.model_validate(job)
-
-    return await respond(
-        request=request,
-        rt=rt,
-        ctx=ctx,
-        session=session,
-        request_fingerprint=request_digest(route="POST /admin/jobs/retry", id=job_id),
-        action=retry,
-    )
+    fingerprint = request_digest(route="POST /admin/jobs/retry", id=job_id)
+    if (replay := await idem.begin(fingerprint)) is not None:
+        return replay
+    job = await admin_service.retry_job(session=session, ctx=ctx, job_id=job_id)
+    return await idem.answer(200, JobOut.model_validate(job))

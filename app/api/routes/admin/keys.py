@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from app.api.deps import RuntimeDep, SessionDep
 from app.api.errors import responses
-from app.api.idempotency import respond
+from app.api.idempotency import Idempotent
 from app.api.routes.admin.common import ADMIN_ERRORS, PREFIX
 from app.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut, KeyRotate
 from app.auth import keys as key_service
@@ -39,30 +39,22 @@ def _without_secret(body: dict[str, Any]) -> dict[str, Any]:
     responses=responses(*ADMIN_ERRORS),
 )
 async def create_key(
-    body: KeyCreate, request: Request, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
+    body: KeyCreate, ctx: AdminCtx, idem: Idempotent, session: SessionDep, rt: RuntimeDep
 ) -> JSONResponse:
-    async def issue() -> tuple[int, KeyCreated]:
-        issued = await key_service.issue_key(
-            session=session,
-            hmac_key=rt.hmac_key,
-            tenant_name=body.tenant,
-            name=body.name,
-            scopes=body.scopes,
-            expires_at=body.expires_at,
-            rate_limit_per_minute=body.rate_limit_per_minute,
-        )
-        audit.record(session=session, ctx=ctx, action="key.create", resource=issued.key.id)
-        return 201, _created(issued.key, issued.token)
-
-    return await respond(
-        request=request,
-        rt=rt,
-        ctx=ctx,
+    fingerprint = request_digest(route="POST /admin/keys", body=body.model_dump())
+    if (replay := await idem.begin(fingerprint, redact=_without_secret)) is not None:
+        return replay
+    issued = await key_service.issue_key(
         session=session,
-        request_fingerprint=request_digest(route="POST /admin/keys", body=body.model_dump()),
-        action=issue,
-        redact=_without_secret,
+        hmac_key=rt.hmac_key,
+        tenant_name=body.tenant,
+        name=body.name,
+        scopes=body.scopes,
+        expires_at=body.expires_at,
+        rate_limit_per_minute=body.rate_limit_per_minute,
     )
+    audit.record(session=session, ctx=ctx, action="key.create", resource=issued.key.id)
+    return await idem.answer(201, _created(issued.key, issued.token))
 
 
 @router.post(
@@ -74,42 +66,31 @@ async def create_key(
 )
 async def rotate_key(
     key_id: str,
-    request: Request,
     ctx: AdminCtx,
+    idem: Idempotent,
     session: SessionDep,
     rt: RuntimeDep,
     body: KeyRotate | None = None,
 ) -> JSONResponse:
     body = body or KeyRotate()
-
-    async def rotate() -> tuple[int, KeyCreated]:
-        issued = await key_service.rotate_key(
-            session=session,
-            hmac_key=rt.hmac_key,
-            key_id=key_id,
-            overlap_seconds=body.overlap_seconds,
-        )
-        rt.key_cache.pop(key_id, None)
-        audit.record(
-            session=session,
-            ctx=ctx,
-            action="key.rotate",
-            resource=key_id,
-            detail=f"successor {issued.key.id}",
-        )
-        return 201, _created(issued.key, issued.token)
-
-    return await respond(
-        request=request,
-        rt=rt,
-        ctx=ctx,
+    fingerprint = request_digest(route="POST /admin/keys/rotate", id=key_id, body=body.model_dump())
+    if (replay := await idem.begin(fingerprint, redact=_without_secret)) is not None:
+        return replay
+    issued = await key_service.rotate_key(
         session=session,
-        request_fingerprint=request_digest(
-            route="POST /admin/keys/rotate", id=key_id, body=body.model_dump()
-        ),
-        action=rotate,
-        redact=_without_secret,
+        hmac_key=rt.hmac_key,
+        key_id=key_id,
+        overlap_seconds=body.overlap_seconds,
     )
+    rt.key_cache.pop(key_id, None)
+    audit.record(
+        session=session,
+        ctx=ctx,
+        action="key.rotate",
+        resource=key_id,
+        detail=f"successor {issued.key.id}",
+    )
+    return await idem.answer(201, _created(issued.key, issued.token))
 
 
 @router.get(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import RuntimeDep, SessionDep
 from app.api.errors import responses
-from app.api.idempotency import respond
+from app.api.idempotency import Idempotent
 from app.api.routes.admin.common import ADMIN_ERRORS, PREFIX
 from app.api.schemas import BreakerAction, BreakerOut, ProviderList, ProviderOut
 from app.auth.guards import AdminCtx
@@ -52,24 +52,17 @@ async def providers(session: SessionDep, rt: RuntimeDep) -> ProviderList:
 async def force_breaker(
     provider: str,
     body: BreakerAction,
-    request: Request,
     ctx: AdminCtx,
+    idem: Idempotent,
     session: SessionDep,
     rt: RuntimeDep,
 ) -> JSONResponse:
-    async def force() -> tuple[int, BreakerOut]:
-        snapshot = await admin_service.force_breaker(
-            session=session, rt=rt, ctx=ctx, provider=provider, action=body.action
-        )
-        return 200, _breaker_out(snapshot)
-
-    return await respond(
-        request=request,
-        rt=rt,
-        ctx=ctx,
-        session=session,
-        request_fingerprint=request_digest(
-            route="POST /admin/providers/breaker", provider=provider, body=body.model_dump()
-        ),
-        action=force,
+    fingerprint = request_digest(
+        route="POST /admin/providers/breaker", provider=provider, body=body.model_dump()
     )
+    if (replay := await idem.begin(fingerprint)) is not None:
+        return replay
+    snapshot = await admin_service.force_breaker(
+        session=session, rt=rt, ctx=ctx, provider=provider, action=body.action
+    )
+    return await idem.answer(200, _breaker_out(snapshot))
