@@ -68,12 +68,12 @@ class IdempotencyScope:
                 status_code=stored.status_code,
                 headers={**self._headers(), "Idempotent-Replayed": "true"},
             )
+        self._claim = (tenant, key)
         await self._lease.enter_async_context(
             idempotency.held(
                 sessionmaker=self._rt.sessionmaker, tenant_id=tenant, key=key, lease_seconds=lease
             )
         )
-        self._claim = (tenant, key)
         return None
 
     async def answer(self, status: int, model: BaseModel) -> JSONResponse:
