@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.auth.scopes import DEFAULT_SCOPES, Scope
 from app.core.provider_names import Provider
 from app.services.files import FileView
+
+
+def _unix_seconds(value: object) -> object:
+    return int(value.timestamp()) if isinstance(value, datetime) else value
+
+
+def _iso_time(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _words(value: object) -> object:
+    return value.split() if isinstance(value, str) else value
+
+
+def _json_object(value: object) -> object:
+    return json.loads(value or "{}") if value is None or isinstance(value, str) else value
+
+
+# Wire types of models read from ORM rows: a column's value is converted on the way in.
+UnixSeconds = Annotated[int, BeforeValidator(_unix_seconds)]
+IsoTime = Annotated[str, BeforeValidator(_iso_time)]
+SpaceSeparated = Annotated[list[str], BeforeValidator(_words)]
+JsonText = Annotated[dict[str, object], BeforeValidator(_json_object)]
 
 
 class ProviderCopyOut(BaseModel):
@@ -110,10 +134,11 @@ class JobOut(BaseModel):
     state: str
     attempts: int
     max_attempts: int
-    payload: dict[str, object]
+    payload: JsonText
     last_error: str | None
-    run_after: int
-    created_at: int
+    run_after: UnixSeconds
+    created_at: UnixSeconds
+    model_config = ConfigDict(from_attributes=True)
 
 
 class JobSummary(BaseModel):
@@ -153,7 +178,7 @@ class TenantList(BaseModel):
 class AuditOut(BaseModel):
     id: int
     object: Literal["audit.event"] = "audit.event"
-    created_at: str = Field(examples=["2026-11-25T12:00:00+00:00"])
+    created_at: IsoTime = Field(examples=["2026-11-25T12:00:00+00:00"])
     request_id: str | None
     actor: str = Field(examples=["key:ab12cd34ef56"])
     tenant_id: str | None
@@ -163,6 +188,7 @@ class AuditOut(BaseModel):
     status_code: int | None
     client_addr: str | None
     detail: str | None
+    model_config = ConfigDict(from_attributes=True)
 
 
 class AuditList(BaseModel):
@@ -238,13 +264,14 @@ class KeyOut(BaseModel):
     object: Literal["api_key"] = "api_key"
     tenant_id: str
     name: str
-    scopes: list[str]
-    created_at: int
-    expires_at: int | None
-    revoked_at: int | None
-    last_used_at: int | None
+    scopes: SpaceSeparated
+    created_at: UnixSeconds
+    expires_at: UnixSeconds | None
+    revoked_at: UnixSeconds | None
+    last_used_at: UnixSeconds | None
     rate_limit_per_minute: int | None
     rotated_from: str | None
+    model_config = ConfigDict(from_attributes=True)
 
 
 class KeyCreated(KeyOut):

@@ -55,4 +55,6 @@ def authorize(scope: Scope) -> Callable[[Request], Awaitable[CallContext]]:
 
 ReadCtx = Annotated[CallContext, Depends(authorize(Scope.FILES_READ))]
 WriteCtx = Annotated[CallContext, Depends(authorize(Scope.FILES_WRITE))]
-AdminCtx = Annotated[CallContext, Depends(authorize(Scope.ADMIN))]
+# One callable, so a router guarded by it and a route reading AdminCtx resolve it once.
+ADMIN_ONLY = Depends(authorize(Scope.ADMIN))
+AdminCtx = Annotated[CallContext, ADMIN_ONLY]

@@ -147,3 +147,33 @@ async def test_answers_that_carry_a_secret_are_never_cached(gateway: Gateway) ->
         )
         assert replay.headers["idempotent-replayed"] == "true"
         assert replay.headers["cache-control"] == "no-store"
+
+
+async def test_the_admin_guard_counts_one_hit_per_request(gateway: Gateway) -> None:
+    # The router's guard and a route's AdminCtx are one dependency: the rate limit sees one hit.
+    root = await gateway.key("ops", ("admin",))
+    async with gateway.client(root) as ops:
+        created = await ops.post(
+            "/admin/keys",
+            json={
+                "tenant": "ops",
+                "name": "limited-admin",
+                "scopes": ["admin"],
+                "rate_limit_per_minute": 3,
+                "expires_at": "2099-01-01T00:00:00Z",
+            },
+        )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["expires_at"] == 4070908800
+    assert isinstance(body["created_at"], int) and body["revoked_at"] is None
+    async with gateway.client(body["key"]) as limited:
+        answers = [
+            await limited.get("/admin/keys"),
+            await limited.put("/admin/tenants/ops/quota", json={"max_files": 10}),
+            await limited.get("/admin/tenants"),
+        ]
+        refused = await limited.get("/admin/jobs")
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert [a.headers["ratelimit-remaining"] for a in answers] == ["2", "1", "0"]
+    assert refused.status_code == 429

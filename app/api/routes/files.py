@@ -14,7 +14,7 @@ from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfia
 
 from app.api.deps import FileId, ReadSessionDep, RuntimeDep, SessionDep
 from app.api.errors import responses
-from app.api.idempotency import respond
+from app.api.idempotency import Idempotent
 from app.api.intake import media_type, receive_upload
 from app.api.schemas import (
     Extracted,
@@ -120,7 +120,7 @@ UPLOAD_BODY = {
     },
 )
 async def upload_file(
-    request: Request, ctx: WriteCtx, session: SessionDep, rt: RuntimeDep
+    request: Request, ctx: WriteCtx, idem: Idempotent, session: SessionDep, rt: RuntimeDep
 ) -> JSONResponse:
     async with receive_upload(
         body=request.stream(),
@@ -136,39 +136,28 @@ async def upload_file(
         provider = (upload.fields.get("provider") or "auto").lower()
         rt.providers.check_provider_known(provider)
         expires_at = _expires_at(upload.fields)
-        retry_after: float | None = None
-
-        async def create() -> tuple[int, FileObject]:
-            nonlocal retry_after
-            result = await file_service.create_file(
-                session=session,
-                rt=rt,
-                ctx=ctx,
-                upload=upload,
-                purpose=purpose,
-                provider=provider,
-                expires_at=expires_at,
-            )
-            pending = result.view.file.status in (FileStatus.PENDING, FileStatus.UPLOADED)
-            retry_after = result.view.retry_after
-            return (202 if pending else 200), FileObject.of(result.view)
-
-        response = await respond(
-            request=request,
+        # Hash of the bytes plus canonical fields: a retry with a new boundary still matches.
+        fingerprint = request_digest(
+            route="POST /v1/files",
+            sha256=upload.sha256,
+            purpose=purpose,
+            provider=provider,
+            expires=upload.fields.get("expires_after[seconds]"),
+        )
+        if (replay := await idem.begin(fingerprint)) is not None:
+            return replay
+        result = await file_service.create_file(
+            session=session,
             rt=rt,
             ctx=ctx,
-            session=session,
-            # Hash of the bytes plus canonical fields: a retry with a new boundary still matches.
-            request_fingerprint=request_digest(
-                route="POST /v1/files",
-                sha256=upload.sha256,
-                purpose=purpose,
-                provider=provider,
-                expires=upload.fields.get("expires_after[seconds]"),
-            ),
-            action=create,
+            upload=upload,
+            purpose=purpose,
+            provider=provider,
+            expires_at=expires_at,
         )
-        return _with_retry_after(response, retry_after)
+        pending = result.view.file.status in (FileStatus.PENDING, FileStatus.UPLOADED)
+        response = await idem.answer(202 if pending else 200, FileObject.of(result.view))
+        return _with_retry_after(response, result.view.retry_after)
 
 
 def _with_retry_after(response: JSONResponse, retry_after: float | None) -> JSONResponse:
@@ -368,33 +357,22 @@ async def delete_file(
 async def replicate_file(
     file_id: FileId,
     body: ReplicateRequest,
-    request: Request,
     ctx: WriteCtx,
+    idem: Idempotent,
     session: SessionDep,
     rt: RuntimeDep,
 ) -> JSONResponse:
-    retry_after: float | None = None
-
-    async def copy() -> tuple[int, FileObject]:
-        nonlocal retry_after
-        view = await file_service.replicate(
-            session=session, rt=rt, ctx=ctx, file_id=file_id, provider=body.provider
-        )
-        retry_after = view.retry_after
-        live = any(c.provider == body.provider and c.status == "active" for c in view.copies)
-        return (200 if live else 202), FileObject.of(view)
-
-    response = await respond(
-        request=request,
-        rt=rt,
-        ctx=ctx,
-        session=session,
-        request_fingerprint=request_digest(
-            route="POST /v1/files/{id}/providers", id=file_id, body=body.model_dump()
-        ),
-        action=copy,
+    fingerprint = request_digest(
+        route="POST /v1/files/{id}/providers", id=file_id, body=body.model_dump()
     )
-    return _with_retry_after(response, retry_after)
+    if (replay := await idem.begin(fingerprint)) is not None:
+        return replay
+    view = await file_service.replicate(
+        session=session, rt=rt, ctx=ctx, file_id=file_id, provider=body.provider
+    )
+    live = any(c.provider == body.provider and c.status == "active" for c in view.copies)
+    response = await idem.answer(200 if live else 202, FileObject.of(view))
+    return _with_retry_after(response, view.retry_after)
 
 
 @router.get(

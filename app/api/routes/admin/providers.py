@@ -1,0 +1,68 @@
+"""Providers: an overview with their circuit breakers, and forcing a breaker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.api.deps import RuntimeDep, SessionDep
+from app.api.errors import responses
+from app.api.idempotency import Idempotent
+from app.api.routes.admin.common import ADMIN_ERRORS, PREFIX
+from app.api.schemas import BreakerAction, BreakerOut, ProviderList, ProviderOut
+from app.auth.guards import AdminCtx
+from app.services import admin as admin_service
+from app.services.idempotency import request_digest
+
+router = APIRouter(prefix=PREFIX)
+
+
+def _breaker_out(snapshot: dict[str, Any]) -> BreakerOut:
+    return BreakerOut(
+        state=str(snapshot.get("state", "closed")),
+        failure_count=int(snapshot.get("failure_count") or 0),
+        last_error=snapshot.get("last_error"),
+        storage=str(snapshot.get("storage", "none")),
+        degraded=bool(snapshot.get("degraded", False)),
+        retry_after=snapshot.get("retry_after"),
+    )
+
+
+@router.get(
+    "/providers",
+    response_model=ProviderList,
+    summary="Providers: mode, circuit breaker, files and bytes placed against the quota",
+    responses=responses(*ADMIN_ERRORS),
+)
+async def providers(session: SessionDep, rt: RuntimeDep) -> ProviderList:
+    rows = await admin_service.provider_overview(session=session, rt=rt)
+    return ProviderList(
+        data=[ProviderOut(**{**row, "breaker": _breaker_out(row["breaker"])}) for row in rows]
+    )
+
+
+@router.post(
+    "/providers/{provider}/breaker",
+    response_model=BreakerOut,
+    summary="Open, close or reset a provider's circuit breaker",
+    responses=responses(*ADMIN_ERRORS),
+)
+async def force_breaker(
+    provider: str,
+    body: BreakerAction,
+    ctx: AdminCtx,
+    idem: Idempotent,
+    session: SessionDep,
+    rt: RuntimeDep,
+) -> JSONResponse:
+    fingerprint = request_digest(
+        route="POST /admin/providers/breaker", provider=provider, body=body.model_dump()
+    )
+    if (replay := await idem.begin(fingerprint)) is not None:
+        return replay
+    snapshot = await admin_service.force_breaker(
+        session=session, rt=rt, ctx=ctx, provider=provider, action=body.action
+    )
+    return await idem.answer(200, _breaker_out(snapshot))
