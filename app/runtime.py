@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.auth.jwt import JWTVerifier
-from app.auth.keys import KeyRecord
+from app.auth.cache import IdentityCache
+from app.auth.jwt import JWTVerifier, verifier_from_settings
 from app.core.config import ConfigError, Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.metrics import GatewayMetrics
@@ -43,11 +43,9 @@ class Runtime:
     metrics: GatewayMetrics
     redis: Redis | None
     deployment: DeploymentIdentity
-    key_cache: dict[str, tuple[float, KeyRecord | None]]
-    key_touched: dict[str, float] = field(default_factory=dict)
+    identity: IdentityCache = field(default_factory=IdentityCache)
     jwt: JWTVerifier | None = None
     rate_limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
-    tenant_ids: dict[str, str] = field(default_factory=dict)
     breakers: BreakerBoard | None = None
     database: OutageLog = field(default_factory=lambda: OutageLog("database"))
     refusals: RefusalThrottle = field(default_factory=lambda: RefusalThrottle(20))
@@ -67,26 +65,6 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self._hmac_key = self.settings.hmac_key()
-
-
-def build_jwt_verifier(settings: Settings) -> JWTVerifier | None:
-    """The JWT verifier when FILEGATE_JWT_KEY is set; a bad key fails start-up with its name."""
-    if settings.jwt_key is None:
-        return None
-    try:
-        return JWTVerifier(
-            algorithm=settings.jwt_algorithm,
-            key=settings.jwt_key.get_secret_value(),
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer or "",
-            tenant_claim=settings.jwt_tenant_claim,
-            scope_claim=settings.jwt_scope_claim,
-            leeway=settings.jwt_leeway_seconds,
-            allow_admin=settings.jwt_allow_admin,
-            max_lifetime=settings.jwt_max_lifetime_seconds,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration:\n  FILEGATE_JWT_KEY: {exc}") from None
 
 
 async def _record_suppressed_refusals(runtime: Runtime) -> None:
@@ -172,7 +150,7 @@ async def _build_runtime(
         observer=metrics.observe_provider_call,
         retry_observer=metrics.observe_provider_retry,
     )
-    jwt = build_jwt_verifier(settings)
+    jwt = verifier_from_settings(settings)
     runtime = Runtime(
         settings=settings,
         engine=engine,
@@ -182,7 +160,6 @@ async def _build_runtime(
         metrics=metrics,
         redis=redis,
         deployment=DeploymentIdentity(sessionmaker),
-        key_cache={},
         jwt=jwt,
         rate_limiter=build_rate_limiter(redis),
         breakers=breakers,

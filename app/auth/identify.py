@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
@@ -24,9 +23,6 @@ from app.core.logging import log_context
 if TYPE_CHECKING:
     from app.runtime import Runtime
 
-KEY_CACHE_SECONDS = 2.0
-KEY_CACHE_MAX = 10_000
-LAST_USED_EVERY_SECONDS = 60.0
 IDENTIFIED_PREFIXES = ("/v1", "/admin")
 
 
@@ -68,20 +64,19 @@ async def identify(runtime: Runtime, token: str) -> tuple[Principal | None, str 
     parsed = parse_key(token)
     if parsed is None:
         return None, None
-    now = time.monotonic()
-    cached = runtime.key_cache.get(parsed.key_id)
-    record: KeyRecord | None
-    if cached is not None and cached[0] > now:
-        record = cached[1]
+    cached = runtime.identity.key(parsed.key_id)
+    if isinstance(cached, KeyRecord) or cached is None:
+        record = cached
     else:
         async with runtime.sessionmaker() as session:
             record = await load_key_record(session=session, key_id=parsed.key_id)
-        if len(runtime.key_cache) >= KEY_CACHE_MAX:
-            runtime.key_cache.clear()
-        runtime.key_cache[parsed.key_id] = (now + KEY_CACHE_SECONDS, record)
+        runtime.identity.remember_key(parsed.key_id, record)
     principal = principal_for(token, record, hmac_key=runtime.hmac_key)
-    if principal is not None:
-        await _note_use(runtime, principal.key_id, now)
+    if principal is not None and runtime.identity.due_for_touch(principal.key_id):
+        # last_used_at is written at most once a minute per key and process.
+        async with runtime.sessionmaker() as session:
+            await touch_key(session=session, key_id=principal.key_id)
+            await session.commit()
     return principal, None
 
 
@@ -92,7 +87,7 @@ async def _identify_jwt(
         identity = verifier.verify(token)
     except JWTRejected as exc:
         return None, f"JWT refused: {exc.reason}."
-    tenant_id = runtime.tenant_ids.get(identity.tenant)
+    tenant_id = runtime.identity.tenant_id(identity.tenant)
     if tenant_id is None:
         # The issuer is trusted to name tenants; the first token of a tenant creates it.
         for _ in range(2):
@@ -103,7 +98,8 @@ async def _identify_jwt(
                 break
             except IntegrityError:
                 continue  # a concurrent first request created the tenant; look it up again
-        tenant_id = runtime.tenant_ids[identity.tenant] = tenant.id
+        tenant_id = tenant.id
+        runtime.identity.remember_tenant(identity.tenant, tenant_id)
     return (
         Principal(
             key_id=identity.subject,
@@ -113,15 +109,3 @@ async def _identify_jwt(
         ),
         None,
     )
-
-
-async def _note_use(runtime: Runtime, key_id: str, now: float) -> None:
-    """Write last_used_at at most once a minute per key and process (writes are throttled)."""
-    if runtime.key_touched.get(key_id, -LAST_USED_EVERY_SECONDS) + LAST_USED_EVERY_SECONDS > now:
-        return
-    runtime.key_touched[key_id] = now
-    if len(runtime.key_touched) > KEY_CACHE_MAX:
-        runtime.key_touched.clear()
-    async with runtime.sessionmaker() as session:
-        await touch_key(session=session, key_id=key_id)
-        await session.commit()

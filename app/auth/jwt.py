@@ -10,16 +10,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
 from app.auth.scopes import Scope
+from app.core.config import ConfigError
 from app.core.names import NameRefused
 from app.core.names import subject as valid_subject
 from app.core.names import tenant_name as valid_tenant_name
+
+if TYPE_CHECKING:
+    from app.core.config import Settings
 
 ALGORITHMS: Final = ("HS256", "RS256")
 MAX_TOKEN_BYTES: Final = 8192
@@ -408,3 +412,23 @@ def _check_rsa_public(key: Any, where: str) -> None:
         raise ValueError(f"{where}: the RS256 key is not an RSA public key")
     if prepared.key_size < MIN_RSA_KEY_BITS:
         raise ValueError(f"{where}: the RSA key must be at least {MIN_RSA_KEY_BITS} bits")
+
+
+def verifier_from_settings(settings: Settings) -> JWTVerifier | None:
+    """The JWT verifier when FILEGATE_JWT_KEY is set; a bad key fails start-up with its name."""
+    if settings.jwt_key is None:
+        return None
+    try:
+        return JWTVerifier(
+            algorithm=settings.jwt_algorithm,
+            key=settings.jwt_key.get_secret_value(),
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer or "",
+            tenant_claim=settings.jwt_tenant_claim,
+            scope_claim=settings.jwt_scope_claim,
+            leeway=settings.jwt_leeway_seconds,
+            allow_admin=settings.jwt_allow_admin,
+            max_lifetime=settings.jwt_max_lifetime_seconds,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration:\n  FILEGATE_JWT_KEY: {exc}") from None

@@ -150,7 +150,7 @@ async def test_expired_key_is_refused(gateway: Gateway) -> None:
     async with gateway.client(token) as c:
         assert (await c.get("/v1/files")).status_code == 200
         await asyncio.sleep(2.2)
-        gateway.runtime.key_cache.clear()
+        gateway.runtime.identity.forget_keys()
         assert (await c.get("/v1/files")).status_code == 401
 
 
@@ -163,7 +163,7 @@ async def test_rotation_keeps_old_key_during_overlap_only(gateway: Gateway) -> N
         assert rotated.status_code == 201
         assert rotated.json()["rotated_from"] == old_id
         new = rotated.json()["key"]
-    gateway.runtime.key_cache.clear()
+    gateway.runtime.identity.forget_keys()
     async with gateway.client(new) as c:
         assert (await c.get("/v1/files")).status_code == 200
     async with gateway.client(old) as c:
@@ -174,7 +174,7 @@ async def test_rotation_keeps_old_key_during_overlap_only(gateway: Gateway) -> N
             f"/admin/keys/{other.split('_')[1]}/rotate", json={"overlap_seconds": 3600}
         )
     assert overlap.json()["key"] != other
-    gateway.runtime.key_cache.clear()
+    gateway.runtime.identity.forget_keys()
     async with gateway.client(other) as c:
         assert (await c.get("/v1/files")).status_code == 200
 

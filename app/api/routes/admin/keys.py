@@ -82,7 +82,6 @@ async def rotate_key(
         key_id=key_id,
         overlap_seconds=body.overlap_seconds,
     )
-    rt.key_cache.pop(key_id, None)
     audit.record(
         session=session,
         ctx=ctx,
@@ -90,7 +89,9 @@ async def rotate_key(
         resource=key_id,
         detail=f"successor {issued.key.id}",
     )
-    return await idem.answer(201, _created(issued.key, issued.token))
+    response = await idem.answer(201, _created(issued.key, issued.token))
+    rt.identity.invalidate(key_id)  # committed: a lookup from now on reads the new expiry
+    return response
 
 
 @router.get(
@@ -116,6 +117,8 @@ async def list_keys(
 )
 async def revoke_key(key_id: str, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep) -> KeyOut:
     row = await key_service.revoke_key(session=session, key_id=key_id)
-    rt.key_cache.pop(key_id, None)
     audit.record(session=session, ctx=ctx, action="key.revoke", resource=key_id)
+    await session.commit()
+    # Forgotten once committed: a lookup racing the revocation cannot cache the live key again.
+    rt.identity.invalidate(key_id)
     return KeyOut.model_validate(row)
