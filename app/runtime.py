@@ -25,7 +25,7 @@ from app.providers.retry import RetryPolicy
 from app.services import audit
 from app.services.audit import RefusalThrottle
 from app.services.deployment import DeploymentIdentity, DeploymentTagInvalid
-from app.storage.blobs import LocalBlobStore
+from app.storage.blobs import BlobStore, LocalBlobStore
 
 log = logging.getLogger("filegate")
 
@@ -38,7 +38,7 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    blob_store: LocalBlobStore
+    blob_store: BlobStore
     providers: ProviderHub
     metrics: GatewayMetrics
     redis: Redis | None

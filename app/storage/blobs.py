@@ -62,6 +62,10 @@ class BlobStore(ABC):
     """Where canonical file bytes live; local disk today, an S3-compatible store later."""
 
     @abstractmethod
+    def key_for(self, sha256: str) -> str:
+        """The content-addressed key the blob of `sha256` is stored under."""
+
+    @abstractmethod
     def new_spool(self) -> SpoolFile:
         """A temp file for an incoming upload, on the same volume as the blobs."""
 
@@ -163,8 +167,7 @@ class LocalBlobStore(BlobStore):
         private_dir(self.blob_dir)
         private_dir(self.tmp_dir)
 
-    @staticmethod
-    def key_for(sha256: str) -> str:
+    def key_for(self, sha256: str) -> str:
         return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
     def new_spool(self) -> SpoolFile:
