@@ -90,12 +90,26 @@ def classify(
     max_deletions: int,
 ) -> Plan:
     """Decide what to do about every listed file and every active copy the listing lacks."""
+    lost = _unlisted_copies(listing=listing, registry=registry, now=now)
+    judged, orphans = _judge_listing(
+        listing=listing, registry=registry, tag=tag, now=now, grace=grace
+    )
+    # Oldest first: the longer a file has been an orphan, the surer it is one.
+    orphans.sort(key=lambda o: (o[0].created_at, o[0].id))
+    capped = [
+        Decision(Action.DELETE_ORPHAN if index < max_deletions else Action.HOLD, pfile.id, file_id)
+        for index, (pfile, file_id) in enumerate(orphans)
+    ]
+    return Plan((*lost, *judged, *capped))
+
+
+def _unlisted_copies(
+    *, listing: Sequence[ProviderFile], registry: RegistryView, now: datetime
+) -> list[Decision]:
+    """Active copies the provider no longer lists: replaced if their file lives, else lost."""
     listed = {f.id for f in listing}
-    held = [c for c in registry.copies if c.status != ProviderCopyStatus.DELETED]
-    known = {c.provider_file_id for c in held if c.provider_file_id}
-    entry_of = {c.file_id: c for c in registry.copies}  # one copy per file and provider
-    decisions: list[Decision] = []
-    for copy in held:
+    decisions = []
+    for copy in registry.copies:
         if copy.status != ProviderCopyStatus.ACTIVE or not copy.provider_file_id:
             continue
         if copy.provider_file_id in listed:
@@ -103,7 +117,23 @@ def classify(
         file = registry.files.get(copy.file_id)
         action = Action.REPLACE if file is not None and file.live(now) else Action.MARK_LOST
         decisions.append(Decision(action, copy.provider_file_id, copy.file_id, copy.id))
+    return decisions
+
+
+def _judge_listing(
+    *,
+    listing: Sequence[ProviderFile],
+    registry: RegistryView,
+    tag: str,
+    now: datetime,
+    grace: timedelta,
+) -> tuple[list[Decision], list[tuple[ProviderFile, str]]]:
+    """A decision for each listed file, and the orphans past the grace (decided by the cap)."""
+    held = [c for c in registry.copies if c.status != ProviderCopyStatus.DELETED]
+    known = {c.provider_file_id for c in held if c.provider_file_id}
+    entry_of = {c.file_id: c for c in registry.copies}  # one copy per file and provider
     adopted: set[int] = set()
+    decisions: list[Decision] = []
     orphans: list[tuple[ProviderFile, str]] = []
     # Newest first: of several landed uploads for one copy, the latest is adopted.
     for pfile in sorted(listing, key=lambda f: (-f.created_at, f.id)):
@@ -115,30 +145,29 @@ def classify(
             decisions.append(Decision(Action.LEAVE_FOREIGN, pfile.id))
             continue
         entry = entry_of.get(file_id)
-        file = registry.files.get(file_id)
-        if entry is not None:
-            if (
-                entry.status in ADOPTABLE
-                and entry.id not in adopted
-                and file is not None
-                and not file.deleted
-            ):
-                adopted.add(entry.id)
-                decisions.append(Decision(Action.ADOPT, pfile.id, file_id, entry.id))
-                continue
-            if entry.status in PROTECTED or entry.id in adopted:
-                decisions.append(Decision(Action.KEEP, pfile.id, file_id, entry.id))
-                continue
-        if now.timestamp() - pfile.created_at < grace.total_seconds():
+        claimed = None if entry is None else _claim(entry, registry.files.get(file_id), adopted)
+        if claimed is not None and entry is not None:
+            decisions.append(Decision(claimed, pfile.id, file_id, entry.id))
+        elif now.timestamp() - pfile.created_at < grace.total_seconds():
             decisions.append(Decision(Action.WAIT, pfile.id, file_id))
-            continue
-        orphans.append((pfile, file_id))
-    # Oldest first: the longer a file has been an orphan, the surer it is one.
-    orphans.sort(key=lambda o: (o[0].created_at, o[0].id))
-    for index, (pfile, file_id) in enumerate(orphans):
-        action = Action.DELETE_ORPHAN if index < max_deletions else Action.HOLD
-        decisions.append(Decision(action, pfile.id, file_id))
-    return Plan(tuple(decisions))
+        else:
+            orphans.append((pfile, file_id))
+    return decisions, orphans
+
+
+def _claim(entry: RegistryCopy, file: RegistryFile | None, adopted: set[int]) -> Action | None:
+    """What the registry's copy makes of a provider file named for it; None: nothing."""
+    if (
+        entry.status in ADOPTABLE
+        and entry.id not in adopted
+        and file is not None
+        and not file.deleted
+    ):
+        adopted.add(entry.id)
+        return Action.ADOPT
+    if entry.status in PROTECTED or entry.id in adopted:
+        return Action.KEEP
+    return None
 
 
 def candidate_ids(listing: Sequence[ProviderFile], *, tag: str) -> set[str]:
