@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tenacity import RetryCallState, Retrying
+from tenacity.wait import wait_random_exponential
 
 from app.core.db import utcnow
 from app.core.leases import renewing
@@ -176,11 +177,11 @@ async def end_intent(
     )
 
 
-def backoff_at(
-    *, attempts: int, base: float, cap: float, retry_after: float | None, rng: random.Random
-) -> datetime:
-    """When to run again: full-jitter exponential backoff, never sooner than retry_after."""
-    delay = rng.uniform(0, min(cap, base * (2 ** max(0, attempts - 1))))
+def backoff_at(*, attempts: int, base: float, cap: float, retry_after: float | None) -> datetime:
+    """When to run again: tenacity's full-jitter exponential, never sooner than retry_after."""
+    state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = max(1, attempts)
+    delay = wait_random_exponential(multiplier=base, max=cap)(state)
     if retry_after is not None:
         delay = max(delay, retry_after)
     return utcnow() + timedelta(seconds=delay)

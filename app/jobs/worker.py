@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -48,7 +47,6 @@ class Worker:
         self.registry = registry
         self.concurrency = concurrency
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.rng = random.Random()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop` is set; also keeps periodic jobs scheduled."""
@@ -244,7 +242,6 @@ class Worker:
                         base=s.job_backoff_base,
                         cap=s.job_backoff_max,
                         retry_after=retry_after,
-                        rng=self.rng,
                     ),
                 )
             await session.commit()
