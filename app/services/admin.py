@@ -76,7 +76,10 @@ async def check_file(
         raise NotFound(f"No such File object: {file_id}", param="id")
     report = await health.check_file(
         session=session,
-        rt=rt,
+        blob_store=rt.blob_store,
+        providers=rt.providers,
+        metrics=rt.metrics,
+        max_attempts=rt.settings.job_max_attempts,
         ctx=system_context(tenant_id=file.tenant_id, task=ctx.request_id or "admin-check"),
         file=file,
     )

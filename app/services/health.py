@@ -10,25 +10,34 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import CallContext
 from app.core.db import utcnow
 from app.core.errors import ProviderError, ProviderNotFound
+from app.core.metrics import GatewayMetrics
 from app.jobs import queue
 from app.jobs.queue import JobKind
 from app.models import File, ProviderCopy, ProviderCopyStatus
+from app.providers.hub import ProviderHub
 from app.repositories.files import FileRepository
-from app.runtime import Runtime
 from app.services import audit, lifecycle
+from app.storage.blobs import BlobStore
 
 
 async def check_file(
-    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file: File
+    *,
+    session: AsyncSession,
+    blob_store: BlobStore,
+    providers: ProviderHub,
+    metrics: GatewayMetrics,
+    max_attempts: int,
+    ctx: CallContext,
+    file: File,
 ) -> dict[str, Any]:
     """Re-hash the blob and confirm every live copy still exists; repair what is missing."""
     repo = FileRepository(session)
     report: dict[str, Any] = {"file_id": file.id, "blob": "ok", "copies": {}}
     blob = await repo.blob(file.sha256)
-    if blob is None or not await rt.blob_store.exists(blob.storage_key):
+    if blob is None or not await blob_store.exists(blob.storage_key):
         report["blob"] = "missing"
     else:
-        digest = await rt.blob_store.rehash(blob.storage_key)
+        digest = await blob_store.rehash(blob.storage_key)
         if digest != file.sha256:
             report["blob"] = "corrupt"
             if blob.corrupt_at is None:
@@ -37,7 +46,7 @@ async def check_file(
         else:
             blob.verified_at = utcnow()
     if report["blob"] != "ok":
-        rt.metrics.health_checks.labels("blob_" + report["blob"]).inc()
+        metrics.health_checks.labels("blob_" + report["blob"]).inc()
         reason = f"blob {report['blob']}: content withheld until repaired"
         if file.status_details != reason:
             lifecycle.note(session, file, reason=reason, request_id=ctx.request_id)
@@ -47,13 +56,13 @@ async def check_file(
         if copy.status != ProviderCopyStatus.ACTIVE or not copy.provider_file_id:
             continue
         try:
-            await rt.providers.adapter(copy.provider).retrieve(copy.provider_file_id)
+            await providers.adapter(copy.provider).retrieve(copy.provider_file_id)
         except ProviderNotFound:
             report["copies"][copy.provider] = "missing"
-            rt.metrics.health_checks.labels("copy_missing").inc()
+            metrics.health_checks.labels("copy_missing").inc()
             await mark_missing(
                 session=session,
-                rt=rt,
+                max_attempts=max_attempts,
                 ctx=ctx,
                 file=file,
                 copy=copy,
@@ -66,7 +75,7 @@ async def check_file(
         copy.checked_at = utcnow()
         report["copies"][copy.provider] = "ok"
     if report["blob"] == "ok" and all(v == "ok" for v in report["copies"].values()):
-        rt.metrics.health_checks.labels("ok").inc()
+        metrics.health_checks.labels("ok").inc()
     audit.record(
         session=session,
         ctx=ctx,
@@ -80,7 +89,7 @@ async def check_file(
 async def mark_missing(
     *,
     session: AsyncSession,
-    rt: Runtime,
+    max_attempts: int,
     ctx: CallContext,
     file: File,
     copy: ProviderCopy,
@@ -97,5 +106,5 @@ async def mark_missing(
             kind=JobKind.PLACE,
             payload={"file_id": file.id, "provider": copy.provider},
             dedupe_key=f"place:{file.id}:{copy.provider}",
-            max_attempts=rt.settings.job_max_attempts,
+            max_attempts=max_attempts,
         )

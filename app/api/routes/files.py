@@ -250,7 +250,9 @@ async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) 
 async def download_content(
     file_id: FileId, request: Request, ctx: ReadCtx, session: SessionDep, rt: RuntimeDep
 ) -> Response:
-    view, path = await file_service.content_path(session=session, rt=rt, ctx=ctx, file_id=file_id)
+    view, path = await file_service.content_path(
+        session=session, blob_store=rt.blob_store, ctx=ctx, file_id=file_id
+    )
     etag = f'"{view.file.sha256}"'
     headers = {
         "ETag": etag,
@@ -314,7 +316,9 @@ def _check_range(value: str | None, size: int) -> None:
 async def extract_text(
     file_id: FileId, ctx: ReadCtx, session: SessionDep, rt: RuntimeDep
 ) -> Extracted:
-    provider, parsed = await file_service.extract(session=session, rt=rt, ctx=ctx, file_id=file_id)
+    provider, parsed = await file_service.extract(
+        session=session, providers=rt.providers, ctx=ctx, file_id=file_id
+    )
     return Extracted(
         id=file_id,
         provider=provider,

@@ -28,7 +28,15 @@ async def handle_check_file(
     if file is None or file.deleted_at is not None:
         return
     ctx = system_context(tenant_id=file.tenant_id, task=f"job-{job.id}")
-    await check_file(session=session, rt=rt, ctx=ctx, file=file)
+    await check_file(
+        session=session,
+        blob_store=rt.blob_store,
+        providers=rt.providers,
+        metrics=rt.metrics,
+        max_attempts=rt.settings.job_max_attempts,
+        ctx=ctx,
+        file=file,
+    )
 
 
 async def handle_health_sweep(

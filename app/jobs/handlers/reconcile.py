@@ -123,7 +123,7 @@ async def _settle_lost(*, rt: Runtime, provider: str, decision: Decision, task: 
         ctx = system_context(tenant_id=file.tenant_id, task=task)
         await mark_missing(
             session=s,
-            rt=rt,
+            max_attempts=rt.settings.job_max_attempts,
             ctx=ctx,
             file=file,
             copy=copy,

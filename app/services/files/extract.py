@@ -9,14 +9,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import CallContext
 from app.core.errors import InvalidRequest, ProviderUnavailable
 from app.models import ProviderCopyStatus
-from app.runtime import Runtime
+from app.providers.hub import ProviderHub
 from app.services.files.queries import get_file
 
 EXTRACTABLE = frozenset({"file-extract"})
 
 
 async def extract(
-    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str
+    *, session: AsyncSession, providers: ProviderHub, ctx: CallContext, file_id: str
 ) -> tuple[str, dict[str, object]]:
     """The provider's extracted text for a file-extract file, fetched once then cached."""
     view = await get_file(session=session, ctx=ctx, file_id=file_id)
@@ -50,7 +50,7 @@ async def extract(
             return copy.provider, {**json.loads(copy.extracted), **own_name}
     copy = active[0]
     assert copy.provider_file_id is not None
-    raw = await rt.providers.adapter(copy.provider).content(copy.provider_file_id)
+    raw = await providers.adapter(copy.provider).content(copy.provider_file_id)
     try:
         parsed = json.loads(raw)
         if not isinstance(parsed, dict) or not isinstance(parsed.get("content"), str):

@@ -11,8 +11,8 @@ from app.auth.principal import CallContext
 from app.core.errors import BlobCorrupt, InvalidRequest, NotFound
 from app.models import LifecycleEvent
 from app.repositories.files import FileRepository
-from app.runtime import Runtime
 from app.services.files.views import FilePage, FileView, check_id, not_found
+from app.storage.blobs import BlobStore
 
 
 async def get_file(*, session: AsyncSession, ctx: CallContext, file_id: str) -> FileView:
@@ -71,7 +71,7 @@ async def events(
 
 
 async def content_path(
-    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str
+    *, session: AsyncSession, blob_store: BlobStore, ctx: CallContext, file_id: str
 ) -> tuple[FileView, Path]:
     view = await get_file(session=session, ctx=ctx, file_id=file_id)
     blob = await FileRepository(session).blob(view.file.sha256)
@@ -81,4 +81,4 @@ async def content_path(
         raise BlobCorrupt(
             f"The stored content of {file_id} failed its integrity check and is withheld."
         )
-    return view, rt.blob_store.local_path(blob.storage_key)
+    return view, blob_store.local_path(blob.storage_key)
