@@ -26,7 +26,12 @@ async def handle_delete_copy(
     file = await FileRepository(session).refresh(copy.file_id)
     ctx = system_context(tenant_id=file.tenant_id if file else "unknown", task=f"job-{job.id}")
     if not await files.remove_copy(
-        session=session, rt=rt, ctx=ctx, copy=copy, reason="provider delete retried"
+        session=session,
+        providers=rt.providers,
+        settings=rt.settings,
+        ctx=ctx,
+        copy=copy,
+        reason="provider delete retried",
     ):
         raise RetryLater(copy.last_error or "provider delete failed")
     audit.record(

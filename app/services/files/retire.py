@@ -5,16 +5,19 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
+from app.core.config import Settings
 from app.core.db import unit_of_work, utcnow
 from app.core.errors import ProviderError, ProviderNotFound
 from app.jobs import queue
 from app.jobs.queue import JobKind
 from app.models import File, FileStatus, ProviderCopy, ProviderCopyStatus
+from app.providers.hub import ProviderHub
 from app.repositories.files import FileRepository
 from app.runtime import Runtime
 from app.services import audit, lifecycle
 from app.services.files.queries import get_file
 from app.services.files.views import FileView
+from app.storage.blobs import BlobStore
 
 
 async def delete_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str) -> str:
@@ -67,7 +70,14 @@ async def _retire(
             # Should this process die before the provider deletes below, a worker does them.
             await _queue_removal(session=session, rt=rt, copy=copy)
     for copy in held:
-        await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
+        await remove_copy(
+            session=session,
+            providers=rt.providers,
+            settings=rt.settings,
+            ctx=ctx,
+            copy=copy,
+            reason=f"file {reason}",
+        )
     # A placement finishing from now on sees the delete; one that went live while the copies
     # above were removed is removed here as well.
     removed = {c.id for c in held}
@@ -80,8 +90,15 @@ async def _retire(
         for copy in late:
             await _queue_removal(session=session, rt=rt, copy=copy)
     for copy in late:
-        await remove_copy(session=session, rt=rt, ctx=ctx, copy=copy, reason=f"file {reason}")
-    await collect_blob(session=session, rt=rt, sha256=file.sha256)
+        await remove_copy(
+            session=session,
+            providers=rt.providers,
+            settings=rt.settings,
+            ctx=ctx,
+            copy=copy,
+            reason=f"file {reason}",
+        )
+    await collect_blob(session=session, blob_store=rt.blob_store, sha256=file.sha256)
 
 
 async def _queue_removal(*, session: AsyncSession, rt: Runtime, copy: ProviderCopy) -> None:
@@ -97,14 +114,20 @@ async def _queue_removal(*, session: AsyncSession, rt: Runtime, copy: ProviderCo
 
 
 async def remove_copy(
-    *, session: AsyncSession, rt: Runtime, ctx: CallContext, copy: ProviderCopy, reason: str
+    *,
+    session: AsyncSession,
+    providers: ProviderHub,
+    settings: Settings,
+    ctx: CallContext,
+    copy: ProviderCopy,
+    reason: str,
 ) -> bool:
     """Delete one provider copy, then record it deleted in a unit of work; on a provider fault
     record it deleting, with a retry queued."""
     failure: ProviderError | None = None
     if copy.provider_file_id:
         try:
-            await rt.providers.adapter(copy.provider).delete(copy.provider_file_id)
+            await providers.adapter(copy.provider).delete(copy.provider_file_id)
         except ProviderNotFound:
             pass  # already gone at the provider: the goal is reached
         except ProviderError as exc:
@@ -130,14 +153,14 @@ async def remove_copy(
             kind=JobKind.DELETE_COPY,
             payload={"copy_id": copy.id},
             dedupe_key=f"delete_copy:{copy.id}",
-            delay_seconds=failure.retry_after or rt.settings.job_backoff_base,
-            max_attempts=rt.settings.job_max_attempts,
+            delay_seconds=failure.retry_after or settings.job_backoff_base,
+            max_attempts=settings.job_max_attempts,
             sooner=True,  # the removal queued with a delete runs at this backoff instead
         )
         return False
 
 
-async def collect_blob(*, session: AsyncSession, rt: Runtime, sha256: str) -> bool:
+async def collect_blob(*, session: AsyncSession, blob_store: BlobStore, sha256: str) -> bool:
     """Remove a blob once no live file of any tenant references it, in a unit of work of its own:
     the row goes first, the bytes once that commits."""
     repo = FileRepository(session)
@@ -148,13 +171,13 @@ async def collect_blob(*, session: AsyncSession, rt: Runtime, sha256: str) -> bo
     await session.flush()
     # Moved aside under the row lock (a concurrent upload of the same bytes waits), removed only
     # once the deletion commits: a failed commit puts it back, a crash leaves a spool to sweep.
-    token = await rt.blob_store.set_aside(blob.storage_key)
+    token = await blob_store.set_aside(blob.storage_key)
     try:
         await session.commit()
     except BaseException:
         if token is not None:
-            await rt.blob_store.put_back(blob.storage_key, token)
+            await blob_store.put_back(blob.storage_key, token)
         raise
     if token is not None:
-        await rt.blob_store.purge(token)
+        await blob_store.purge(token)
     return True

@@ -77,7 +77,7 @@ async def settle(
             give_up(session=session, ctx=ctx, file=file, reason=outcome.reasons)
             return Settled.REFUSED
         _retire_refused(session=session, ctx=ctx, file=file, outcome=outcome)
-    await collect_blob(session=session, rt=rt, sha256=file.sha256)
+    await collect_blob(session=session, blob_store=rt.blob_store, sha256=file.sha256)
     return Settled.REFUSED
 
 
