@@ -42,6 +42,7 @@ from app.core.errors import (
     PermissionDenied,
 )
 from app.models import ApiKey, AuditEvent, Job
+from app.providers.breakers import BreakerSnapshot
 from app.runtime import Runtime
 from app.services import admin as admin_service
 from app.services import audit
@@ -395,14 +396,14 @@ async def _jsonl(rt: Runtime, filters: dict[str, Any], cursor: int | None) -> As
         before = rows[-1].id
 
 
-def _breaker_out(snapshot: dict[str, Any]) -> BreakerOut:
+def _breaker_out(snapshot: BreakerSnapshot) -> BreakerOut:
     return BreakerOut(
-        state=str(snapshot.get("state", "closed")),
-        failure_count=int(snapshot.get("failure_count") or 0),
-        last_error=snapshot.get("last_error"),
-        storage=str(snapshot.get("storage", "none")),
-        degraded=bool(snapshot.get("degraded", False)),
-        retry_after=snapshot.get("retry_after"),
+        state=snapshot.state,
+        failure_count=snapshot.failures,
+        last_error=snapshot.last_error,
+        storage=snapshot.storage,
+        degraded=snapshot.degraded,
+        retry_after=snapshot.retry_after,
     )
 
 
