@@ -18,7 +18,7 @@ from app.core.db import create_engine, create_sessionmaker
 from app.core.metrics import GatewayMetrics
 from app.core.outage import OutageLog
 from app.core.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
-from app.providers.breakers import BreakerBoard
+from app.providers.breaker_board import BreakerBoard
 from app.providers.hub import ProviderHub, no_sandbox_message, provider_configs
 from app.providers.retry import RetryPolicy
 from app.services import audit, jobs

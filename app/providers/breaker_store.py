@@ -116,11 +116,8 @@ class SharedCircuit:
 
     async def sync(self, breaker: pybreaker.CircuitBreaker, *, fresh: bool = False) -> None:
         """Read the shared state (a closed one is trusted for a while) and move `breaker` to it."""
-        if (
-            not fresh
-            and breaker.current_state == "closed"
-            and time.monotonic() < self._trusted_until
-        ):
+        trusted = breaker.current_state == "closed" and time.monotonic() < self._trusted_until
+        if trusted and not fresh:
             return
         changes = self._changes
         raw = await self.store.call(lambda client: client.hgetall(self.key))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -16,11 +15,9 @@ import pybreaker
 
 from app.core import errors
 from app.providers import breaker_store as store
-from app.providers.breaker_store import Shared
 
 if TYPE_CHECKING:
-    from app.core.config import Settings
-    from app.core.metrics import GatewayMetrics
+    from app.providers.breaker_board import BreakerBoard
 
 logger = logging.getLogger("filegate.breakers")
 
@@ -30,9 +27,8 @@ STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # gauge values of filegate_br
 PROVIDER_FAULTS = (errors.ProviderUnavailable, errors.ProviderRateLimited)
 Action = Literal["open", "close", "reset"]
 ACTIONS: tuple[Action, ...] = ("open", "close", "reset")
-# Called (in the background) with the provider's name when this process closes its circuit.
-CloseHook = Callable[[str], Awaitable[object]]
 _State = pybreaker.CircuitBreakerState
+_OPEN_MESSAGE = "{} is failing and calls to it are paused (circuit open); try again later."
 
 
 def _excluded(exc: BaseException) -> bool:
@@ -84,10 +80,8 @@ class ProviderBreaker(pybreaker.CircuitBreakerListener):
 
     def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
         """Keep our typed message (never a provider body) of a counted failure."""
-        if isinstance(exc, errors.GatewayError):
-            self.last_error = f"{exc.error_code}: {exc.message}"
-        else:
-            self.last_error = type(exc).__name__
+        typed = exc if isinstance(exc, errors.GatewayError) else None
+        self.last_error = f"{typed.error_code}: {typed.message}" if typed else type(exc).__name__
 
     def state_change(
         self, cb: pybreaker.CircuitBreaker, old_state: _State | None, new_state: _State
@@ -99,7 +93,7 @@ class ProviderBreaker(pybreaker.CircuitBreakerListener):
         logger.info("circuit %s: %s -> %s", self.provider, old, new)
         if not (noticed := self.shared.adopting):
             opened = time.time() if new == OPEN else self.shared.view.opened_at
-            self.shared.changed(Shared(new, opened, cb.fail_counter))
+            self.shared.changed(store.Shared(new, opened, cb.fail_counter))
         try:
             if (metrics := self.board.metrics) is not None:
                 metrics.breaker_transitions.labels(self.provider, old, new).inc()
@@ -151,17 +145,12 @@ class ProviderBreaker(pybreaker.CircuitBreakerListener):
 
     async def _probe_wait(self) -> float:
         """How long a call that lost the probe race should wait (0 when no probe is in flight)."""
-        # A claim lasts as long as a probe may; a probe that closes the circuit frees the
-        # waiters at once (on_close), and one that fails re-opens it for reset_seconds.
+        # Not the claim TTL: a failed probe re-opens it for reset_seconds; a good one frees all.
         return min(await self.shared.probe_left(), self.board.reset_seconds)
 
     def _open_error(self, wait: float) -> errors.CircuitOpen:
-        return errors.CircuitOpen(
-            f"{self.provider} is failing and calls to it are paused (circuit open); "
-            "try again later.",
-            provider=self.provider,
-            retry_after=max(wait, 0.001),
-        )
+        message = _OPEN_MESSAGE.format(self.provider)
+        return errors.CircuitOpen(message, provider=self.provider, retry_after=max(wait, 0.001))
 
     async def paused_for(self) -> float | None:
         """Seconds a call would still fail fast (open, or a probe in flight); None if it goes."""
@@ -199,88 +188,10 @@ class ProviderBreaker(pybreaker.CircuitBreakerListener):
         await self.shared.sync(self.breaker, fresh=True)
         (self.breaker.open if action == "open" else self.breaker.close)()
         opened = {"open": time.time(), "reset": None}.get(action, self.shared.view.opened_at)
-        self.shared.changed(Shared(self.state, opened, self.breaker.fail_counter, action))
+        self.shared.changed(store.Shared(self.state, opened, self.breaker.fail_counter, action))
         self.last_error = None if action == "reset" else self.last_error
         await self.shared.push()
         if action != "open":
             await self.shared.release_probe()
         logger.warning("circuit %s: forced %s by an operator", self.provider, action)
         return await self.snapshot()
-
-
-@dataclass(eq=False)
-class BreakerBoard:
-    """One breaker per provider, sharing state through Redis when a URL is configured (no I/O)."""
-
-    providers: Sequence[str] = ("moonshot", "zai")
-    _: KW_ONLY
-    redis_url: str | None = None
-    fail_max: int = 5
-    reset_seconds: float = 30.0
-    probe_seconds: float = 60.0
-    namespace: str = "filegate:breaker"
-    metrics: GatewayMetrics | None = None
-    on_close: CloseHook | None = None
-    redis_timeout: float = store.REDIS_TIMEOUT_SECONDS
-    reconnect_seconds: float = store.RECONNECT_SECONDS
-    _hooks: set[asyncio.Task[object]] = field(default_factory=set, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.store = store.BreakerStore(
-            self.namespace, self.redis_url, self.redis_timeout, self.reconnect_seconds
-        )
-        self.breakers = {provider: ProviderBreaker(provider, self) for provider in self.providers}
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, metrics: GatewayMetrics | None = None, on_close: CloseHook
-    ) -> BreakerBoard:
-        """The board for these settings (no I/O)."""
-        return cls(
-            redis_url=settings.redis_url,
-            fail_max=settings.breaker_fail_max,
-            reset_seconds=settings.breaker_reset_seconds,
-            # A probe cannot outlive one logical call; a crashed prober's claim expires then.
-            probe_seconds=settings.provider_deadline_seconds,
-            namespace=settings.breaker_namespace,
-            metrics=metrics,
-            on_close=on_close,
-            redis_timeout=settings.breaker_redis_timeout_seconds,
-        )
-
-    def closed(self, provider: str) -> None:
-        """Run the close hook in the background: the call that closed the circuit goes on."""
-        if self.on_close is not None:
-            task = asyncio.ensure_future(self.on_close(provider))
-            self._hooks.add(task)
-            task.add_done_callback(self._hook_done)
-
-    def _hook_done(self, task: asyncio.Task[object]) -> None:
-        self._hooks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("breaker close hook failed: %s: %s", type(exc).__name__, exc)
-
-    def __getitem__(self, provider: str) -> ProviderBreaker:
-        return self.breakers[provider]
-
-    def get(self, provider: str) -> ProviderBreaker | None:
-        return self.breakers.get(provider)
-
-    @property
-    def degraded(self) -> bool:
-        """True when Redis is configured but unusable: breakers run on in-process state."""
-        return self.store.degraded
-
-    async def force(self, provider: str, action: Action) -> BreakerSnapshot:
-        return await self.breakers[provider].force(action)
-
-    async def snapshot(self) -> dict[str, BreakerSnapshot]:
-        return {name: await breaker.snapshot() for name, breaker in self.breakers.items()}
-
-    async def aclose(self) -> None:
-        """Let running close hooks finish (briefly), then dispose of the Redis client."""
-        if self._hooks:
-            await asyncio.wait(list(self._hooks), timeout=5)
-            for task in list(self._hooks):
-                task.cancel()
-        await self.store.aclose()

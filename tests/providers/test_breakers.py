@@ -23,7 +23,8 @@ from app.core.errors import (
 )
 from app.core.metrics import GatewayMetrics
 from app.providers import MoonshotAdapter
-from app.providers.breakers import BreakerBoard, ProviderBreaker
+from app.providers.breaker_board import BreakerBoard
+from app.providers.breakers import ProviderBreaker
 from app.providers.pipeline import ProviderConfig
 from tests.providers import control, fault
 from tests.support.loop import Heartbeat
@@ -267,6 +268,42 @@ async def test_forced_actions(
         assert (await watcher.snapshot())[PROVIDER].state == "closed"
     with pytest.raises(ValueError):
         await board.force(PROVIDER, "explode")  # type: ignore[arg-type]
+
+
+async def test_a_forced_state_is_shared_with_who_forced_it(
+    boards: BoardFactory, redis_url: str
+) -> None:
+    board = boards(redis_url=redis_url, fail_max=3)
+    other = boards(redis_url=redis_url, fail_max=3)
+    assert (await board.force(PROVIDER, "open")).forced == "open"
+    seen = (await other.snapshot())[PROVIDER]
+    assert (seen.state, seen.forced, seen.storage) == ("open", "open", "redis")
+    assert seen.retry_after is not None and seen.retry_after > 28
+    await other.force(PROVIDER, "reset")
+    seen = await board[PROVIDER].snapshot()
+    assert (seen.state, seen.forced, seen.opened_at) == ("closed", "reset", None)
+
+
+async def test_a_cancelled_call_while_closed_is_neutral(
+    boards: BoardFactory, adapters: AdapterFactory, sandbox: str
+) -> None:
+    board = boards(fail_max=2)
+    adapter = adapters(board[PROVIDER])
+    fault(sandbox, PROVIDER, status=503, count=1)
+    await fails(adapter, "provider_unavailable")
+    fault(sandbox, PROVIDER, hang=True)
+    call = asyncio.create_task(adapter.list())
+    await wait_until(lambda: calls(sandbox, "list") == 2)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    # Neither a failure (it would open the circuit) nor a success (it would reset the count).
+    snap = await board[PROVIDER].snapshot()
+    assert (snap.state, snap.failures, snap.last_error is not None) == ("closed", 1, True)
+    control(sandbox, PROVIDER, "_faults", _delete=True)
+    fault(sandbox, PROVIDER, status=503, count=1)
+    await fails(adapter, "provider_unavailable")
+    assert (await board[PROVIDER].snapshot()).state == "open"
 
 
 # --- half-open: exactly one probe --------------------------------------------------------

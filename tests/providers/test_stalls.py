@@ -14,7 +14,7 @@ import pytest
 from app.core.errors import ProviderUnavailable
 from app.providers import MoonshotAdapter
 from app.providers.base import MiB, ProviderAdapter
-from app.providers.breakers import BreakerBoard
+from app.providers.breaker_board import BreakerBoard
 from tests.providers import Recorder, control, make_adapter
 from tests.support.stalling import (
     read_slowly,
