@@ -19,7 +19,7 @@ from app.core.metrics import GatewayMetrics
 from app.core.outage import OutageLog
 from app.core.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
 from app.jobs import queue
-from app.providers.breakers import BreakerBoard
+from app.providers.breaker_board import BreakerBoard
 from app.providers.hub import ProviderHub, no_sandbox_message, provider_configs
 from app.providers.retry import RetryPolicy
 from app.services import audit

@@ -13,7 +13,7 @@ from app.providers.base import ProviderAdapter, PurposeRule
 from app.providers.pipeline import CallObserver, ProviderConfig, RetryObserver
 
 if TYPE_CHECKING:
-    from app.providers.breakers import BreakerBoard
+    from app.providers.breaker_board import BreakerBoard
     from app.providers.retry import RetryPolicy
 
 SANDBOX_KEYS = {Provider.MOONSHOT: "sk-sandbox", Provider.ZAI: "sandbox.key"}

@@ -20,6 +20,7 @@ import httpx
 from tenacity import RetryCallState
 
 from app.core.errors import DeadlineExceeded, ProviderBusy, ProviderError, ProviderUnavailable
+from app.providers.breakers import BreakerSnapshot
 
 if TYPE_CHECKING:
     from app.providers.breakers import ProviderBreaker
@@ -200,19 +201,11 @@ class CallPipeline(ABC):
         """Seconds calls would still fail fast on an open circuit; None when one would go."""
         return None if self.breaker is None else await self.breaker.paused_for()
 
-    async def breaker_snapshot(self) -> dict[str, Any]:
+    async def breaker_snapshot(self) -> BreakerSnapshot:
         """The circuit's state, counters and last counted error (storage "none" without one)."""
         if self.breaker is not None:
             return await self.breaker.snapshot()
-        return {
-            "provider": self.name,
-            "state": "closed",
-            "failure_count": 0,
-            "opened_at": None,
-            "last_error": None,
-            "storage": "none",
-            "degraded": False,
-        }
+        return BreakerSnapshot(provider=self.name)
 
     @abstractmethod
     def raise_for_error(self, response: httpx.Response) -> None:

@@ -18,6 +18,7 @@ from app.repositories.jobs import JobRepository
 from app.services import audit, health
 
 if TYPE_CHECKING:
+    from app.providers.breakers import BreakerSnapshot
     from app.runtime import Runtime
 
 
@@ -110,7 +111,7 @@ async def provider_overview(*, session: AsyncSession, rt: Runtime) -> list[dict[
 
 async def force_breaker(
     *, session: AsyncSession, rt: Runtime, ctx: CallContext, provider: str, action: str
-) -> dict[str, Any]:
+) -> BreakerSnapshot:
     """Open, close or reset a provider's circuit by hand (every process sees it via Redis)."""
     rt.providers.adapter(provider)  # 400 for an unknown provider
     if rt.breakers is None or rt.breakers.get(provider) is None:

@@ -23,7 +23,8 @@ from app.core.errors import (
 )
 from app.core.metrics import GatewayMetrics
 from app.providers import MoonshotAdapter
-from app.providers.breakers import BreakerBoard, ProviderBreaker
+from app.providers.breaker_board import BreakerBoard
+from app.providers.breakers import ProviderBreaker
 from app.providers.pipeline import ProviderConfig
 from tests.providers import control, fault
 from tests.support.loop import Heartbeat
@@ -160,15 +161,15 @@ async def test_provider_faults_open_it_and_then_it_fails_fast(
         with pytest.raises(ProviderUnavailable) as caught:
             await adapter.retrieve("file-1")
         assert caught.value.error_code == "provider_unavailable"
-        assert (await board[PROVIDER].snapshot())["failure_count"] == (count if count < 3 else 3)
+        assert (await board[PROVIDER].snapshot()).failures == (count if count < 3 else 3)
     assert calls(sandbox, "retrieve") == 3
 
     snap = await adapter.breaker_snapshot()
-    assert snap["state"] == "open" and snap["failure_count"] == 3
-    assert snap["opened_at"] is not None and snap["retry_after"] > 28
-    assert snap["last_error"].startswith("provider_unavailable: moonshot is unavailable")
-    assert snap["storage"] == ("redis" if storage_url else "memory")
-    assert snap["degraded"] is False
+    assert snap.state == "open" and snap.failures == 3
+    assert snap.opened_at is not None and snap.retry_after > 28
+    assert snap.last_error.startswith("provider_unavailable: moonshot is unavailable")
+    assert snap.storage == ("redis" if storage_url else "memory")
+    assert snap.degraded is False
     assert (await adapter.available()) is False
 
     with pytest.raises(ProviderUnavailable) as caught:
@@ -202,8 +203,8 @@ async def test_request_faults_never_open_it(
         with pytest.raises(ProviderAuthFailed):
             await adapter.list()
     snap = await board[PROVIDER].snapshot()
-    assert snap["state"] == "closed" and snap["failure_count"] == 0
-    assert snap["last_error"] is None
+    assert snap.state == "closed" and snap.failures == 0
+    assert snap.last_error is None
     assert (await adapter.available()) is True
     assert calls(sandbox, "retrieve") == 4 and calls(sandbox, "list") == 8
 
@@ -217,7 +218,7 @@ async def test_only_consecutive_provider_faults_count(
         fault(sandbox, PROVIDER, status=503, count=1)
         await fails(adapter, "provider_unavailable")
         assert await adapter.list() == []  # a success in between resets the count
-    assert (await board[PROVIDER].snapshot())["state"] == "closed"
+    assert (await board[PROVIDER].snapshot()).state == "closed"
 
 
 # --- sharing through Redis ---------------------------------------------------------------
@@ -228,11 +229,11 @@ async def test_open_state_is_shared_and_survives_a_restart(
 ) -> None:
     first = boards(redis_url=redis_url, fail_max=2, reset_seconds=30)
     await open_circuit(adapters(first[PROVIDER]), sandbox, 2)
-    opened_at = (await first[PROVIDER].snapshot())["opened_at"]
+    opened_at = (await first[PROVIDER].snapshot()).opened_at
 
     # Another process, built independently on the same namespace.
     other = boards(redis_url=redis_url, fail_max=2, reset_seconds=30)
-    assert (await other[PROVIDER].snapshot())["state"] == "open"
+    assert (await other[PROVIDER].snapshot()).state == "open"
     assert (await other[PROVIDER].available()) is False
     await fails(adapters(other[PROVIDER]), "provider_circuit_open")
     assert calls(sandbox, "list") == 2
@@ -242,7 +243,7 @@ async def test_open_state_is_shared_and_survives_a_restart(
     await other.aclose()
     restarted = boards(redis_url=redis_url, fail_max=2, reset_seconds=30)
     snap = await restarted[PROVIDER].snapshot()
-    assert (snap["state"], snap["failure_count"], snap["opened_at"]) == ("open", 2, opened_at)
+    assert (snap.state, snap.failures, snap.opened_at) == ("open", 2, opened_at)
     await fails(adapters(restarted[PROVIDER]), "provider_circuit_open")
     assert calls(sandbox, "list") == 2
 
@@ -253,20 +254,56 @@ async def test_forced_actions(
     board = boards(redis_url=storage_url, fail_max=3)
     watcher = boards(redis_url=storage_url, fail_max=3)
     adapter = adapters(board[PROVIDER])
-    assert (await board.force(PROVIDER, "open"))["state"] == "open"
+    assert (await board.force(PROVIDER, "open")).state == "open"
     await fails(adapter, "provider_circuit_open")
-    assert (await board.force(PROVIDER, "close"))["state"] == "closed"
+    assert (await board.force(PROVIDER, "close")).state == "closed"
     assert await adapter.list() == []
     fault(sandbox, PROVIDER, status=503, count=1)
     await fails(adapter, "provider_unavailable")
     await board.force(PROVIDER, "open")
     snap = await board.force(PROVIDER, "reset")
-    assert snap["state"] == "closed" and snap["failure_count"] == 0
-    assert snap["opened_at"] is None and snap["last_error"] is None
+    assert snap.state == "closed" and snap.failures == 0
+    assert snap.opened_at is None and snap.last_error is None
     if storage_url:
-        assert (await watcher.snapshot())[PROVIDER]["state"] == "closed"
+        assert (await watcher.snapshot())[PROVIDER].state == "closed"
     with pytest.raises(ValueError):
         await board.force(PROVIDER, "explode")  # type: ignore[arg-type]
+
+
+async def test_a_forced_state_is_shared_with_who_forced_it(
+    boards: BoardFactory, redis_url: str
+) -> None:
+    board = boards(redis_url=redis_url, fail_max=3)
+    other = boards(redis_url=redis_url, fail_max=3)
+    assert (await board.force(PROVIDER, "open")).forced == "open"
+    seen = (await other.snapshot())[PROVIDER]
+    assert (seen.state, seen.forced, seen.storage) == ("open", "open", "redis")
+    assert seen.retry_after is not None and seen.retry_after > 28
+    await other.force(PROVIDER, "reset")
+    seen = await board[PROVIDER].snapshot()
+    assert (seen.state, seen.forced, seen.opened_at) == ("closed", "reset", None)
+
+
+async def test_a_cancelled_call_while_closed_is_neutral(
+    boards: BoardFactory, adapters: AdapterFactory, sandbox: str
+) -> None:
+    board = boards(fail_max=2)
+    adapter = adapters(board[PROVIDER])
+    fault(sandbox, PROVIDER, status=503, count=1)
+    await fails(adapter, "provider_unavailable")
+    fault(sandbox, PROVIDER, hang=True)
+    call = asyncio.create_task(adapter.list())
+    await wait_until(lambda: calls(sandbox, "list") == 2)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    # Neither a failure (it would open the circuit) nor a success (it would reset the count).
+    snap = await board[PROVIDER].snapshot()
+    assert (snap.state, snap.failures, snap.last_error is not None) == ("closed", 1, True)
+    control(sandbox, PROVIDER, "_faults", _delete=True)
+    fault(sandbox, PROVIDER, status=503, count=1)
+    await fails(adapter, "provider_unavailable")
+    assert (await board[PROVIDER].snapshot()).state == "open"
 
 
 # --- half-open: exactly one probe --------------------------------------------------------
@@ -279,7 +316,7 @@ async def test_half_open_sends_one_probe_across_processes(
     two = boards(redis_url=redis_url, fail_max=2, reset_seconds=1)
     first, second = adapters(one[PROVIDER]), adapters(two[PROVIDER])
     await open_circuit(first, sandbox, 2)
-    assert (await two[PROVIDER].snapshot())["state"] == "open"
+    assert (await two[PROVIDER].snapshot()).state == "open"
     control(sandbox, PROVIDER, "_reset")
     await wait_until(two[PROVIDER].available)
 
@@ -296,8 +333,8 @@ async def test_half_open_sends_one_probe_across_processes(
         for e in errors
     )
     # The probe succeeded: closed for every process.
-    assert (await one[PROVIDER].snapshot())["state"] == "closed"
-    assert (await two[PROVIDER].snapshot())["state"] == "closed"
+    assert (await one[PROVIDER].snapshot()).state == "closed"
+    assert (await two[PROVIDER].snapshot()).state == "closed"
     control(sandbox, PROVIDER, "_faults", _delete=True)
     assert await second.list() == [] and await first.list() == []
 
@@ -314,7 +351,7 @@ async def test_half_open_sends_one_probe_in_process(
     results = await asyncio.gather(*(adapter.list() for _ in range(10)), return_exceptions=True)
     assert calls(sandbox, "list") == 1
     assert sum(not isinstance(r, BaseException) for r in results) == 1
-    assert (await board[PROVIDER].snapshot())["state"] == "closed"
+    assert (await board[PROVIDER].snapshot()).state == "closed"
 
 
 async def test_failed_probe_opens_it_again(
@@ -327,7 +364,7 @@ async def test_failed_probe_opens_it_again(
     await wait_until(board[PROVIDER].available)
     await fails(adapter, "provider_unavailable")  # the probe
     snap = await board[PROVIDER].snapshot()
-    assert snap["state"] == "open" and snap["retry_after"] > 0
+    assert snap.state == "open" and snap.retry_after > 0
     await fails(adapter, "provider_circuit_open")
     assert calls(sandbox, "list") == 2
 
@@ -348,10 +385,10 @@ async def test_cancelled_probe_is_neutral(
         await probe
     # Neither a failure nor a success: still half-open, and the next caller may probe.
     snap = await board[PROVIDER].snapshot()
-    assert snap["state"] == "half-open" and snap["probe_in_flight"] is False
+    assert snap.state == "half-open" and snap.probe_in_flight is False
     control(sandbox, PROVIDER, "_faults", _delete=True)
     assert await adapter.list() == []
-    assert (await board[PROVIDER].snapshot())["state"] == "closed"
+    assert (await board[PROVIDER].snapshot()).state == "closed"
 
 
 # --- Redis trouble -----------------------------------------------------------------------
@@ -362,7 +399,7 @@ async def test_unreachable_redis_at_start_falls_back_to_memory(
 ) -> None:
     board = boards(redis_url=DEAD_REDIS, fail_max=2, reset_seconds=30)
     snap = (await board.snapshot())[PROVIDER]
-    assert (snap["storage"], snap["degraded"], snap["state"]) == ("memory", True, "closed")
+    assert (snap.storage, snap.degraded, snap.state) == ("memory", True, "closed")
     assert board.degraded is True
     adapter = adapters(board[PROVIDER])
     assert await adapter.list() == []
@@ -391,12 +428,12 @@ async def test_redis_failing_mid_run_keeps_calls_working(
     breaker = board[PROVIDER]
     adapter = adapters(breaker)
     assert await adapter.list() == []
-    assert (await breaker.snapshot())["storage"] == "redis"
+    assert (await breaker.snapshot()).storage == "redis"
 
     proxy.stop()  # Redis goes away under a running process
     assert await adapter.list() == []
     snap = await breaker.snapshot()
-    assert (snap["storage"], snap["degraded"]) == ("memory", True)
+    assert (snap.storage, snap.degraded) == ("memory", True)
     assert board.degraded is True
     # The in-process state still counts failures and fails fast.
     await open_circuit(adapter, sandbox, 2)
@@ -407,7 +444,7 @@ async def test_redis_failing_mid_run_keeps_calls_working(
     await asyncio.sleep(0.3)
     assert await adapter.list() == []
     snap = await breaker.snapshot()
-    assert (snap["storage"], snap["degraded"], snap["state"]) == ("redis", False, "closed")
+    assert (snap.storage, snap.degraded, snap.state) == ("redis", False, "closed")
     assert board.degraded is False
 
 
@@ -417,7 +454,7 @@ async def test_adapter_without_breaker() -> None:
     )
     assert (await adapter.available()) is True
     snap = await adapter.breaker_snapshot()
-    assert (snap["state"], snap["storage"], snap["degraded"]) == ("closed", "none", False)
+    assert (snap.state, snap.storage, snap.degraded) == ("closed", "none", False)
     await adapter.aclose()
 
 
@@ -450,7 +487,7 @@ async def test_redis_trouble_never_blocks_the_event_loop(
     breaker = board[PROVIDER]
     adapter = adapters(breaker)
     assert await adapter.list() == []
-    assert (await breaker.snapshot())["storage"] == "redis"
+    assert (await breaker.snapshot()).storage == "redis"
 
     if trouble == "frozen":
         proxy.freeze()  # Redis accepts connections and never answers
@@ -469,7 +506,7 @@ async def test_redis_trouble_never_blocks_the_event_loop(
         await fails(adapter, "provider_circuit_open")
     assert heart.longest < LOOP_BOUND, f"the event loop stalled for {heart.longest:.3f}s"
     snap = await breaker.snapshot()
-    assert (snap["storage"], snap["degraded"], snap["state"]) == ("memory", True, "open")
+    assert (snap.storage, snap.degraded, snap.state) == ("memory", True, "open")
     assert calls(sandbox, "list") == 1 + 15 + 2
 
 
@@ -485,7 +522,7 @@ async def test_building_a_board_on_a_stalled_redis_does_not_block(
         assert loop.time() - started < CALL_BOUND
         assert await adapters(board[PROVIDER]).list() == []
     assert heart.longest < LOOP_BOUND, f"the event loop stalled for {heart.longest:.3f}s"
-    assert (snap["storage"], snap["degraded"], snap["state"]) == ("memory", True, "closed")
+    assert (snap.storage, snap.degraded, snap.state) == ("memory", True, "closed")
 
 
 # --- after the probe -----------------------------------------------------------------------
@@ -508,12 +545,12 @@ async def test_a_probe_that_closes_the_circuit_calls_the_close_hook_once(
     )
     adapter = adapters(one[PROVIDER])
     await open_circuit(adapter, sandbox, 1)
-    assert (await two[PROVIDER].snapshot())["state"] == "open"
+    assert (await two[PROVIDER].snapshot()).state == "open"
     await wait_until(one[PROVIDER].available)
     assert await adapter.list() == []  # the probe
     await wait_until(lambda: closed == [PROVIDER])
     # The other process only noticed the close: the one that made it ran the hook.
-    assert (await two[PROVIDER].snapshot())["state"] == "closed"
+    assert (await two[PROVIDER].snapshot()).state == "closed"
     assert await adapter.list() == []  # closed to closed: no second call
     await asyncio.sleep(0.05)
     assert closed == [PROVIDER] and watched == []

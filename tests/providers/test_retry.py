@@ -23,7 +23,7 @@ from app.core.errors import (
 )
 from app.providers import MoonshotAdapter, ZaiAdapter
 from app.providers.base import ProviderAdapter
-from app.providers.breakers import BreakerBoard
+from app.providers.breaker_board import BreakerBoard
 from app.providers.pipeline import ProviderConfig
 from app.providers.retry import SAFE_OPERATIONS, RetryPolicy, is_retryable
 from tests.providers import Recorder, control, fault

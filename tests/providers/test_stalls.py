@@ -14,7 +14,7 @@ import pytest
 from app.core.errors import ProviderUnavailable
 from app.providers import MoonshotAdapter
 from app.providers.base import MiB, ProviderAdapter
-from app.providers.breakers import BreakerBoard
+from app.providers.breaker_board import BreakerBoard
 from tests.providers import Recorder, control, make_adapter
 from tests.support.stalling import (
     read_slowly,
@@ -238,7 +238,7 @@ async def test_a_full_lane_is_not_counted_against_the_provider(
                 await asyncio.sleep(0.02)
         error, _ = await cut_within(5, adapter.list())
         assert error.error_code == "provider_busy"
-        assert (await board[PROVIDER].snapshot())["state"] == "closed"
+        assert (await board[PROVIDER].snapshot()).state == "closed"
         await clear_fault(sandbox_server)
         assert await hung == []
     finally:
@@ -269,7 +269,7 @@ async def test_hung_calls_open_the_circuit_and_later_calls_skip_the_provider(
         for _ in range(2):
             error, _ = await cut_within(10, upload(adapter, path))
             assert error.error_code == "provider_timeout"
-        assert (await board[PROVIDER].snapshot())["state"] == "open"
+        assert (await board[PROVIDER].snapshot()).state == "open"
         error, _ = await cut_within(1, upload(adapter, path))
         assert error.error_code == "provider_circuit_open"
         assert await upload_calls(sandbox_server) == 2

@@ -297,9 +297,7 @@ async def snapshot(gateway: Gateway) -> Snapshot:
     board = gateway.runtime.breakers
     if board is not None:
         states = await board.snapshot()
-        breakers = {
-            name: (b["state"], b["failure_count"], b["opened_at"]) for name, b in states.items()
-        }
+        breakers = {name: (b.state, b.failures, b.opened_at) for name, b in states.items()}
     return Snapshot(
         rows=rows, audit_max=int(audit_max), sandbox=sandbox, stored=stored, breakers=breakers
     )

@@ -56,8 +56,7 @@ async def ready(rt: RuntimeDep) -> JSONResponse:
                 status="degraded", detail="Redis unreachable: per-process limits"
             )
     for name, adapter in rt.providers.adapters.items():
-        breaker = await adapter.breaker_snapshot()
-        state = breaker.get("state", "closed")
+        state = (await adapter.breaker_snapshot()).state
         checks[f"provider:{name}"] = ProbeStatus(
             status="degraded" if state != "closed" else "ok",
             mode=adapter.mode,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -13,20 +11,21 @@ from app.api.idempotency import Idempotent
 from app.api.routes.admin.common import ADMIN_ERRORS, PREFIX
 from app.api.schemas import BreakerAction, BreakerOut, ProviderList, ProviderOut
 from app.auth.guards import AdminCtx
+from app.providers.breakers import BreakerSnapshot
 from app.services import admin as admin_service
 from app.services.idempotency import request_digest
 
 router = APIRouter(prefix=PREFIX)
 
 
-def _breaker_out(snapshot: dict[str, Any]) -> BreakerOut:
+def _breaker_out(snapshot: BreakerSnapshot) -> BreakerOut:
     return BreakerOut(
-        state=str(snapshot.get("state", "closed")),
-        failure_count=int(snapshot.get("failure_count") or 0),
-        last_error=snapshot.get("last_error"),
-        storage=str(snapshot.get("storage", "none")),
-        degraded=bool(snapshot.get("degraded", False)),
-        retry_after=snapshot.get("retry_after"),
+        state=snapshot.state,
+        failure_count=snapshot.failures,
+        last_error=snapshot.last_error,
+        storage=snapshot.storage,
+        degraded=snapshot.degraded,
+        retry_after=snapshot.retry_after,
     )
 
 
