@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,15 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import CallContext
 from app.core.db import unit_of_work
 from app.core.errors import BlobCorrupt, CircuitOpen, ProviderError
+from app.core.metrics import GatewayMetrics
 from app.models import File, FileStatus, ProviderCopy
 from app.models import ProviderCopyStatus as C
-from app.providers.hub import Target
+from app.providers.hub import ProviderHub, Target
 from app.repositories.files import FileRepository
 from app.services import audit, lifecycle
-from app.services.deployment import TAG_ALPHABET, TAG_LENGTH
-
-if TYPE_CHECKING:
-    from app.runtime import Runtime
+from app.services.deployment import TAG_ALPHABET, TAG_LENGTH, DeploymentIdentity
+from app.storage.blobs import BlobStore
 
 PROVIDER_FILENAME_MAX = 255
 FILE_ID_LENGTH = 29
@@ -116,7 +114,10 @@ class Placement:
 async def place(
     *,
     session: AsyncSession,
-    rt: Runtime,
+    blob_store: BlobStore,
+    providers: ProviderHub,
+    deployment: DeploymentIdentity,
+    metrics: GatewayMetrics,
     ctx: CallContext,
     file: File,
     targets: Sequence[Target],
@@ -139,10 +140,10 @@ async def place(
         raise BlobCorrupt(
             f"The stored content of {file.id} failed its integrity check; it is not pushed again."
         )
-    blob_path = rt.blob_store.local_path(blob.storage_key)
-    tag = await rt.deployment.tag()
+    blob_path = blob_store.local_path(blob.storage_key)
+    tag = await deployment.tag()
     for index, target in enumerate(targets):
-        adapter = rt.providers.adapter(target.provider)
+        adapter = providers.adapter(target.provider)
         paused_for = await adapter.paused_for()
         if paused_for is not None:
             outcome.deferred = True
@@ -155,7 +156,7 @@ async def place(
             )
             continue
         if index > 0:
-            rt.metrics.fallbacks.labels(target.provider).inc()
+            metrics.fallbacks.labels(target.provider).inc()
         async with unit_of_work(session):
             copy = await _intent(session=session, ctx=ctx, file=file, target=target)
         if copy is None:

@@ -565,7 +565,10 @@ async def test_placing_a_file_whose_blob_a_delete_collected_is_withdrawn(
         )
         outcome = await placement.place(
             session=session,
-            rt=rt,
+            blob_store=rt.blob_store,
+            providers=rt.providers,
+            deployment=rt.deployment,
+            metrics=rt.metrics,
             ctx=system_context(tenant_id=joined.tenant_id, task="test"),
             file=joined,
             targets=targets,

@@ -39,10 +39,20 @@ async def handle_place(
     except UnsupportedPurpose as exc:
         give_up(session=session, ctx=ctx, file=file, reason=exc.message)
         return
-    outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
+    outcome = await placement.place(
+        session=session,
+        blob_store=rt.blob_store,
+        providers=rt.providers,
+        deployment=rt.deployment,
+        metrics=rt.metrics,
+        ctx=ctx,
+        file=file,
+        targets=targets,
+    )
     settled = await settle(
         session=session,
-        rt=rt,
+        settings=rt.settings,
+        blob_store=rt.blob_store,
         ctx=ctx,
         file=file,
         provider=provider,

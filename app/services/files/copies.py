@@ -27,10 +27,20 @@ async def replicate(
     targets = rt.providers.targets(
         purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
     )
-    outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
+    outcome = await placement.place(
+        session=session,
+        blob_store=rt.blob_store,
+        providers=rt.providers,
+        deployment=rt.deployment,
+        metrics=rt.metrics,
+        ctx=ctx,
+        file=file,
+        targets=targets,
+    )
     settled = await settle(
         session=session,
-        rt=rt,
+        settings=rt.settings,
+        blob_store=rt.blob_store,
         ctx=ctx,
         file=file,
         provider=provider,

@@ -8,17 +8,18 @@ from enum import StrEnum
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
+from app.core.config import Settings
 from app.core.db import unit_of_work, utcnow
 from app.core.errors import GatewayError
 from app.jobs import queue
 from app.jobs.queue import JobKind
 from app.models import File, FileStatus
 from app.repositories.files import FileRepository
-from app.runtime import Runtime
 from app.services import audit, lifecycle
 from app.services.files.retire import collect_blob
 from app.services.files.views import FileView, not_found
 from app.services.placement import Placement
+from app.storage.blobs import BlobStore
 
 
 class Attempt(StrEnum):
@@ -39,7 +40,8 @@ class Settled(StrEnum):
 async def settle(
     *,
     session: AsyncSession,
-    rt: Runtime,
+    settings: Settings,
+    blob_store: BlobStore,
     ctx: CallContext,
     file: File,
     provider: str,
@@ -62,7 +64,7 @@ async def settle(
             if attempt is not Attempt.JOB:
                 await _defer(
                     session=session,
-                    rt=rt,
+                    settings=settings,
                     ctx=ctx,
                     file=file,
                     provider=provider,
@@ -77,7 +79,7 @@ async def settle(
             give_up(session=session, ctx=ctx, file=file, reason=outcome.reasons)
             return Settled.REFUSED
         _retire_refused(session=session, ctx=ctx, file=file, outcome=outcome)
-    await collect_blob(session=session, blob_store=rt.blob_store, sha256=file.sha256)
+    await collect_blob(session=session, blob_store=blob_store, sha256=file.sha256)
     return Settled.REFUSED
 
 
@@ -102,7 +104,7 @@ async def answer(
 async def _defer(
     *,
     session: AsyncSession,
-    rt: Runtime,
+    settings: Settings,
     ctx: CallContext,
     file: File,
     provider: str,
@@ -111,7 +113,7 @@ async def _defer(
 ) -> None:
     """Keep the accepted file and let a job place it once a provider can take it."""
     retry_after = outcome.retry_after
-    delay = retry_after or rt.settings.job_backoff_base
+    delay = retry_after or settings.job_backoff_base
     # A request's intent becomes the retry; otherwise a placement job is queued.
     await queue.end_intent(
         session=session, intent=intent, retry_at=utcnow() + timedelta(seconds=delay)
@@ -131,7 +133,7 @@ async def _defer(
         payload={"file_id": file.id, "provider": provider},
         dedupe_key=f"place:{file.id}:{provider}",
         delay_seconds=delay,
-        max_attempts=rt.settings.job_max_attempts,
+        max_attempts=settings.job_max_attempts,
     )
 
 

@@ -225,10 +225,20 @@ async def _place_new(
     delete that wins the race answers 404, or `withdrawn` when given."""
     lease = rt.settings.job_lease_seconds
     async with queue.holding(rt.sessionmaker, intent, lease_seconds=lease):
-        outcome = await placement.place(session=session, rt=rt, ctx=ctx, file=file, targets=targets)
+        outcome = await placement.place(
+            session=session,
+            blob_store=rt.blob_store,
+            providers=rt.providers,
+            deployment=rt.deployment,
+            metrics=rt.metrics,
+            ctx=ctx,
+            file=file,
+            targets=targets,
+        )
     settled = await settle(
         session=session,
-        rt=rt,
+        settings=rt.settings,
+        blob_store=rt.blob_store,
         ctx=ctx,
         file=file,
         provider=provider,
