@@ -11,8 +11,7 @@ from app.core.errors import UnsupportedPurpose
 from app.jobs.queue import RetryLater
 from app.models import Job, ProviderCopyStatus
 from app.repositories.files import FileRepository
-from app.services import placement
-from app.services.files.settle import Attempt, Settled, give_up, settle
+from app.services.files.settle import Attempt, Settled, give_up, place_and_settle
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -39,24 +38,13 @@ async def handle_place(
     except UnsupportedPurpose as exc:
         give_up(session=session, ctx=ctx, file=file, reason=exc.message)
         return
-    outcome = await placement.place(
+    outcome, settled = await place_and_settle(
         session=session,
-        blob_store=rt.blob_store,
-        providers=rt.providers,
-        deployment=rt.deployment,
-        metrics=rt.metrics,
+        rt=rt,
         ctx=ctx,
         file=file,
         targets=targets,
-    )
-    settled = await settle(
-        session=session,
-        settings=rt.settings,
-        blob_store=rt.blob_store,
-        ctx=ctx,
-        file=file,
         provider=provider,
-        outcome=outcome,
         attempt=Attempt.JOB,
     )
     if settled is Settled.DEFERRED:

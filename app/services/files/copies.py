@@ -8,9 +8,8 @@ from app.auth.principal import CallContext
 from app.core.errors import InvalidRequest
 from app.models import ProviderCopyStatus
 from app.runtime import Runtime
-from app.services import placement
 from app.services.files.queries import get_file
-from app.services.files.settle import Attempt, answer, settle
+from app.services.files.settle import Attempt, answer, place_and_settle
 from app.services.files.views import FileView
 
 
@@ -27,24 +26,13 @@ async def replicate(
     targets = rt.providers.targets(
         purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
     )
-    outcome = await placement.place(
+    outcome, settled = await place_and_settle(
         session=session,
-        blob_store=rt.blob_store,
-        providers=rt.providers,
-        deployment=rt.deployment,
-        metrics=rt.metrics,
+        rt=rt,
         ctx=ctx,
         file=file,
         targets=targets,
-    )
-    settled = await settle(
-        session=session,
-        settings=rt.settings,
-        blob_store=rt.blob_store,
-        ctx=ctx,
-        file=file,
         provider=provider,
-        outcome=outcome,
         attempt=Attempt.COPY,
     )
     return await answer(session=session, file=file, outcome=outcome, settled=settled)

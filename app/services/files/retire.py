@@ -69,15 +69,7 @@ async def _retire(
         for copy in held:
             # Should this process die before the provider deletes below, a worker does them.
             await _queue_removal(session=session, rt=rt, copy=copy)
-    for copy in held:
-        await remove_copy(
-            session=session,
-            providers=rt.providers,
-            settings=rt.settings,
-            ctx=ctx,
-            copy=copy,
-            reason=f"file {reason}",
-        )
+    await _remove_all(session=session, rt=rt, ctx=ctx, copies=held, reason=f"file {reason}")
     # A placement finishing from now on sees the delete; one that went live while the copies
     # above were removed is removed here as well.
     removed = {c.id for c in held}
@@ -89,16 +81,28 @@ async def _retire(
         ]
         for copy in late:
             await _queue_removal(session=session, rt=rt, copy=copy)
-    for copy in late:
+    await _remove_all(session=session, rt=rt, ctx=ctx, copies=late, reason=f"file {reason}")
+    await collect_blob(session=session, blob_store=rt.blob_store, sha256=file.sha256)
+
+
+async def _remove_all(
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    copies: list[ProviderCopy],
+    reason: str,
+) -> None:
+    """Each copy's provider delete, one after another, each recorded in its own unit."""
+    for copy in copies:
         await remove_copy(
             session=session,
             providers=rt.providers,
             settings=rt.settings,
             ctx=ctx,
             copy=copy,
-            reason=f"file {reason}",
+            reason=reason,
         )
-    await collect_blob(session=session, blob_store=rt.blob_store, sha256=file.sha256)
 
 
 async def _queue_removal(*, session: AsyncSession, rt: Runtime, copy: ProviderCopy) -> None:

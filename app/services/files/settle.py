@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
 
@@ -14,8 +15,10 @@ from app.core.errors import GatewayError
 from app.jobs import queue
 from app.jobs.queue import JobKind
 from app.models import File, FileStatus
+from app.providers.hub import Target
 from app.repositories.files import FileRepository
-from app.services import audit, lifecycle
+from app.runtime import Runtime
+from app.services import audit, lifecycle, placement
 from app.services.files.retire import collect_blob
 from app.services.files.views import FileView, not_found
 from app.services.placement import Placement
@@ -35,6 +38,45 @@ class Settled(StrEnum):
     WITHDRAWN = "withdrawn"  # the file was deleted meanwhile
     DEFERRED = "deferred"  # providers are failing for now: placed later by a job
     REFUSED = "refused"  # refused for good
+
+
+async def place_and_settle(
+    *,
+    session: AsyncSession,
+    rt: Runtime,
+    ctx: CallContext,
+    file: File,
+    targets: Sequence[Target],
+    provider: str,
+    attempt: Attempt,
+    intent: queue.Intent | None = None,
+) -> tuple[Placement, Settled]:
+    """One placement attempt: place the blob (renewing the request's intent lease meanwhile),
+    then settle what came of it."""
+    lease = rt.settings.job_lease_seconds
+    async with queue.holding(rt.sessionmaker, intent, lease_seconds=lease):
+        outcome = await placement.place(
+            session=session,
+            blob_store=rt.blob_store,
+            providers=rt.providers,
+            deployment=rt.deployment,
+            metrics=rt.metrics,
+            ctx=ctx,
+            file=file,
+            targets=targets,
+        )
+    settled = await settle(
+        session=session,
+        settings=rt.settings,
+        blob_store=rt.blob_store,
+        ctx=ctx,
+        file=file,
+        provider=provider,
+        outcome=outcome,
+        attempt=attempt,
+        intent=intent,
+    )
+    return outcome, settled
 
 
 async def settle(

@@ -22,9 +22,9 @@ from app.providers.hub import Target
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
 from app.runtime import Runtime
-from app.services import audit, lifecycle, placement
+from app.services import audit, lifecycle
 from app.services.files.retire import expire_file
-from app.services.files.settle import Attempt, answer, settle
+from app.services.files.settle import Attempt, answer, place_and_settle
 from app.services.files.views import CreateResult, FileView, IncomingUpload, new_file_id
 
 SETTLE_POLL_SECONDS = 0.1
@@ -223,26 +223,13 @@ async def _place_new(
     `intent` (a just-claimed file) the request holds the placement job's lease meanwhile, and
     the job ends with the outcome (done, or itself the retry of a deferred placement). A
     delete that wins the race answers 404, or `withdrawn` when given."""
-    lease = rt.settings.job_lease_seconds
-    async with queue.holding(rt.sessionmaker, intent, lease_seconds=lease):
-        outcome = await placement.place(
-            session=session,
-            blob_store=rt.blob_store,
-            providers=rt.providers,
-            deployment=rt.deployment,
-            metrics=rt.metrics,
-            ctx=ctx,
-            file=file,
-            targets=targets,
-        )
-    settled = await settle(
+    outcome, settled = await place_and_settle(
         session=session,
-        settings=rt.settings,
-        blob_store=rt.blob_store,
+        rt=rt,
         ctx=ctx,
         file=file,
+        targets=targets,
         provider=provider,
-        outcome=outcome,
         attempt=attempt,
         intent=intent,
     )
