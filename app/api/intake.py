@@ -18,7 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from app.services.files import IncomingUpload
-from app.storage.blobs import BlobStore, SpoolFile
+from app.storage.blobs import BlobStore, Spool
 
 FLUSH_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 1024
@@ -106,7 +106,7 @@ class MultipartIntake:
         self.fields: dict[str, str] = {}
         self.parts = 0
         self.part: _PartState | None = None
-        self.spool: SpoolFile | None = None
+        self.spool: Spool | None = None
         self.file_seen = False
         self.filename: str | None = None
         self.file_content_type = "application/octet-stream"

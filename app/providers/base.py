@@ -7,13 +7,13 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from app.core.errors import ProviderNotFound, ProviderUnavailable
+from app.providers.form import UploadBody, UploadForm
 from app.providers.pipeline import CallPipeline
 
 
@@ -98,19 +98,25 @@ class ProviderAdapter(CallPipeline):
     account_max_bytes: int | None = None
 
     async def upload(
-        self, *, path: Path, filename: str, purpose: str, content_type: str
+        self, *, body: UploadBody, filename: str, purpose: str, content_type: str
     ) -> ProviderFile:
-        """Stream the file at `path` to `POST files`, purpose field first (as the SDKs)."""
-        native = self.native_purpose(purpose)
-        # httpx reads the file object in 64 KiB chunks while sending; local-disk reads are short.
-        with path.open("rb") as handle:
-            return await self.request_file(
-                "upload",
-                "POST",
-                "files",
-                data={"purpose": native},
-                files={"file": (filename, handle, content_type)},
+        """Stream `body` to `POST files`, purpose field first (as the SDKs); a retried try
+        sends it again from its first byte."""
+        form = UploadForm(
+            fields={"purpose": self.native_purpose(purpose)},
+            file_field="file",
+            filename=filename,
+            content_type=content_type,
+            body=body,
+        )
+
+        async def attempt() -> ProviderFile:
+            response = await self._exchange(
+                "POST", "files", headers=form.headers, content=form.stream()
             )
+            return self.file_object(self.json_object(response))
+
+        return await self._call("upload", attempt)
 
     @abstractmethod
     async def retrieve(self, file_id: str) -> ProviderFile: ...

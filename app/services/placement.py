@@ -18,7 +18,7 @@ from app.providers.hub import ProviderHub, Target
 from app.repositories.files import FileRepository
 from app.services import audit, lifecycle
 from app.services.deployment import TAG_ALPHABET, TAG_LENGTH, DeploymentIdentity
-from app.storage.blobs import BlobStore
+from app.storage.blobs import BlobMissing, BlobStore
 
 PROVIDER_FILENAME_MAX = 255
 FILE_ID_LENGTH = 29
@@ -140,7 +140,6 @@ async def place(
         raise BlobCorrupt(
             f"The stored content of {file.id} failed its integrity check; it is not pushed again."
         )
-    blob_path = blob_store.local_path(blob.storage_key)
     tag = await deployment.tag()
     for index, target in enumerate(targets):
         adapter = providers.adapter(target.provider)
@@ -163,13 +162,14 @@ async def place(
             outcome.placed_on = target.provider  # a concurrent placement got there first
             return outcome
         try:
-            result = await adapter.upload(
-                path=blob_path,
-                filename=provider_filename(file, tag=tag),
-                purpose=target.rule.native,
-                content_type=file.content_type,
-            )
-        except FileNotFoundError:
+            async with await blob_store.open(blob.storage_key) as body:
+                result = await adapter.upload(
+                    body=body,
+                    filename=provider_filename(file, tag=tag),
+                    purpose=target.rule.native,
+                    content_type=file.content_type,
+                )
+        except BlobMissing:
             # The blob went with a delete that ran while this placement waited its turn.
             async with unit_of_work(session):
                 gone = await _deleted_meanwhile(session=session, file=file)

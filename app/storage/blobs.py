@@ -9,7 +9,7 @@ import os
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +19,7 @@ from anyio import to_thread
 from app.core.errors import InsufficientStorage
 
 HASH_CHUNK = 1024 * 1024
+READ_CHUNK = 256 * 1024
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 # Out of space (or quota): the store says 507, never 500.
@@ -58,24 +59,70 @@ class StoredBlob:
     storage_key: str
 
 
+class BlobMissing(LookupError):
+    """The store holds nothing under the key asked for."""
+
+
+class BlobReader(ABC):
+    """An opened blob: its size, and its bytes read as often as needed, whole or a range."""
+
+    size: int
+
+    @abstractmethod
+    def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes from `start` up to (not including) `end`, in bounded chunks; each call
+        reads afresh, so a retried provider upload sends the blob again from its start."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> BlobReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Spool(ABC):
+    """An upload being written: hashed and sized as chunks arrive, removed unless committed."""
+
+    size: int
+
+    @abstractmethod
+    def write(self, chunk: bytes) -> None:
+        """Blocking: call through a worker thread for large chunks."""
+
+    @abstractmethod
+    def finish(self) -> str:
+        """Make the written bytes durable and return their hex sha256 (blocking)."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Remove what was written, unless a commit has taken it (blocking)."""
+
+    @abstractmethod
+    def holds_bytes(self) -> bool:
+        """True until a commit has taken the bytes into the store."""
+
+
 class BlobStore(ABC):
-    """Where canonical file bytes live; local disk today, an S3-compatible store later."""
+    """Where canonical file bytes live, by content: the services use only this interface."""
 
     @abstractmethod
     def key_for(self, sha256: str) -> str:
         """The content-addressed key the blob of `sha256` is stored under."""
 
     @abstractmethod
-    def new_spool(self) -> SpoolFile:
-        """A temp file for an incoming upload, on the same volume as the blobs."""
+    def new_spool(self) -> Spool:
+        """Where an incoming upload is written while it is hashed."""
 
     @abstractmethod
-    async def commit(self, spool: SpoolFile, *, sha256: str) -> StoredBlob:
-        """Place a fsynced spool under its hash; a stored copy failing its hash is replaced."""
+    async def commit(self, spool: Spool, *, sha256: str) -> StoredBlob:
+        """Place a finished spool under its hash; a stored copy failing its hash is replaced."""
 
     @abstractmethod
-    def local_path(self, storage_key: str) -> Path:
-        """A readable path for the blob (providers stream uploads from it)."""
+    async def open(self, storage_key: str) -> BlobReader:
+        """The blob under `storage_key`, to read; BlobMissing if there is none."""
 
     @abstractmethod
     async def exists(self, storage_key: str) -> bool: ...
@@ -115,8 +162,8 @@ Referenced = Callable[[list[str]], Awaitable[set[str]]]
 SWEEP_BATCH = 500
 
 
-class SpoolFile:
-    """An upload being written: hashed and sized as chunks arrive, removed unless committed."""
+class SpoolFile(Spool):
+    """An upload being written to a temp file on the same volume as the blobs."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -126,7 +173,6 @@ class SpoolFile:
         self._fh: BinaryIO = os.fdopen(fd, "wb")
 
     def write(self, chunk: bytes) -> None:
-        """Blocking: call through a worker thread for large chunks."""
         self._hash.update(chunk)
         with disk_errors():
             self._fh.write(chunk)
@@ -152,6 +198,35 @@ class SpoolFile:
                 self._fh.close()
         self.path.unlink(missing_ok=True)
 
+    def holds_bytes(self) -> bool:
+        return self.path.exists()
+
+
+class _LocalReader(BlobReader):
+    """An open file descriptor: a blob deleted while it is read is still read whole."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd: int | None = fd
+        self.size = size
+
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        stop = self.size if end is None else min(end, self.size)
+        offset = start
+        while offset < stop:
+            fd = self._fd
+            if fd is None:
+                raise ValueError("the blob reader is closed")
+            chunk = await to_thread.run_sync(os.pread, fd, min(READ_CHUNK, stop - offset), offset)
+            if not chunk:
+                raise OSError(errno.EIO, "the blob ended before its recorded size")
+            offset += len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
 
 class LocalBlobStore(BlobStore):
     """Blobs under `root/blobs/ab/cd/<sha256>`, written via temp file, fsync and atomic rename."""
@@ -174,9 +249,26 @@ class LocalBlobStore(BlobStore):
         return SpoolFile(self.tmp_dir / f"upload-{secrets.token_hex(12)}.part")
 
     def local_path(self, storage_key: str) -> Path:
+        """Where the blob sits on disk (this store's own; the services never ask)."""
         return self.blob_dir / storage_key
 
-    async def commit(self, spool: SpoolFile, *, sha256: str) -> StoredBlob:
+    async def open(self, storage_key: str) -> BlobReader:
+        def _open() -> _LocalReader:
+            try:
+                fd = os.open(self.local_path(storage_key), os.O_RDONLY)
+            except FileNotFoundError:
+                raise BlobMissing(storage_key) from None
+            try:
+                return _LocalReader(fd, os.fstat(fd).st_size)
+            except BaseException:
+                os.close(fd)
+                raise
+
+        return await to_thread.run_sync(_open)
+
+    async def commit(self, spool: Spool, *, sha256: str) -> StoredBlob:
+        if not isinstance(spool, SpoolFile):
+            raise TypeError("a local blob store commits only its own spools")
         key = self.key_for(sha256)
         target = self.local_path(key)
 

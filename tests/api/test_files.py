@@ -178,6 +178,39 @@ async def test_content_streams_original_bytes_with_etag_and_ranges(
     assert cached.status_code == 304 and cached.content == b""
 
 
+async def test_content_serves_several_ranges_if_range_and_head(
+    client: httpx.AsyncClient,
+) -> None:
+    payload = bytes(range(256)) * 64
+    body = (await upload(client, payload, filename="blob.png", content_type="image/png")).json()
+    url = f"/v1/files/{body['id']}/content"
+    etag = f'"{hashlib.sha256(payload).hexdigest()}"'
+    multi = await client.get(url, headers={"Range": "bytes=0-3, 100-103"})
+    assert multi.status_code == 206
+    kind, _, boundary = multi.headers["content-type"].partition("; boundary=")
+    assert kind == "multipart/byteranges" and boundary
+    assert int(multi.headers["content-length"]) == len(multi.content)
+    parts = multi.content.split(f"--{boundary}".encode())
+    assert parts[-1] == b"--" and parts[0] == b""
+    served = [part.split(b"\r\n\r\n", 1) for part in parts[1:-1]]
+    assert [head.split(b"Content-Range: ")[1] for head, _ in served] == [
+        f"bytes 0-3/{len(payload)}".encode(),
+        f"bytes 100-103/{len(payload)}".encode(),
+    ]
+    assert [data for _, data in served] == [payload[0:4] + b"\r\n", payload[100:104] + b"\r\n"]
+    # If-Range names another version: the whole body, not the range.
+    stale = await client.get(url, headers={"Range": "bytes=0-3", "If-Range": '"other"'})
+    assert stale.status_code == 200 and stale.content == payload
+    fresh = await client.get(url, headers={"Range": "bytes=0-3", "If-Range": etag})
+    assert fresh.status_code == 206 and fresh.content == payload[:4]
+    head = await client.head(url)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(payload))
+    assert head.headers["etag"] == etag
+    assert head.headers["accept-ranges"] == "bytes"
+    assert head.headers["last-modified"].endswith(" GMT")
+
+
 async def test_extract_returns_provider_text_and_caches_it(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:

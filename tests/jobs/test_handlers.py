@@ -23,6 +23,7 @@ from app.models import File, Job, ProviderCopy
 from app.services.placement import provider_filename
 from tests.api.test_files import upload
 from tests.conftest import Gateway
+from tests.support.bodies import FileBody
 from tests.support.invariants import assert_registry_sound
 
 
@@ -149,7 +150,7 @@ async def test_reconciliation_adopts_upload_whose_commit_was_lost(
         await session.commit()
         assert file is not None
         placed = await rt.providers.adapter("moonshot").upload(
-            path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
+            body=FileBody(rt.blob_store.local_path(rt.blob_store.key_for(file.sha256))),
             filename=provider_filename(file, tag=await rt.deployment.tag()),
             purpose="file-extract",
             content_type="text/plain",
@@ -158,7 +159,10 @@ async def test_reconciliation_adopts_upload_whose_commit_was_lost(
 
         async def put(filename: str) -> str:
             placed = await rt.providers.adapter("moonshot").upload(
-                path=blob_path, filename=filename, purpose="file-extract", content_type="text/plain"
+                body=FileBody(blob_path),
+                filename=filename,
+                purpose="file-extract",
+                content_type="text/plain",
             )
             return placed.id
 
@@ -363,7 +367,7 @@ async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
         copy.status = "placing"
         await session.commit()
         placed = await rt.providers.adapter("moonshot").upload(
-            path=rt.blob_store.local_path(rt.blob_store.key_for(file.sha256)),
+            body=FileBody(rt.blob_store.local_path(rt.blob_store.key_for(file.sha256))),
             filename=provider_filename(file, tag=await rt.deployment.tag()),
             purpose="file-extract",
             content_type="text/plain",
@@ -469,7 +473,7 @@ async def test_two_deployments_on_one_account_never_delete_each_others_copies(
         copy.status, copy.provider_file_id = "placing", None
         await session.commit()
         untagged = await rt.providers.adapter("moonshot").upload(
-            path=rt.blob_store.local_path(rt.blob_store.key_for(legacy.sha256)),
+            body=FileBody(rt.blob_store.local_path(rt.blob_store.key_for(legacy.sha256))),
             filename=f"{legacy.id}__{legacy.filename}",
             purpose="file-extract",
             content_type="text/plain",
@@ -521,7 +525,7 @@ async def test_a_run_with_many_true_orphans_deletes_at_most_the_cap(
     # Ours by tag, unknown to the registry: what a registry restored from an old backup sees.
     for i in range(34):
         await rt.providers.adapter("moonshot").upload(
-            path=source,
+            body=FileBody(source),
             filename=f"file-{'R' * 22}{i:02d}.{tag}__lost.txt",
             purpose="file-extract",
             content_type="text/plain",

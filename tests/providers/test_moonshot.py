@@ -35,6 +35,7 @@ from tests.providers import (
     mock_adapter,
     parse_multipart,
 )
+from tests.support.bodies import FileBody
 
 PROVIDER = "moonshot"
 FILE_OBJECT = {
@@ -83,7 +84,7 @@ async def test_round_trip(adapter: MoonshotAdapter, tmp_path: Path, recorder: Re
     path = write(tmp_path, "notes.txt", text)
 
     uploaded = await adapter.upload(
-        path=path, filename="notes.txt", purpose="file-extract", content_type="text/plain"
+        body=FileBody(path), filename="notes.txt", purpose="file-extract", content_type="text/plain"
     )
     assert uploaded.id
     assert uploaded.bytes == len(text)
@@ -125,7 +126,10 @@ async def test_unextractable_file_is_extraction_failed(
 ) -> None:
     path = write(tmp_path, "scan.pdf", b"%PDF-1.7\n\xff\xfe\x00\x81binary")
     uploaded = await adapter.upload(
-        path=path, filename="scan.pdf", purpose="file-extract", content_type="application/pdf"
+        body=FileBody(path),
+        filename="scan.pdf",
+        purpose="file-extract",
+        content_type="application/pdf",
     )
     with pytest.raises(ProviderRejected) as caught:
         await adapter.content(uploaded.id)
@@ -140,7 +144,7 @@ async def test_batch_content_is_the_jsonl_itself(adapter: MoonshotAdapter, tmp_p
     lines = b'{"custom_id":"1","method":"POST","url":"/v1/chat/completions","body":{}}\n'
     path = write(tmp_path, "in.jsonl", lines)
     uploaded = await adapter.upload(
-        path=path, filename="in.jsonl", purpose="batch", content_type="application/jsonl"
+        body=FileBody(path), filename="in.jsonl", purpose="batch", content_type="application/jsonl"
     )
     assert uploaded.purpose == "batch"
     assert await adapter.content(uploaded.id) == lines
@@ -155,7 +159,7 @@ async def test_gateway_purposes_are_sent_as_native(
 ) -> None:
     path = write(tmp_path, name, b"# title\n")
     uploaded = await adapter.upload(
-        path=path, filename=name, purpose=purpose, content_type="text/markdown"
+        body=FileBody(path), filename=name, purpose=purpose, content_type="text/markdown"
     )
     assert uploaded.purpose == native
     assert [f.id for f in await adapter.list(purpose=purpose)] == [uploaded.id]
@@ -164,7 +168,7 @@ async def test_gateway_purposes_are_sent_as_native(
 async def test_vision_uploads_as_image(adapter: MoonshotAdapter, tmp_path: Path) -> None:
     path = write(tmp_path, "pic.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
     uploaded = await adapter.upload(
-        path=path, filename="pic.png", purpose="vision", content_type="image/png"
+        body=FileBody(path), filename="pic.png", purpose="vision", content_type="image/png"
     )
     assert uploaded.purpose == "image"
 
@@ -173,7 +177,7 @@ async def test_large_file_streams_from_disk(adapter: MoonshotAdapter, tmp_path: 
     data = bytes(range(256)) * (12 * 1024)  # 3 MiB
     path = write(tmp_path, "big.txt", data)
     uploaded = await adapter.upload(
-        path=path, filename="big.txt", purpose="file-extract", content_type="text/plain"
+        body=FileBody(path), filename="big.txt", purpose="file-extract", content_type="text/plain"
     )
     assert uploaded.bytes == len(data)
 
@@ -182,7 +186,10 @@ async def test_empty_file_is_rejected(adapter: MoonshotAdapter, tmp_path: Path) 
     path = write(tmp_path, "empty.txt", b"")
     with pytest.raises(ProviderRejected) as caught:
         await adapter.upload(
-            path=path, filename="empty.txt", purpose="file-extract", content_type="text/plain"
+            body=FileBody(path),
+            filename="empty.txt",
+            purpose="file-extract",
+            content_type="text/plain",
         )
     assert "empty file" in str(caught.value)
     assert_no_leak(caught.value, "please confirm and re-upload")
@@ -207,7 +214,7 @@ async def test_lost_file_is_not_found(
 ) -> None:
     path = write(tmp_path, "a.txt", b"hello")
     uploaded = await adapter.upload(
-        path=path, filename="a.txt", purpose="file-extract", content_type="text/plain"
+        body=FileBody(path), filename="a.txt", purpose="file-extract", content_type="text/plain"
     )
     control(sandbox_server, PROVIDER, f"_lose/{uploaded.id}")
     with pytest.raises(ProviderNotFound):
@@ -268,7 +275,7 @@ async def test_quota_full_fault(
     path = write(tmp_path, "a.txt", b"hello")
     with pytest.raises(ProviderQuotaExceeded) as caught:
         await adapter.upload(
-            path=path, filename="a.txt", purpose="file-extract", content_type="text/plain"
+            body=FileBody(path), filename="a.txt", purpose="file-extract", content_type="text/plain"
         )
     assert_no_leak(caught.value, "please delete previous uploaded files")
 
@@ -322,7 +329,7 @@ async def test_upload_wire_shape(tmp_path: Path) -> None:
     adapter = await mock_adapter(MoonshotAdapter, handler)
     try:
         got = await adapter.upload(
-            path=path,
+            body=FileBody(path),
             filename="résumé 1.pdf",
             purpose="file-extract",
             content_type="application/pdf",
@@ -341,29 +348,6 @@ async def test_upload_wire_shape(tmp_path: Path) -> None:
     assert file.content_type == "application/pdf"
     assert file.data == b"%PDF"
     assert int(request.headers["content-length"]) == len(request.content)
-
-
-async def test_upload_closes_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    opened: list[Any] = []
-    real_open = Path.open
-
-    def spy(self: Path, *args: Any, **kwargs: Any) -> Any:
-        handle = real_open(self, *args, **kwargs)
-        opened.append(handle)
-        return handle
-
-    path = write(tmp_path, "a.txt", b"abc")
-    monkeypatch.setattr(Path, "open", spy)
-    adapter = await mock_adapter(MoonshotAdapter, answer(httpx.Response(503)))
-    try:
-        with pytest.raises(ProviderUnavailable):
-            await adapter.upload(
-                path=path, filename="a.txt", purpose="file-extract", content_type="text/plain"
-            )
-    finally:
-        await adapter.aclose()
-    assert len(opened) == 1
-    assert opened[0].closed
 
 
 async def test_list_reads_only_the_first_page() -> None:

@@ -27,6 +27,7 @@ from app.providers.breaker_board import BreakerBoard
 from app.providers.pipeline import ProviderConfig
 from app.providers.retry import SAFE_OPERATIONS, RetryPolicy, is_retryable
 from tests.providers import Recorder, control, fault
+from tests.support.bodies import FileBody
 
 PROVIDERS = {"moonshot": MoonshotAdapter, "zai": ZaiAdapter}
 FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, deadline=10)
@@ -288,7 +289,7 @@ async def test_retrieve_is_observed_per_attempt(
     path = tmp_path / "a.txt"
     path.write_bytes(b"hello")
     uploaded = await adapter.upload(
-        path=path, filename="a.txt", purpose="file-extract", content_type="text/plain"
+        body=FileBody(path), filename="a.txt", purpose="file-extract", content_type="text/plain"
     )
     fault(sandbox, "moonshot", status=503, count=2, operations=["retrieve"])
     assert (await adapter.retrieve(uploaded.id)).id == uploaded.id
@@ -312,7 +313,10 @@ async def test_upload_is_never_retried(
     fault(sandbox, provider, status=503, count=1, operations=["upload"])
     with pytest.raises(ProviderUnavailable):
         await adapter.upload(
-            path=path, filename="data.jsonl", purpose="batch", content_type="application/jsonl"
+            body=FileBody(path),
+            filename="data.jsonl",
+            purpose="batch",
+            content_type="application/jsonl",
         )
     assert calls(sandbox, provider, "upload") == 1
     assert log.retries == []

@@ -16,6 +16,7 @@ from app.providers import MoonshotAdapter
 from app.providers.base import MiB, ProviderAdapter
 from app.providers.breaker_board import BreakerBoard
 from tests.providers import Recorder, control, make_adapter
+from tests.support.bodies import FileBody
 from tests.support.stalling import (
     read_slowly,
     stall_mid_response,
@@ -51,7 +52,7 @@ def blob(tmp_path: Path, size: int) -> Path:
 
 async def upload(adapter: ProviderAdapter, path: Path) -> Any:
     return await adapter.upload(
-        path=path, filename="a.txt", purpose="file-extract", content_type="text/plain"
+        body=FileBody(path), filename="a.txt", purpose="file-extract", content_type="text/plain"
     )
 
 

@@ -36,6 +36,7 @@ from tests.providers import (
     mock_adapter,
     parse_multipart,
 )
+from tests.support.bodies import FileBody
 
 PROVIDER = "zai"
 BASE = "https://provider.test/api/paas/v4"
@@ -87,7 +88,7 @@ async def test_round_trip(adapter: ZaiAdapter, tmp_path: Path, recorder: Recorde
     path = write(tmp_path, "weather.csv", text)
 
     uploaded = await adapter.upload(
-        path=path, filename="weather.csv", purpose="file-extract", content_type="text/csv"
+        body=FileBody(path), filename="weather.csv", purpose="file-extract", content_type="text/csv"
     )
     assert uploaded.id
     assert uploaded.bytes == len(text)
@@ -120,7 +121,10 @@ async def test_unextractable_file_is_extraction_failed(
 ) -> None:
     path = write(tmp_path, "scan.pdf", b"%PDF-1.7\n\xff\xfe\x00\x81binary")
     uploaded = await adapter.upload(
-        path=path, filename="scan.pdf", purpose="file-extract", content_type="application/pdf"
+        body=FileBody(path),
+        filename="scan.pdf",
+        purpose="file-extract",
+        content_type="application/pdf",
     )
     with pytest.raises(ProviderRejected) as caught:
         await adapter.content(uploaded.id)
@@ -134,7 +138,10 @@ async def test_sandbox_enforces_purpose_formats(adapter: ZaiAdapter, tmp_path: P
     path = write(tmp_path, "notes.txt", b"plain text")
     with pytest.raises(ProviderRejected) as caught:
         await adapter.upload(
-            path=path, filename="notes.txt", purpose="file-extract", content_type="text/plain"
+            body=FileBody(path),
+            filename="notes.txt",
+            purpose="file-extract",
+            content_type="text/plain",
         )
     assert caught.value.error_code == "provider_rejected"
     assert_no_leak(caught.value, "Unsupported file format")
@@ -144,7 +151,7 @@ async def test_batch_content_is_the_jsonl_itself(adapter: ZaiAdapter, tmp_path: 
     lines = b'{"custom_id":"1","method":"POST","url":"/v4/chat/completions","body":{}}\n'
     path = write(tmp_path, "in.jsonl", lines)
     uploaded = await adapter.upload(
-        path=path, filename="in.jsonl", purpose="batch", content_type="application/jsonl"
+        body=FileBody(path), filename="in.jsonl", purpose="batch", content_type="application/jsonl"
     )
     assert uploaded.purpose == "batch"
     assert await adapter.content(uploaded.id) == lines
@@ -164,7 +171,10 @@ async def test_purposes_upload_natively(
 ) -> None:
     path = write(tmp_path, filename, b'{"a":1}\n')
     uploaded = await adapter.upload(
-        path=path, filename=filename, purpose=purpose, content_type="application/octet-stream"
+        body=FileBody(path),
+        filename=filename,
+        purpose=purpose,
+        content_type="application/octet-stream",
     )
     assert uploaded.purpose == native
     assert [f.id for f in await adapter.list(purpose=purpose)] == [uploaded.id]
@@ -175,7 +185,10 @@ async def test_list_follows_pages(adapter: ZaiAdapter, tmp_path: Path, recorder:
     for i in range(105):
         path = write(tmp_path, f"b{i}.jsonl", b"{}\n")
         uploaded = await adapter.upload(
-            path=path, filename=path.name, purpose="batch", content_type="application/jsonl"
+            body=FileBody(path),
+            filename=path.name,
+            purpose="batch",
+            content_type="application/jsonl",
         )
         ids.add(uploaded.id)
     recorder.calls.clear()
@@ -189,7 +202,7 @@ async def test_large_file_streams_from_disk(adapter: ZaiAdapter, tmp_path: Path)
     data = b'{"x":"' + b"y" * (3 * MiB) + b'"}\n'
     path = write(tmp_path, "big.jsonl", data)
     uploaded = await adapter.upload(
-        path=path, filename="big.jsonl", purpose="batch", content_type="application/jsonl"
+        body=FileBody(path), filename="big.jsonl", purpose="batch", content_type="application/jsonl"
     )
     assert uploaded.bytes == len(data)
 
@@ -215,7 +228,7 @@ async def test_lost_file_is_not_found(
 ) -> None:
     path = write(tmp_path, "a.jsonl", b"{}\n")
     uploaded = await adapter.upload(
-        path=path, filename="a.jsonl", purpose="batch", content_type="application/jsonl"
+        body=FileBody(path), filename="a.jsonl", purpose="batch", content_type="application/jsonl"
     )
     control(sandbox_server, PROVIDER, f"_lose/{uploaded.id}")
     with pytest.raises(ProviderNotFound):
@@ -230,7 +243,10 @@ async def test_oversized_file_is_too_large(
     try:
         with pytest.raises(ProviderFileTooLarge) as caught:
             await adapter.upload(
-                path=path, filename="huge.jsonl", purpose="batch", content_type="application/jsonl"
+                body=FileBody(path),
+                filename="huge.jsonl",
+                purpose="batch",
+                content_type="application/jsonl",
             )
     finally:
         await adapter.aclose()
@@ -280,7 +296,10 @@ async def test_quota_full_fault(adapter: ZaiAdapter, sandbox_server: str, tmp_pa
     path = write(tmp_path, "a.jsonl", b"{}\n")
     with pytest.raises(ProviderQuotaExceeded) as caught:
         await adapter.upload(
-            path=path, filename="a.jsonl", purpose="batch", content_type="application/jsonl"
+            body=FileBody(path),
+            filename="a.jsonl",
+            purpose="batch",
+            content_type="application/jsonl",
         )
     assert_no_leak(caught.value)
 
@@ -323,7 +342,7 @@ async def test_upload_wire_shape(tmp_path: Path) -> None:
     adapter = await mock_adapter(ZaiAdapter, handler, base_url=BASE)
     try:
         got = await adapter.upload(
-            path=path,
+            body=FileBody(path),
             filename="季度 报告.xlsx",
             purpose="user_data",
             content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",

@@ -8,11 +8,10 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
-from starlette.responses import MalformedRangeHeader
-from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfiable
+from fastapi.responses import JSONResponse
 
 from app.api.deps import FileId, ReadSessionDep, RuntimeDep, SessionDep
+from app.api.download import BlobResponse, byte_ranges
 from app.api.errors import responses
 from app.api.idempotency import Idempotent
 from app.api.intake import media_type, receive_upload
@@ -233,7 +232,7 @@ async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) 
     "/{file_id}/content",
     summary="Download the original bytes",
     description="Streams the canonical copy; supports Range requests; the ETag is the sha256.",
-    response_class=FileResponse,
+    response_class=BlobResponse,
     responses={
         200: {
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
@@ -250,23 +249,39 @@ async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) 
 async def download_content(
     file_id: FileId, request: Request, ctx: ReadCtx, session: SessionDep, rt: RuntimeDep
 ) -> Response:
-    view, path = await file_service.content_path(
+    view, reader = await file_service.open_content(
         session=session, blob_store=rt.blob_store, ctx=ctx, file_id=file_id
     )
-    etag = f'"{view.file.sha256}"'
-    headers = {
-        "ETag": etag,
-        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(view.file.filename)}",
-        "Cache-Control": "private, max-age=0, must-revalidate",
-        # The bytes are the tenant's, never a page of ours: no sniffing, no scripts, no frames.
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "default-src 'none'; sandbox",
-    }
-    tags = _etags(request.headers.get("if-none-match"))
-    if etag in tags or "*" in tags:
-        return Response(status_code=304, headers=headers)
-    _check_range(request.headers.get("range"), view.file.bytes)
-    return FileResponse(path, media_type=_served_type(view.file.content_type), headers=headers)
+    try:
+        file = view.file
+        etag = f'"{file.sha256}"'
+        headers = {
+            "ETag": etag,
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(file.filename)}",
+            "Cache-Control": "private, max-age=0, must-revalidate",
+            # The bytes are the tenant's, never a page of ours: no sniffing, no scripts, no frames.
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        }
+        tags = _etags(request.headers.get("if-none-match"))
+        if etag in tags or "*" in tags:
+            await reader.aclose()
+            return Response(status_code=304, headers=headers)
+        ranges = byte_ranges(request.headers.get("range"), reader.size)
+        if_range = request.headers.get("if-range")
+        if if_range is not None and if_range != etag:
+            ranges = []  # the caller's copy is another version: send the whole body
+        return BlobResponse(
+            reader,
+            ranges=ranges,
+            media_type=_served_type(file.content_type),
+            headers=headers,
+            last_modified=file.created_at,
+            head=request.method == "HEAD",
+        )
+    except BaseException:
+        await reader.aclose()
+        raise
 
 
 router.add_api_route(
@@ -290,20 +305,6 @@ def _etags(value: str | None) -> set[str]:
     if not value:
         return set()
     return {tag.strip().removeprefix("W/") for tag in value.split(",")}
-
-
-def _check_range(value: str | None, size: int) -> None:
-    """Refuse an unsatisfiable or malformed Range in the gateway's own error shape."""
-    if value is None:
-        return
-    try:
-        FileResponse._parse_range_header(value, size)
-    except (StarletteRangeNotSatisfiable, MalformedRangeHeader) as exc:
-        raise RangeNotSatisfiable(
-            f"The range '{value[:100]}' cannot be served from {size} bytes.",
-            param="Range",
-            headers={"Content-Range": f"bytes */{size}"},
-        ) from exc
 
 
 @router.get(

@@ -4,7 +4,7 @@ One module per use case; this package's names are the ones routes and jobs call.
 
 from app.services.files.copies import replicate
 from app.services.files.extract import extract
-from app.services.files.queries import content_path, events, get_file, list_files, read_file
+from app.services.files.queries import events, get_file, list_files, open_content, read_file
 from app.services.files.retire import collect_blob, delete_file, expire_file, remove_copy
 from app.services.files.upload import create_file
 from app.services.files.views import (
@@ -22,7 +22,6 @@ __all__ = [
     "FileView",
     "IncomingUpload",
     "collect_blob",
-    "content_path",
     "create_file",
     "delete_file",
     "events",
@@ -31,6 +30,7 @@ __all__ = [
     "get_file",
     "list_files",
     "new_file_id",
+    "open_content",
     "read_file",
     "remove_copy",
     "replicate",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,7 +11,7 @@ from app.core.errors import BlobCorrupt, InvalidRequest, NotFound
 from app.models import LifecycleEvent
 from app.repositories.files import FileRepository
 from app.services.files.views import FilePage, FileView, check_id, not_found
-from app.storage.blobs import BlobStore
+from app.storage.blobs import BlobMissing, BlobReader, BlobStore
 
 
 async def get_file(*, session: AsyncSession, ctx: CallContext, file_id: str) -> FileView:
@@ -70,9 +69,10 @@ async def events(
     return await FileRepository(session).events_for(view.file.id)
 
 
-async def content_path(
+async def open_content(
     *, session: AsyncSession, blob_store: BlobStore, ctx: CallContext, file_id: str
-) -> tuple[FileView, Path]:
+) -> tuple[FileView, BlobReader]:
+    """The file and its stored bytes, opened for reading; the caller closes the reader."""
     view = await get_file(session=session, ctx=ctx, file_id=file_id)
     blob = await FileRepository(session).blob(view.file.sha256)
     if blob is None:
@@ -81,4 +81,8 @@ async def content_path(
         raise BlobCorrupt(
             f"The stored content of {file_id} failed its integrity check and is withheld."
         )
-    return view, blob_store.local_path(blob.storage_key)
+    try:
+        reader = await blob_store.open(blob.storage_key)
+    except BlobMissing:
+        raise BlobCorrupt(f"The stored content of {file_id} is missing.") from None
+    return view, reader

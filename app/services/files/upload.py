@@ -75,7 +75,7 @@ async def create_file(
                 if deduplicated is not None:
                     return CreateResult(deduplicated, created=False)
                 continue
-            if not upload.spool.path.exists():
+            if not upload.spool.holds_bytes():
                 break  # our bytes went into a twin's blob that its delete then collected
             async with unit_of_work(session):  # the blob, the file row and the placement intent
                 claimed = await _claim(

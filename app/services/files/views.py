@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from app.core.errors import InvalidRequest, NotFound
 from app.models import File, ProviderCopy
-from app.storage.blobs import SpoolFile
+from app.storage.blobs import Spool
 
 FILE_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -42,7 +42,7 @@ def not_found(file_id: str) -> NotFound:
 class IncomingUpload:
     """A fully received upload: the spooled file part plus the text fields."""
 
-    spool: SpoolFile
+    spool: Spool
     sha256: str
     size: int
     filename: str

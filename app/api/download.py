@@ -1,0 +1,111 @@
+"""A stored blob as an HTTP response: whole, one byte range (206) or several (byteranges).
+
+The bytes stream from whichever blob store holds them, in bounded chunks; the reader is
+closed when the response ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from email.utils import format_datetime
+
+from starlette.responses import FileResponse, MalformedRangeHeader, StreamingResponse
+from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfiable
+from starlette.types import Receive, Scope, Send
+
+from app.core.errors import RangeNotSatisfiable
+from app.storage.blobs import BlobReader
+
+Ranges = list[tuple[int, int]]  # [start, end) pairs
+
+
+def byte_ranges(value: str | None, size: int) -> Ranges:
+    """The ranges a Range header asks for ([] for the whole body); RangeNotSatisfiable for a
+    malformed or unsatisfiable one, in the gateway's own error shape."""
+    if value is None:
+        return []
+    try:
+        # Starlette's parser: overlapping ranges merged, more than 100 ignored.
+        return FileResponse._parse_range_header(value, size)
+    except (StarletteRangeNotSatisfiable, MalformedRangeHeader) as exc:
+        raise RangeNotSatisfiable(
+            f"The range '{value[:100]}' cannot be served from {size} bytes.",
+            param="Range",
+            headers={"Content-Range": f"bytes */{size}"},
+        ) from exc
+
+
+class BlobResponse(StreamingResponse):
+    """Serve `reader`'s bytes; `ranges` as byte_ranges() returned them ([] for all)."""
+
+    def __init__(
+        self,
+        reader: BlobReader,
+        *,
+        ranges: Ranges,
+        media_type: str,
+        headers: Mapping[str, str],
+        last_modified: datetime,
+        head: bool = False,
+    ) -> None:
+        self._reader = reader
+        size = reader.size
+        merged = {
+            **headers,
+            "Accept-Ranges": "bytes",
+            "Last-Modified": format_datetime(last_modified, usegmt=True),
+        }
+        if not ranges:
+            status, length, body = 200, size, self._span(0, size)
+        elif len(ranges) == 1:
+            start, end = ranges[0]
+            merged["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            status, length, body = 206, end - start, self._span(start, end)
+        else:
+            boundary = secrets.token_hex(13)
+            parts = [
+                (
+                    f"--{boundary}\r\nContent-Type: {media_type}\r\n"
+                    f"Content-Range: bytes {start}-{end - 1}/{size}\r\n\r\n"
+                ).encode("latin-1")
+                for start, end in ranges
+            ]
+            closing = f"--{boundary}--".encode("latin-1")
+            status = 206
+            length = sum(
+                len(p) + (end - start) + 2 for p, (start, end) in zip(parts, ranges, strict=True)
+            )
+            length += len(closing)
+            body = self._multipart(parts, ranges, closing)
+            media_type = f"multipart/byteranges; boundary={boundary}"
+        merged["Content-Length"] = str(length)
+        super().__init__(
+            _nothing() if head else body, status_code=status, headers=merged, media_type=media_type
+        )
+
+    async def _span(self, start: int, end: int) -> AsyncIterator[bytes]:
+        async for chunk in self._reader.chunks(start, end):
+            yield chunk
+
+    async def _multipart(
+        self, parts: list[bytes], ranges: Ranges, closing: bytes
+    ) -> AsyncIterator[bytes]:
+        for header, (start, end) in zip(parts, ranges, strict=True):
+            yield header
+            async for chunk in self._reader.chunks(start, end):
+                yield chunk
+            yield b"\r\n"
+        yield closing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._reader.aclose()
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator with no items
