@@ -10,6 +10,7 @@ from time import time_ns
 import httpx
 from sqlalchemy import func, select
 
+from app.core.config import Settings
 from app.models import ApiKey, File, IdempotencyKey
 from tests.api.test_files import TEXT, upload
 from tests.conftest import Gateway
@@ -186,7 +187,9 @@ async def test_last_used_is_recorded(gateway: Gateway, client: httpx.AsyncClient
     assert [u for u in used if u is not None]
 
 
-async def test_per_key_rate_limit_is_shared_by_processes(gateway: Gateway, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_per_key_rate_limit_is_shared_by_processes(
+    gateway: Gateway, settings: Settings
+) -> None:
     from app.main import create_app
     from tests.conftest import REDIS_URL
 
@@ -221,7 +224,7 @@ async def test_per_key_rate_limit_is_shared_by_processes(gateway: Gateway, setti
 
 async def test_revocation_reaches_every_process_within_five_seconds(
     gateway: Gateway,
-    settings,  # type: ignore[no-untyped-def]
+    settings: Settings,
 ) -> None:
     from app.main import create_app
 

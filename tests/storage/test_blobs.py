@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.storage.blobs import LocalBlobStore
+from app.storage.blobs import LocalBlobStore, SpoolFile
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def store(tmp_path: Path) -> LocalBlobStore:
     return blobs
 
 
-async def write(store: LocalBlobStore, data: bytes) -> tuple[str, object]:
+async def write(store: LocalBlobStore, data: bytes) -> tuple[str, SpoolFile]:
     spool = store.new_spool()
     for i in range(0, len(data), 1000):
         spool.write(data[i : i + 1000])
@@ -28,7 +28,7 @@ async def test_commit_places_bytes_under_their_hash_sharded(store: LocalBlobStor
     data = b"canonical bytes " * 500
     digest, spool = await write(store, data)
     assert digest == hashlib.sha256(data).hexdigest()
-    blob = await store.commit(spool, sha256=digest)  # type: ignore[arg-type]
+    blob = await store.commit(spool, sha256=digest)
     assert blob.storage_key == f"{digest[:2]}/{digest[2:4]}/{digest}"
     assert blob.size == len(data)
     assert store.local_path(blob.storage_key).read_bytes() == data
@@ -40,9 +40,9 @@ async def test_commit_places_bytes_under_their_hash_sharded(store: LocalBlobStor
 async def test_second_commit_of_same_content_keeps_one_copy(store: LocalBlobStore) -> None:
     data = b"same content"
     first_digest, first = await write(store, data)
-    await store.commit(first, sha256=first_digest)  # type: ignore[arg-type]
+    await store.commit(first, sha256=first_digest)
     second_digest, second = await write(store, data)
-    blob = await store.commit(second, sha256=second_digest)  # type: ignore[arg-type]
+    blob = await store.commit(second, sha256=second_digest)
     files = [p for p in store.blob_dir.rglob("*") if p.is_file()]
     assert files == [store.local_path(blob.storage_key)]
     assert list(store.tmp_dir.iterdir()) == []
@@ -58,7 +58,7 @@ async def test_discarded_spool_leaves_nothing(store: LocalBlobStore) -> None:
 
 async def test_rehash_detects_corruption_and_delete_removes(store: LocalBlobStore) -> None:
     digest, spool = await write(store, b"good bytes")
-    blob = await store.commit(spool, sha256=digest)  # type: ignore[arg-type]
+    blob = await store.commit(spool, sha256=digest)
     store.local_path(blob.storage_key).write_bytes(b"bad bytes!")
     assert await store.rehash(blob.storage_key) != digest
     await store.delete(blob.storage_key)
