@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.jobs import queue
 from app.jobs.queue import JobKind
-from app.models import IdempotencyKey, Job, JobState
+from app.models import ApiKey, IdempotencyKey, Job, JobState
 from tests.conftest import Gateway
 
 
@@ -73,12 +73,14 @@ async def test_a_conflict_frees_the_key_so_the_retry_runs(gateway: Gateway) -> N
 async def test_a_secret_answer_is_stored_without_its_secret(gateway: Gateway) -> None:
     admin = await gateway.key("ops", ("admin",))
     async with gateway.client(admin) as ops:
-        created = await ops.post(
-            "/admin/keys",
-            json={"tenant": "acme", "name": "svc"},
-            headers={"Idempotency-Key": "issue-1"},
-        )
-    assert created.status_code == 201 and created.json()["key"].startswith("fg_")
+        body = {"tenant": "acme", "name": "svc"}
+        headers = {"Idempotency-Key": "issue-1"}
+        created = await ops.post("/admin/keys", json=body, headers=headers)
+        again = await ops.post("/admin/keys", json=body, headers=headers)
+    assert created.status_code == again.status_code == 201
+    assert created.json()["key"].startswith("fg_")
+    # The replay names the same key but cannot give its secret again.
+    assert again.json()["key"] is None and again.json()["id"] == created.json()["id"]
     [row] = await stored_keys(gateway)
     assert row.fingerprint == digest(
         '{"body":{"expires_at":null,"name":"svc","rate_limit_per_minute":null,'
@@ -86,3 +88,6 @@ async def test_a_secret_answer_is_stored_without_its_secret(gateway: Gateway) ->
     )
     assert created.json()["key"] not in (row.response_body or "")
     assert '"key": null' in (row.response_body or "")
+    async with gateway.runtime.sessionmaker() as session:
+        keys = await session.scalar(select(func.count()).select_from(ApiKey))
+    assert keys == 2  # the admin key and one issued key
