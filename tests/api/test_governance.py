@@ -48,29 +48,6 @@ async def test_idempotent_upload_replays_and_creates_nothing(
     assert different.json()["error"]["code"] == "idempotency_key_reused"
 
 
-async def test_idempotency_keys_are_per_tenant(gateway: Gateway) -> None:
-    headers = {"Idempotency-Key": "shared-key"}
-    async with (
-        gateway.client(await gateway.key("acme")) as acme,
-        gateway.client(await gateway.key("globex")) as globex,
-    ):
-        a = await acme.post(
-            "/v1/files",
-            data={"purpose": "file-extract"},
-            files={"file": ("a.txt", b"acme data", "text/plain")},
-            headers=headers,
-        )
-        b = await globex.post(
-            "/v1/files",
-            data={"purpose": "file-extract"},
-            files={"file": ("b.txt", b"globex data", "text/plain")},
-            headers=headers,
-        )
-    assert a.status_code == b.status_code == 200
-    assert a.json()["id"] != b.json()["id"]
-    assert "idempotent-replayed" not in b.headers
-
-
 async def test_concurrent_same_key_one_runs_other_conflicts_or_replays(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
