@@ -29,7 +29,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check app tests alembic bench
 	$(BIN)/ruff format --check app tests alembic bench
-	$(BIN)/mypy app
+	$(BIN)/mypy app tests
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -9,9 +9,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 
 from app.auth.keys import issue_key
@@ -19,6 +21,7 @@ from app.core.config import Settings
 from app.core.logging import APP_LOGGER, UVICORN_LOGGERS, GatewayHandler
 from app.core.migrations import downgrade, sync_url, upgrade
 from app.main import create_app
+from app.runtime import Runtime
 from tests.support.servers import serve_in_thread
 
 PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")
@@ -206,7 +209,7 @@ def settings(
         data_dir=tmp_path / "data",
         database_url=database_url,
         redis_url=REDIS_URL,
-        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        secret_key=TEST_SECRET,
         sandbox=True,
         sandbox_url=f"{sandbox_reset}/sandbox",
         dedup_wait_seconds=30,
@@ -246,12 +249,13 @@ def restore_logging() -> Iterator[None]:
 class Gateway:
     """The app under test with helpers to mint keys and clients."""
 
-    app: object
+    app: FastAPI
     sandbox_url: str
 
     @property
-    def runtime(self):  # type: ignore[no-untyped-def]
-        return self.app.state.runtime  # type: ignore[attr-defined]
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.app.state.runtime
+        return runtime
 
     async def key(
         self, tenant: str = "acme", scopes: tuple[str, ...] = ("files:read", "files:write")
@@ -271,16 +275,17 @@ class Gateway:
     def client(self, token: str | None = None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app),  # type: ignore[arg-type]
+            transport=httpx.ASGITransport(app=self.app),
             base_url="http://gateway",
             headers=headers,
             timeout=60,
         )
 
-    async def sandbox_stats(self, provider: str) -> dict:  # type: ignore[type-arg]
+    async def sandbox_stats(self, provider: str) -> dict[str, Any]:
         async with httpx.AsyncClient() as c:
             resp = await c.get(f"{self.sandbox_url}/sandbox/{provider}/_stats")
-            return resp.json()  # type: ignore[no-any-return]
+            stats: dict[str, Any] = resp.json()
+            return stats
 
     async def sandbox_fault(self, provider: str, **fault: object) -> None:
         async with httpx.AsyncClient() as c:

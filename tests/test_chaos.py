@@ -389,7 +389,9 @@ def _reconciled_since(engine: Engine, since: float) -> bool:
     return all(any(f'"{p}"' in r["payload"] for r in rows) for p in PROVIDERS)
 
 
-async def _provider_listing(http: httpx.AsyncClient, sandbox: str, provider: str) -> list[dict]:  # type: ignore[type-arg]
+async def _provider_listing(
+    http: httpx.AsyncClient, sandbox: str, provider: str
+) -> list[dict[str, Any]]:
     """Every file the sandbox holds for `provider`, through the provider's own list API."""
     if provider == "moonshot":
         resp = await http.get(
@@ -397,7 +399,7 @@ async def _provider_listing(http: httpx.AsyncClient, sandbox: str, provider: str
         )
         assert resp.status_code == 200, resp.text
         return list(resp.json()["data"])
-    files: list[dict] = []  # type: ignore[type-arg]
+    files: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 100}
     while True:
         resp = await http.get(
@@ -416,7 +418,7 @@ async def _provider_listing(http: httpx.AsyncClient, sandbox: str, provider: str
 def _registry_problems(
     engine: Engine,
     data_dir: Path,
-    listings: dict[str, list[dict]],  # type: ignore[type-arg]
+    listings: dict[str, list[dict[str, Any]]],
 ) -> list[str]:
     """The registry-soundness check, from the database, the data directory and the providers."""
     problems: list[str] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -20,15 +21,15 @@ from tests.support.servers import serve_in_thread
 MiB = 1024 * 1024
 
 
-def assert_envelope(resp: httpx.Response, status: int, code: str | None = None) -> dict:  # type: ignore[type-arg]
+def assert_envelope(resp: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith("application/json")
     assert resp.headers.get("x-request-id")
-    error = resp.json()["error"]
+    error: dict[str, Any] = resp.json()["error"]
     assert set(error) == {"message", "type", "code", "param"}
     if code is not None:
         assert error["code"] == code, error
-    return error  # type: ignore[no-any-return]
+    return error
 
 
 class CountingBody:
@@ -167,8 +168,8 @@ async def test_control_characters_in_paths_are_refused(gateway: Gateway, value: 
             ("PUT", "/admin/tenants/acme{}/quota"),
         ]:
             url = path.format(quote(value, safe=""))
-            kwargs = {"json": {"max_bytes": 1}} if method == "PUT" else {}
-            resp = await ops.request(method, url, **kwargs)  # type: ignore[arg-type]
+            kwargs: dict[str, Any] = {"json": {"max_bytes": 1}} if method == "PUT" else {}
+            resp = await ops.request(method, url, **kwargs)
             assert_envelope(resp, 400, "invalid_request")
 
 
@@ -198,7 +199,7 @@ async def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(
 
 def _raw_http(port: int, requests: list[bytes]) -> list[bytes]:
     """Send requests one after another on one connection; each answer read by Content-Length."""
-    answers = []
+    answers: list[bytes] = []
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         reader = sock.makefile("rb")
         for request in requests:

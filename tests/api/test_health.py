@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 from pydantic import SecretStr
 
+from app.core.config import Settings
 from tests.api.test_files import upload
 from tests.conftest import REDIS_URL, Gateway
 
@@ -91,7 +92,7 @@ async def test_unknown_route_uses_error_shape(gateway: Gateway) -> None:
     assert set(resp.json()["error"]) == {"message", "type", "code", "param"}
 
 
-async def test_metrics_token_and_docs_switch(settings) -> None:  # type: ignore[no-untyped-def]
+async def test_metrics_token_and_docs_switch(settings: Settings) -> None:
     from app.main import create_app
 
     settings.metrics_token = SecretStr("metrics-secret-token")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import func, select
+from starlette.types import Message, Scope
 
 from app.models import AuditEvent, Blob, File, ProviderCopy
 from tests.api.test_files import upload
@@ -50,7 +52,7 @@ async def assert_nothing_left(gateway: Gateway) -> None:
         assert stats["calls"]["upload"] == 0, provider
 
 
-def assert_error(resp: httpx.Response, status: int, param: str | None = None) -> dict:  # type: ignore[type-arg]
+def assert_error(resp: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     body = resp.json()
     assert set(body) == {"error"}
@@ -58,7 +60,8 @@ def assert_error(resp: httpx.Response, status: int, param: str | None = None) ->
     assert body["error"]["message"]
     if param is not None:
         assert body["error"]["param"] == param
-    return body["error"]  # type: ignore[no-any-return]
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 @pytest.mark.parametrize(
@@ -233,7 +236,7 @@ async def test_provider_limit_checked_before_provider_call(
     ],
 )
 async def test_list_parameters_out_of_range(
-    client: httpx.AsyncClient, params: dict[str, object], param: str
+    client: httpx.AsyncClient, params: dict[str, str | int], param: str
 ) -> None:
     assert_error(await client.get("/v1/files", params=params), 400, param)
 
@@ -268,20 +271,20 @@ async def test_client_disconnect_mid_upload_leaves_nothing(
         f"file-extract\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; "
         f'name="file"; filename="cut.txt"\r\n\r\n'
     ).encode() + b"x" * (3 * 1024 * 1024)
-    messages = [
+    messages: list[Message] = [
         {"type": "http.request", "body": head, "more_body": True},
         {"type": "http.disconnect"},
     ]
-    sent: list[dict] = []  # type: ignore[type-arg]
+    sent: list[Message] = []
 
-    async def receive() -> dict:  # type: ignore[type-arg]
+    async def receive() -> Message:
         return messages.pop(0)
 
-    async def send(message: dict) -> None:  # type: ignore[type-arg]
+    async def send(message: Message) -> None:
         sent.append(message)
 
     token = client.headers["authorization"]
-    scope = {
+    scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -298,7 +301,7 @@ async def test_client_disconnect_mid_upload_leaves_nothing(
         "client": ("127.0.0.1", 5000),
         "server": ("gateway", 80),
     }
-    await gateway.app(scope, receive, send)  # type: ignore[operator]
+    await gateway.app(scope, receive, send)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
     await assert_nothing_left(gateway)
 

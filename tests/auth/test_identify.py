@@ -31,7 +31,8 @@ def token(**overrides: Any) -> str:
     }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
+    encoded: str = jwt.encode(claims, SECRET, algorithm="HS256")
+    return encoded
 
 
 @pytest.fixture

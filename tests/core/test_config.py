@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app.core.config import ConfigError, load_settings
@@ -9,7 +11,7 @@ from app.providers.hub import provider_configs
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
     for name in list(os.environ):
@@ -88,8 +90,8 @@ def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_sandbox_url_is_read_from_dotenv_and_unset_by_default(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     assert load_settings().sandbox_url is None
     (tmp_path / ".env").write_text("FILEGATE_SANDBOX_URL=http://127.0.0.1:9000/sandbox/\n")
     settings = load_settings()

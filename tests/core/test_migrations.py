@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
@@ -37,7 +39,7 @@ async def test_schema_matches_models_and_audit_is_append_only(database_url: str)
         await engine.dispose()
 
 
-def test_sqlite_migrations_are_reversible(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_migrations_are_reversible(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
     upgrade(url)
     downgrade(url)

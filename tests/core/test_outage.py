@@ -56,7 +56,7 @@ async def test_requests_answer_503_while_the_database_is_cut_and_recover(
         database_url=pg_proxy.url(pg_url),
         database_retry_after_seconds=7,
         redis_url=REDIS_URL,
-        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        secret_key=TEST_SECRET,
         sandbox=True,
         sandbox_url=f"{sandbox_reset}/sandbox",
         workers_in_process=0,

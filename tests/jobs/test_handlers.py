@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import make_url
 
 from app.core.config import Settings
@@ -178,7 +178,7 @@ async def test_reconciliation_adopts_upload_whose_commit_was_lost(
         from app.jobs import queue
         from app.jobs.queue import JobKind
 
-        await session.execute(Job.__table__.delete())
+        await session.execute(delete(Job))
         await queue.enqueue(
             session=session, kind=JobKind.RECONCILE, payload={"provider": "moonshot"}
         )
@@ -327,7 +327,6 @@ async def test_delete_during_placement_leaves_no_copy_behind(
     assert resp.status_code == 404
     await clear_faults(gateway)
     assert (await gateway.sandbox_stats("moonshot"))["files"] == 0
-    events = []
     async with gateway.runtime.sessionmaker() as session:
         from app.models import LifecycleEvent
 
@@ -379,7 +378,7 @@ async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
         from app.jobs import queue
         from app.jobs.queue import JobKind
 
-        await session.execute(Job.__table__.delete())
+        await session.execute(delete(Job))
         await queue.enqueue(
             session=session, kind=JobKind.RECONCILE, payload={"provider": "moonshot"}
         )
@@ -431,6 +430,7 @@ def sample(gateway: Gateway, name: str, provider: str) -> float:
 async def test_deployment_tag_survives_restarts_and_differs_between_registries(
     settings: Settings, peer_database_url: str
 ) -> None:
+    assert settings.database_url is not None
     tags = []
     for url in (settings.database_url, settings.database_url, peer_database_url):
         async with deployment(settings, url, "d") as gw:
@@ -663,7 +663,7 @@ async def test_placement_cut_off_from_the_database_is_finished_later(
         data_dir=tmp_path / "data",
         database_url=proxy.url(pg_url),
         redis_url=REDIS_URL,
-        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        secret_key=TEST_SECRET,
         sandbox=True,
         sandbox_url=f"{sandbox_reset}/sandbox",
         workers_in_process=0,

@@ -166,7 +166,9 @@ async def test_provider_faults_open_it_and_then_it_fails_fast(
 
     snap = await adapter.breaker_snapshot()
     assert snap.state == "open" and snap.failures == 3
-    assert snap.opened_at is not None and snap.retry_after > 28
+    assert snap.opened_at is not None
+    assert snap.retry_after is not None and snap.retry_after > 28
+    assert snap.last_error is not None
     assert snap.last_error.startswith("provider_unavailable: moonshot is unavailable")
     assert snap.storage == ("redis" if storage_url else "memory")
     assert snap.degraded is False
@@ -364,7 +366,8 @@ async def test_failed_probe_opens_it_again(
     await wait_until(board[PROVIDER].available)
     await fails(adapter, "provider_unavailable")  # the probe
     snap = await board[PROVIDER].snapshot()
-    assert snap.state == "open" and snap.retry_after > 0
+    assert snap.state == "open"
+    assert snap.retry_after is not None and snap.retry_after > 0
     await fails(adapter, "provider_circuit_open")
     assert calls(sandbox, "list") == 2
 

@@ -86,7 +86,7 @@ async def started(settings: Settings, sandbox_url: str) -> AsyncIterator[Gateway
 
 def anonymous(gateway: Gateway, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=gateway.app),  # type: ignore[arg-type]
+        transport=httpx.ASGITransport(app=gateway.app),
         base_url="http://gateway",
         headers=headers or {},
         timeout=60,
@@ -354,13 +354,13 @@ def assert_error(
     assert resp.headers["content-type"].startswith("application/json"), resp.headers
     body = resp.json()
     assert list(body) == ["error"], body
-    err = body["error"]
+    err: dict[str, Any] = body["error"]
     assert set(err) == {"message", "type", "code", "param"}, err
     assert isinstance(err["message"], str) and err["message"], err
     assert err["type"] == type_, err
     if code is not None:
         assert err["code"] == code, err
-    return err  # type: ignore[no-any-return]
+    return err
 
 
 def secret_parts(token: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -84,7 +85,7 @@ async def test_rotating_an_expired_key_is_refused(gateway: Gateway) -> None:
     assert rotated.status_code == 404, rotated.text
 
 
-def test_cli_refuses_look_alike_tenant(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_refuses_look_alike_tenant(tmp_path: Path) -> None:
     env = gateway_env(
         database_url=f"sqlite:///{tmp_path / 'cli.db'}",
         data_dir=tmp_path / "data",

@@ -54,7 +54,7 @@ def _string_fields(body: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def _with(body: dict[str, Any], where: tuple[str, ...], value: str) -> dict[str, Any]:
-    changed = json.loads(json.dumps(body))
+    changed: dict[str, Any] = json.loads(json.dumps(body))
     if len(where) == 1:
         changed[where[0]] = value
     else:
@@ -90,7 +90,7 @@ async def test_every_string_input_refuses_every_hostile_class(gateway: Gateway) 
     world = await seed(gateway)
     gateway.runtime.settings.default_rate_limit_per_minute = 0
     admin = await gateway.key("root", ("admin", "files:read", "files:write"))
-    document = gateway.app.openapi()  # type: ignore[attr-defined]
+    document = gateway.app.openapi()
     real = {
         "file_id": world.file_id,
         "key_id": world.user_key_id,

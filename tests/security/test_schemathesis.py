@@ -460,7 +460,7 @@ def test_upload_keeps_an_accented_filename(api: Api, closed_circuits: None) -> N
 
 async def test_out_of_range_integers_are_not_server_errors(gateway: Gateway) -> None:
     token = await gateway.key("ops", ("admin",))
-    transport = httpx.ASGITransport(app=gateway.app, raise_app_exceptions=False)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=gateway.app, raise_app_exceptions=False)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://gateway", headers={"Authorization": f"Bearer {token}"}
     ) as c:

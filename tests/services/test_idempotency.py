@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from tests.conftest import TEST_SECRET, Gateway
 from tests.support.processes import create_key, gateway_env, start_gateway, start_sandbox
 
 
-def _upload(client: httpx.AsyncClient, key: str) -> object:
-    return client.post(
+async def _upload(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    return await client.post(
         "/v1/files",
         data={"purpose": "file-extract"},
         files={"file": ("a.txt", b"leased bytes\n", "text/plain")},
@@ -34,15 +35,15 @@ async def test_a_running_claim_is_renewed_while_its_request_runs(
     await gateway.sandbox_fault(
         "moonshot", status=None, latency_ms=2500, rate=1.0, operations=["upload"]
     )
-    first = asyncio.ensure_future(_upload(client, "slow-1"))  # type: ignore[arg-type]
+    first = asyncio.ensure_future(_upload(client, "slow-1"))
     await asyncio.sleep(1.6)  # past the first lease: only renewal keeps the claim
-    retry = await _upload(client, "slow-1")  # type: ignore[misc]
+    retry = await _upload(client, "slow-1")
     assert retry.status_code == 409, retry.text
     assert retry.json()["error"]["code"] == "idempotency_key_in_use"
     assert 1 <= int(retry.headers["retry-after"]) <= 2
     done = await first
     assert done.status_code == 200, done.text
-    replay = await _upload(client, "slow-1")  # type: ignore[misc]
+    replay = await _upload(client, "slow-1")
     assert replay.headers["idempotent-replayed"] == "true"
     assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
 
@@ -50,7 +51,7 @@ async def test_a_running_claim_is_renewed_while_its_request_runs(
 async def test_a_lapsed_claim_is_taken_over_by_the_retry(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
-    resp = await _upload(client, "orphaned")  # type: ignore[misc]
+    resp = await _upload(client, "orphaned")
     assert resp.status_code == 200
     async with gateway.runtime.sessionmaker() as session:
         row = (await session.execute(select(IdempotencyKey))).scalar_one()
@@ -58,11 +59,11 @@ async def test_a_lapsed_claim_is_taken_over_by_the_retry(
         row.state, row.status_code, row.response_body = "running", None, None
         row.lease_until = utcnow() - timedelta(seconds=1)
         await session.commit()
-    retry = await _upload(client, "orphaned")  # type: ignore[misc]
+    retry = await _upload(client, "orphaned")
     assert retry.status_code == 200, retry.text
     assert "idempotent-replayed" not in retry.headers
     assert retry.json()["id"] == resp.json()["id"]  # the bytes deduplicate to the same file
-    again = await _upload(client, "orphaned")  # type: ignore[misc]
+    again = await _upload(client, "orphaned")
     assert again.headers["idempotent-replayed"] == "true"
 
 
@@ -121,8 +122,8 @@ def test_a_key_held_by_a_killed_gateway_is_free_once_its_lease_lapses(tmp_path: 
             assert "idempotent-replayed" not in resp.headers
 
 
-def _swallow(post: object, base: str) -> None:
+def _swallow(post: Callable[[str], httpx.Response], base: str) -> None:
     try:
-        post(base)  # type: ignore[operator]
+        post(base)
     except httpx.HTTPError:
         pass  # the gateway is killed under it

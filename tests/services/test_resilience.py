@@ -174,6 +174,11 @@ async def _pending_uploads(gateway: Gateway, client: httpx.AsyncClient, count: i
     return ids
 
 
+def _sandbox_base(settings: Settings) -> str:
+    assert settings.sandbox_url is not None
+    return settings.sandbox_url.removesuffix("/sandbox")
+
+
 @pytest.fixture
 def one_provider(settings: Settings) -> Settings:
     """Only moonshot takes files, so pending placements wait for its circuit alone."""
@@ -189,7 +194,7 @@ async def test_pending_files_are_all_placed_promptly_after_the_provider_recovers
     one_provider.breaker_reset_seconds = 1.0
     app = create_app(one_provider)
     async with app.router.lifespan_context(app):
-        gateway = Gateway(app=app, sandbox_url=one_provider.sandbox_url.removesuffix("/sandbox"))
+        gateway = Gateway(app=app, sandbox_url=_sandbox_base(one_provider))
         await gateway.sandbox_fault("moonshot", status=503, rate=1.0, operations=["upload"])
         async with gateway.client(await gateway.key()) as client:
             ids = await _pending_uploads(gateway, client, 6)
@@ -216,7 +221,7 @@ async def test_closing_the_circuit_makes_pending_placements_due_at_once(
     one_provider.breaker_reset_seconds = 600.0  # left alone, the jobs would wait ten minutes
     app = create_app(one_provider)
     async with app.router.lifespan_context(app):
-        gateway = Gateway(app=app, sandbox_url=one_provider.sandbox_url.removesuffix("/sandbox"))
+        gateway = Gateway(app=app, sandbox_url=_sandbox_base(one_provider))
         admin = await gateway.key("ops", ("admin",))
         async with gateway.client(admin) as ops:
             await ops.post("/admin/providers/moonshot/breaker", json={"action": "open"})
@@ -247,7 +252,7 @@ async def test_start_up_and_requests_on_a_stalled_redis_do_not_block(settings: S
     app = create_app(settings)
     try:
         async with Heartbeat() as heart, app.router.lifespan_context(app):
-            gateway = Gateway(app=app, sandbox_url=settings.sandbox_url.removesuffix("/sandbox"))
+            gateway = Gateway(app=app, sandbox_url=_sandbox_base(settings))
             async with gateway.client(await gateway.key()) as c:
                 resp = await upload(c, b"while redis hangs\n")
                 assert resp.status_code == 200, resp.text
@@ -294,7 +299,7 @@ def hang_settings(settings: Settings) -> Settings:
 async def _hung_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        gateway = Gateway(app=app, sandbox_url=settings.sandbox_url.removesuffix("/sandbox"))
+        gateway = Gateway(app=app, sandbox_url=_sandbox_base(settings))
         await gateway.sandbox_fault("moonshot", hang=True, operations=["upload", "list"])
         try:
             yield gateway

@@ -32,7 +32,8 @@ async def test_a_restart_with_a_new_sandbox_replaces_every_copy(settings: Settin
     async with app.router.lifespan_context(app):
         first = Gateway(app=app, sandbox_url="")
         assert first.runtime.sandbox_in_process
-        assert first.runtime.sandbox_url.startswith("http://127.0.0.1:")
+        url = first.runtime.sandbox_url
+        assert url is not None and url.startswith("http://127.0.0.1:")
         token = await first.key()
         async with first.client(token) as client:
             created = await upload(client, TEXT, filename="q.txt")

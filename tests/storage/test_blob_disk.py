@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,12 @@ from app.storage.blobs import LocalBlobStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> LocalBlobStore:
+def store(tmp_path: Path) -> Iterator[LocalBlobStore]:
     old = os.umask(0o022)
     try:
         s = LocalBlobStore(tmp_path / "data")
         s.prepare()
-        yield s  # type: ignore[misc]
+        yield s
     finally:
         os.umask(old)
 
@@ -59,7 +60,12 @@ async def test_spool_is_fsynced_before_the_dedup_decision(
 ) -> None:
     synced: list[int] = []
     real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     spool = store.new_spool()
     spool.write(b"same bytes")
     spool.finish()
