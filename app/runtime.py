@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,11 +22,14 @@ from app.core.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limite
 from app.jobs import queue
 from app.providers.breaker_board import BreakerBoard
 from app.providers.hub import ProviderHub, no_sandbox_message, provider_configs
+from app.providers.pipeline import ProviderConfig
 from app.providers.retry import RetryPolicy
 from app.services import audit
 from app.services.audit import RefusalThrottle
 from app.services.deployment import DeploymentIdentity, DeploymentTagInvalid
+from app.services.files.settle import Placer
 from app.storage.blobs import BlobStore, LocalBlobStore
+from app.storage.s3 import S3BlobStore, S3Location
 
 log = logging.getLogger("filegate")
 
@@ -51,6 +55,18 @@ class Runtime:
     refusals: RefusalThrottle = field(default_factory=lambda: RefusalThrottle(20))
     sandbox_url: str | None = None
     sandbox_in_process: bool = False
+
+    @cached_property
+    def placer(self) -> Placer:
+        """Placement's collaborators, taken from this runtime's long-lived parts."""
+        return Placer(
+            sessionmaker=self.sessionmaker,
+            blob_store=self.blob_store,
+            providers=self.providers,
+            deployment=self.deployment,
+            metrics=self.metrics,
+            settings=self.settings,
+        )
 
     @property
     def sandbox_name(self) -> str | None:
@@ -124,8 +140,54 @@ async def _build_runtime(
     engine = create_engine(
         settings.resolved_database_url, connect_timeout=settings.database_connect_timeout
     )
-    blob_store = LocalBlobStore(settings.data_dir)
-    blob_store.prepare()
+    async with (
+        open_blob_store(settings) as blob_store,
+        _assemble(
+            settings,
+            metrics=metrics,
+            sandbox_url=sandbox_url,
+            in_process=in_process,
+            configs=configs,
+            engine=engine,
+            blob_store=blob_store,
+        ) as runtime,
+    ):
+        yield runtime
+
+
+@asynccontextmanager
+async def open_blob_store(settings: Settings) -> AsyncIterator[BlobStore]:
+    """The blob store the settings name: local disk under data_dir, or an S3 bucket."""
+    if settings.blob_store == "s3":
+        assert settings.s3_bucket is not None  # the settings refuse s3 without a bucket
+        secret = settings.s3_secret_access_key
+        location = S3Location(
+            endpoint_url=settings.s3_endpoint_url,
+            bucket=settings.s3_bucket,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret is not None else None,
+            prefix=settings.s3_prefix,
+        )
+        async with S3BlobStore.connect(location) as s3:
+            yield s3
+        return
+    local = LocalBlobStore(settings.data_dir)
+    local.prepare()
+    yield local
+
+
+@asynccontextmanager
+async def _assemble(
+    settings: Settings,
+    *,
+    metrics: GatewayMetrics,
+    sandbox_url: str | None,
+    in_process: bool,
+    configs: list[ProviderConfig],
+    engine: AsyncEngine,
+    blob_store: BlobStore,
+) -> AsyncIterator[Runtime]:
     sessionmaker = create_sessionmaker(engine)
 
     async def placements_due(provider: str) -> None:

@@ -22,8 +22,10 @@ from app.core.logging import APP_LOGGER, UVICORN_LOGGERS, GatewayHandler
 from app.core.migrations import downgrade, sync_url, upgrade
 from app.main import create_app
 from app.runtime import Runtime
+from tests.support.seaweed import ObjectStore, seaweedfs
 from tests.support.servers import serve_in_thread
 
+S3_BUCKET = "filegate-test"
 PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("FILEGATE_TEST_REDIS_URL")
 TEST_SECRET = "test-secret-key-for-hmac-0123456789"
@@ -72,6 +74,13 @@ def sandbox_server() -> Iterator[str]:
 
     with serve_in_thread(create_standalone_app()) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def object_store() -> Iterator[ObjectStore]:
+    """A real S3-compatible store (SeaweedFS) for the whole session, with the test bucket."""
+    with seaweedfs(buckets=(S3_BUCKET,)) as store:
+        yield store
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from anyio import to_thread
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -253,7 +252,7 @@ class MultipartIntake:
             self.pending.clear()
             self.pending_bytes = 0
             # One write in flight at a time keeps order and bounds memory to two buffers.
-            self.writing = asyncio.ensure_future(to_thread.run_sync(self.spool.write, chunk))
+            self.writing = asyncio.ensure_future(self.spool.write(chunk))
         if wait:
             await self._settle()
 
@@ -280,7 +279,7 @@ class MultipartIntake:
         await self._flush(wait=True)
         if self.file_size == 0:
             raise InvalidRequest("The file is empty.", param="file")
-        sha256 = await to_thread.run_sync(self.spool.finish)
+        sha256 = await self.spool.finish()
         return IncomingUpload(
             spool=self.spool,
             sha256=sha256,
@@ -296,7 +295,7 @@ class MultipartIntake:
                 await asyncio.shield(self.writing)  # let the writer thread finish first
             self.writing = None
         if self.spool is not None:
-            await to_thread.run_sync(self.spool.discard)
+            await self.spool.discard()
 
 
 def multipart_boundary(content_type: str | None) -> bytes:

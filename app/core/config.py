@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     redis_url: str | None = None
 
     secret_key: SecretStr | None = None
+
+    blob_store: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = Field(default=None, min_length=3, max_length=63)
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = Field(default="", max_length=256)
+
     max_upload_bytes: int = Field(default=100 * MiB, gt=0)
     max_multipart_parts: int = Field(default=8, ge=2, le=64)
     json_body_limit: int = Field(default=64 * 1024, ge=1024, le=16 * MiB)
@@ -184,6 +193,36 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _s3_prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        return f"{value}/" if value else ""
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> Settings:
+        if self.blob_store != "s3":
+            return self
+        if not self.s3_bucket:
+            raise ValueError("FILEGATE_S3_BUCKET must be set when FILEGATE_BLOB_STORE=s3")
+        if self.secret_key is None:
+            raise ValueError(
+                "FILEGATE_SECRET_KEY must be set when FILEGATE_BLOB_STORE=s3: replicas that "
+                "share the object store must key API-key HMACs alike"
+            )
+        if self.max_upload_bytes > 5 * 1024 * MiB:
+            raise ValueError("FILEGATE_MAX_UPLOAD_BYTES is at most 5 GiB on the S3 blob store")
+        return self
 
     @model_validator(mode="after")
     def _jwt_complete(self) -> Settings:

@@ -200,6 +200,18 @@ class InsufficientStorage(GatewayError):
     code = "insufficient_storage"
 
 
+class StorageUnavailable(GatewayError):
+    """The object store holding the blobs cannot be reached or refused; retry later."""
+
+    status_code = 503
+    type = "server_error"
+    code = "storage_unavailable"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        kw.setdefault("headers", {"Retry-After": "5"})
+        super().__init__(message, **kw)
+
+
 class BlobCorrupt(GatewayError):
     """The canonical copy failed its integrity check; it is withheld until repaired."""
 

@@ -18,8 +18,12 @@ from app.repositories.jobs import JobRepository
 from app.services import audit, health
 
 if TYPE_CHECKING:
+    from app.core.config import Settings
+    from app.core.metrics import GatewayMetrics
+    from app.providers.breaker_board import BreakerBoard
     from app.providers.breakers import BreakerSnapshot
-    from app.runtime import Runtime
+    from app.providers.hub import ProviderHub
+    from app.storage.blobs import BlobStore
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,14 @@ async def retry_job(*, session: AsyncSession, ctx: CallContext, job_id: int) -> 
 
 
 async def check_file(
-    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str
+    *,
+    session: AsyncSession,
+    blob_store: BlobStore,
+    providers: ProviderHub,
+    metrics: GatewayMetrics,
+    settings: Settings,
+    ctx: CallContext,
+    file_id: str,
 ) -> dict[str, Any]:
     """Run a file's health check now, for any tenant's file (operators only)."""
     file = await FileRepository(session).refresh(file_id)
@@ -77,10 +88,10 @@ async def check_file(
         raise NotFound(f"No such File object: {file_id}", param="id")
     report = await health.check_file(
         session=session,
-        blob_store=rt.blob_store,
-        providers=rt.providers,
-        metrics=rt.metrics,
-        max_attempts=rt.settings.job_max_attempts,
+        blob_store=blob_store,
+        providers=providers,
+        metrics=metrics,
+        max_attempts=settings.job_max_attempts,
         ctx=system_context(tenant_id=file.tenant_id, task=ctx.request_id or "admin-check"),
         file=file,
     )
@@ -88,12 +99,14 @@ async def check_file(
     return report
 
 
-async def provider_overview(*, session: AsyncSession, rt: Runtime) -> list[dict[str, Any]]:
+async def provider_overview(
+    *, session: AsyncSession, providers: ProviderHub
+) -> list[dict[str, Any]]:
     """Each provider's mode, breaker and what the gateway has placed there against its quota."""
     repo = FileRepository(session)
     out = []
-    for name in rt.providers.order:
-        adapter = rt.providers.adapter(name)
+    for name in providers.order:
+        adapter = providers.adapter(name)
         files, used = await repo.placed_on(name)
         out.append(
             {
@@ -110,13 +123,19 @@ async def provider_overview(*, session: AsyncSession, rt: Runtime) -> list[dict[
 
 
 async def force_breaker(
-    *, session: AsyncSession, rt: Runtime, ctx: CallContext, provider: str, action: str
+    *,
+    session: AsyncSession,
+    providers: ProviderHub,
+    breakers: BreakerBoard | None,
+    ctx: CallContext,
+    provider: str,
+    action: str,
 ) -> BreakerSnapshot:
     """Open, close or reset a provider's circuit by hand (every process sees it via Redis)."""
-    rt.providers.adapter(provider)  # 400 for an unknown provider
-    if rt.breakers is None or rt.breakers.get(provider) is None:
+    providers.adapter(provider)  # 400 for an unknown provider
+    if breakers is None or breakers.get(provider) is None:
         raise InvalidRequest(f"{provider} has no circuit breaker.", param="provider")
-    snapshot = await rt.breakers.force(provider, action)  # type: ignore[arg-type]
+    snapshot = await breakers.force(provider, action)  # type: ignore[arg-type]
     audit.record(
         session=session, ctx=ctx, action=f"breaker.{action}", resource=f"provider:{provider}"
     )

@@ -17,7 +17,7 @@ from app.models import File, ProviderCopy, ProviderCopyStatus
 from app.providers.hub import ProviderHub
 from app.repositories.files import FileRepository
 from app.services import audit, lifecycle
-from app.storage.blobs import BlobStore
+from app.storage.blobs import BlobMissing, BlobStore
 
 
 async def check_file(
@@ -34,10 +34,13 @@ async def check_file(
     repo = FileRepository(session)
     report: dict[str, Any] = {"file_id": file.id, "blob": "ok", "copies": {}}
     blob = await repo.blob(file.sha256)
-    if blob is None or not await blob_store.exists(blob.storage_key):
+    try:
+        digest = None if blob is None else await blob_store.rehash(blob.storage_key)
+    except BlobMissing:
+        digest = None
+    if blob is None or digest is None:
         report["blob"] = "missing"
     else:
-        digest = await blob_store.rehash(blob.storage_key)
         if digest != file.sha256:
             report["blob"] = "corrupt"
             if blob.corrupt_at is None:

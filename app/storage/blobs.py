@@ -84,21 +84,21 @@ class BlobReader(ABC):
 
 
 class Spool(ABC):
-    """An upload being written: hashed and sized as chunks arrive, removed unless committed."""
+    """An upload being written: hashed and sized as chunks arrive, removed unless committed.
+    One call at a time: each write is awaited before the next."""
 
     size: int
 
     @abstractmethod
-    def write(self, chunk: bytes) -> None:
-        """Blocking: call through a worker thread for large chunks."""
+    async def write(self, chunk: bytes) -> None: ...
 
     @abstractmethod
-    def finish(self) -> str:
-        """Make the written bytes durable and return their hex sha256 (blocking)."""
+    async def finish(self) -> str:
+        """Make the written bytes durable and return their hex sha256."""
 
     @abstractmethod
-    def discard(self) -> None:
-        """Remove what was written, unless a commit has taken it (blocking)."""
+    async def discard(self) -> None:
+        """Remove what was written, unless a commit has taken it; safe to call twice."""
 
     @abstractmethod
     def holds_bytes(self) -> bool:
@@ -144,7 +144,7 @@ class BlobStore(ABC):
 
     @abstractmethod
     async def rehash(self, storage_key: str) -> str:
-        """Re-read the blob and return its sha256 (integrity checks)."""
+        """Re-read the blob and return its sha256 (integrity checks); BlobMissing if absent."""
 
     @abstractmethod
     async def check_writable(self) -> None:
@@ -172,13 +172,19 @@ class SpoolFile(Spool):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         self._fh: BinaryIO = os.fdopen(fd, "wb")
 
-    def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes) -> None:
+        await to_thread.run_sync(self._write, chunk)
+
+    def _write(self, chunk: bytes) -> None:
         self._hash.update(chunk)
         with disk_errors():
             self._fh.write(chunk)
         self.size += len(chunk)
 
-    def finish(self) -> str:
+    async def finish(self) -> str:
+        return await to_thread.run_sync(self._finish)
+
+    def _finish(self) -> str:
         """Flush, fsync and close the spool; return the hex sha256.
 
         The fsync happens here, before anyone knows whether the bytes are already stored,
@@ -190,7 +196,10 @@ class SpoolFile(Spool):
             self._fh.close()
         return self._hash.hexdigest()
 
-    def discard(self) -> None:
+    async def discard(self) -> None:
+        await to_thread.run_sync(self._discard)
+
+    def _discard(self) -> None:
         if not self._fh.closed:
             # Closing flushes what is buffered; on a full disk that fails again, and the
             # bytes are being thrown away anyway.
@@ -231,8 +240,9 @@ class _LocalReader(BlobReader):
 class LocalBlobStore(BlobStore):
     """Blobs under `root/blobs/ab/cd/<sha256>`, written via temp file, fsync and atomic rename."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.root = root
+        self._clock = clock
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
 
@@ -327,7 +337,10 @@ class LocalBlobStore(BlobStore):
         await to_thread.run_sync(lambda: (self.tmp_dir / token).unlink(missing_ok=True))
 
     async def rehash(self, storage_key: str) -> str:
-        return await to_thread.run_sync(_file_sha256, self.local_path(storage_key))
+        try:
+            return await to_thread.run_sync(_file_sha256, self.local_path(storage_key))
+        except FileNotFoundError:
+            raise BlobMissing(storage_key) from None
 
     async def check_writable(self) -> None:
         def _probe() -> None:
@@ -345,7 +358,7 @@ class LocalBlobStore(BlobStore):
     async def sweep(self, *, max_age_seconds: float, referenced: Referenced) -> list[str]:
         # By age only: another process sharing the directory may be writing or committing
         # (a commit that reuses a stored blob refreshes its mtime first).
-        cutoff = time.time() - max_age_seconds
+        cutoff = self._clock() - max_age_seconds
 
         def _stale() -> tuple[list[Path], list[Path]]:
             spools = [p for p in self.tmp_dir.glob("*.part") if _older(p, cutoff)]

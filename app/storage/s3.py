@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -202,14 +202,19 @@ class _S3Reader(BlobReader):
 class S3BlobStore(BlobStore):
     """Content-addressed blobs as objects in one bucket, under a prefix."""
 
-    def __init__(self, client: Any, location: S3Location) -> None:
+    def __init__(
+        self, client: Any, location: S3Location, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.client = client
         self.bucket = location.bucket
         self.prefix = location.prefix
+        self._clock = clock
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, location: S3Location) -> AsyncIterator[S3BlobStore]:
+    async def connect(
+        cls, location: S3Location, *, clock: Callable[[], float] = time.time
+    ) -> AsyncIterator[S3BlobStore]:
         """A store with its own client, closed on exit."""
         config = AioConfig(
             connect_timeout=5,
@@ -231,7 +236,7 @@ class S3BlobStore(BlobStore):
             aws_secret_access_key=location.secret_access_key,
             config=config,
         ) as client:
-            yield cls(client, location)
+            yield cls(client, location, clock=clock)
 
     def key_for(self, sha256: str) -> str:
         return f"{self.prefix}blobs/{sha256[:2]}/{sha256[2:4]}/{sha256}"
@@ -349,7 +354,7 @@ class S3BlobStore(BlobStore):
 
     async def sweep(self, *, max_age_seconds: float, referenced: Referenced) -> list[str]:
         # By age only: another replica may be writing or committing right now.
-        cutoff = time.time() - max_age_seconds
+        cutoff = self._clock() - max_age_seconds
         spools = [e["Key"] async for e in self._listed(self._tmp("")) if _old(e, cutoff)]
         blobs = [e["Key"] async for e in self._listed(f"{self.prefix}blobs/") if _old(e, cutoff)]
         aside = {

@@ -15,6 +15,7 @@ import pytest
 from app.core.config import Settings
 from app.main import create_app
 from tests.conftest import Gateway
+from tests.support.blobs import overwrite_blob
 
 MiB = 1024 * 1024
 CONTENT = b"the one true content\n" * 50
@@ -39,7 +40,7 @@ async def test_another_tenants_correct_bytes_heal_a_corrupt_shared_blob(gateway:
         assert first.status_code == 200, first.text
         sha = first.json()["sha256"]
         store = gateway.runtime.blob_store
-        store.local_path(store.key_for(sha)).write_bytes(b"bit rot" + CONTENT[7:])
+        await overwrite_blob(store, store.key_for(sha), b"bit rot" + CONTENT[7:])
         check = await ops.post(f"/admin/files/{first.json()['id']}/check")
         assert check.json()["blob"] == "corrupt", check.text
         withheld = await acme.get(f"/v1/files/{first.json()['id']}/content")

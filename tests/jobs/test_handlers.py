@@ -23,6 +23,7 @@ from app.models import File, Job, ProviderCopy
 from app.services.placement import provider_filename
 from tests.api.test_files import upload
 from tests.conftest import Gateway
+from tests.support.blobs import overwrite_blob
 from tests.support.bodies import FileBody
 from tests.support.invariants import assert_registry_sound
 
@@ -111,8 +112,8 @@ async def test_corrupt_blob_is_withheld_and_never_pushed(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
     body = (await upload(client, b"a,b\n", filename="t.csv")).json()
-    path = gateway.runtime.blob_store.local_path(gateway.runtime.blob_store.key_for(body["sha256"]))
-    path.write_bytes(b"bit rot")
+    store = gateway.runtime.blob_store
+    await overwrite_blob(store, store.key_for(body["sha256"]), b"bit rot")
     admin = await gateway.key("ops", ("admin",))
     async with gateway.client(admin) as ops:
         report = (await ops.post(f"/admin/files/{body['id']}/check")).json()
@@ -149,21 +150,23 @@ async def test_reconciliation_adopts_upload_whose_commit_was_lost(
         copy.status = "placing"
         await session.commit()
         assert file is not None
-        placed = await rt.providers.adapter("moonshot").upload(
-            body=FileBody(rt.blob_store.local_path(rt.blob_store.key_for(file.sha256))),
-            filename=provider_filename(file, tag=await rt.deployment.tag()),
-            purpose="file-extract",
-            content_type="text/plain",
-        )
-        blob_path = rt.blob_store.local_path(rt.blob_store.key_for(file.sha256))
-
-        async def put(filename: str) -> str:
+        async with await rt.blob_store.open(rt.blob_store.key_for(file.sha256)) as blob:
             placed = await rt.providers.adapter("moonshot").upload(
-                body=FileBody(blob_path),
-                filename=filename,
+                body=blob,
+                filename=provider_filename(file, tag=await rt.deployment.tag()),
                 purpose="file-extract",
                 content_type="text/plain",
             )
+        blob_key = rt.blob_store.key_for(file.sha256)
+
+        async def put(filename: str) -> str:
+            async with await rt.blob_store.open(blob_key) as blob:
+                placed = await rt.providers.adapter("moonshot").upload(
+                    body=blob,
+                    filename=filename,
+                    purpose="file-extract",
+                    content_type="text/plain",
+                )
             return placed.id
 
         # an orphan of ours (our tag) naming a file the registry never kept
@@ -365,12 +368,13 @@ async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
         ).scalar_one()
         copy.status = "placing"
         await session.commit()
-        placed = await rt.providers.adapter("moonshot").upload(
-            body=FileBody(rt.blob_store.local_path(rt.blob_store.key_for(file.sha256))),
-            filename=provider_filename(file, tag=await rt.deployment.tag()),
-            purpose="file-extract",
-            content_type="text/plain",
-        )
+        async with await rt.blob_store.open(rt.blob_store.key_for(file.sha256)) as blob:
+            placed = await rt.providers.adapter("moonshot").upload(
+                body=blob,
+                filename=provider_filename(file, tag=await rt.deployment.tag()),
+                purpose="file-extract",
+                content_type="text/plain",
+            )
     later = (await upload(client, content=b"later bytes")).json()
     assert later["status"] == "processed"
     rt.settings.orphan_grace_seconds = 0
@@ -472,12 +476,13 @@ async def test_two_deployments_on_one_account_never_delete_each_others_copies(
         await rt.providers.adapter("moonshot").delete(str(copy.provider_file_id))
         copy.status, copy.provider_file_id = "placing", None
         await session.commit()
-        untagged = await rt.providers.adapter("moonshot").upload(
-            body=FileBody(rt.blob_store.local_path(rt.blob_store.key_for(legacy.sha256))),
-            filename=f"{legacy.id}__{legacy.filename}",
-            purpose="file-extract",
-            content_type="text/plain",
-        )
+        async with await rt.blob_store.open(rt.blob_store.key_for(legacy.sha256)) as blob:
+            untagged = await rt.providers.adapter("moonshot").upload(
+                body=blob,
+                filename=f"{legacy.id}__{legacy.filename}",
+                purpose="file-extract",
+                content_type="text/plain",
+            )
     async with deployment(settings, peer_database_url, "peer") as peer:
         peer.runtime.settings.orphan_grace_seconds = 0
         async with peer.client(await peer.key()) as peer_client:

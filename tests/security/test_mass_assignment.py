@@ -16,6 +16,7 @@ from tests.security.conftest import (
     table_rows,
     upload,
 )
+from tests.support.blobs import read_blob
 
 CONTENT = b"the real bytes of the upload\n"
 FORGED_SHA = "0" * 64
@@ -56,7 +57,7 @@ async def assert_stored_honestly(
     assert copies and all(c["provider_file_id"] != "attacker-chosen-id" for c in copies)
     [blob] = [r for r in await table_rows(gateway, "blobs") if r["sha256"] == sha]
     assert blob["size"] == len(content)
-    assert gateway.runtime.blob_store.local_path(blob["storage_key"]).read_bytes() == content
+    assert await read_blob(gateway.runtime.blob_store, blob["storage_key"]) == content
     assert not [r for r in await table_rows(gateway, "blobs") if r["sha256"] == FORGED_SHA]
 
 

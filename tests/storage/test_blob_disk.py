@@ -1,17 +1,16 @@
-"""Blob store durability, healing, permissions and sweeping on a real disk."""
+"""The local blob store on a real disk: layout, durability, healing, permissions, reads."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from app.storage.blobs import LocalBlobStore
+from app.storage.blobs import BlobMissing, LocalBlobStore
 
 
 @pytest.fixture
@@ -27,8 +26,8 @@ def store(tmp_path: Path) -> Iterator[LocalBlobStore]:
 
 async def _commit(store: LocalBlobStore, data: bytes) -> str:
     spool = store.new_spool()
-    spool.write(data)
-    sha = spool.finish()
+    await spool.write(data)
+    sha = await spool.finish()
     await store.commit(spool, sha256=sha)
     return sha
 
@@ -47,7 +46,7 @@ async def test_every_file_and_directory_is_private_under_umask_022(store: LocalB
     sha = await _commit(store, b"private")
     spool = store.new_spool()
     assert stat.S_IMODE(spool.path.stat().st_mode) == 0o600
-    spool.discard()
+    await spool.discard()
     assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
     blob = store.local_path(store.key_for(sha))
     assert stat.S_IMODE(blob.stat().st_mode) == 0o600
@@ -67,76 +66,41 @@ async def test_spool_is_fsynced_before_the_dedup_decision(
 
     monkeypatch.setattr(os, "fsync", fsync)
     spool = store.new_spool()
-    spool.write(b"same bytes")
-    spool.finish()
+    await spool.write(b"same bytes")
+    await spool.finish()
     first = len(synced)
     await store.commit(spool, sha256=hashlib.sha256(b"same bytes").hexdigest())
     spool2 = store.new_spool()
-    spool2.write(b"same bytes")
-    spool2.finish()
+    await spool2.write(b"same bytes")
+    await spool2.finish()
     # Both the new and the already-stored upload pay the spool fsync in finish().
     assert first == 1
     assert len(synced) >= first + 1
 
 
-async def test_sweep_removes_old_spools_and_unreferenced_blobs_only(
-    store: LocalBlobStore,
-) -> None:
-    kept = await _commit(store, b"referenced")
-    orphan = await _commit(store, b"orphan")
-    young = await _commit(store, b"young orphan")
-    left = store.new_spool()
-    left.write(b"half")
-    left.finish()  # a spool its crashed writer never committed
-    past = time.time() - 7200
-    for path in (
-        left.path,
-        store.local_path(store.key_for(kept)),
-        store.local_path(store.key_for(orphan)),
-    ):
-        os.utime(path, (past, past))
-    asked: list[list[str]] = []
-
-    async def referenced(batch: list[str]) -> set[str]:
-        asked.append(batch)
-        return {kept} & set(batch)
-
-    removed = await store.sweep(max_age_seconds=3600, referenced=referenced)
-    assert sorted(removed) == sorted([str(left.path), str(store.local_path(store.key_for(orphan)))])
-    assert store.local_path(store.key_for(kept)).exists()
-    assert store.local_path(store.key_for(young)).exists()
-    assert sorted(asked[0]) == sorted([kept, orphan])  # only stale blobs are looked up
+async def test_blobs_are_sharded_by_hash_under_the_blob_dir(store: LocalBlobStore) -> None:
+    sha = await _commit(store, b"canonical bytes " * 500)
+    assert store.key_for(sha) == f"{sha[:2]}/{sha[2:4]}/{sha}"
+    assert [p for p in store.blob_dir.rglob("*") if p.is_file()] == [
+        store.local_path(store.key_for(sha))
+    ]
 
 
-async def test_sweep_restores_a_blob_set_aside_whose_deletion_never_committed(
-    store: LocalBlobStore,
-) -> None:
-    live = await _commit(store, b"row still there")
-    gone = await _commit(store, b"row deleted")
-    aside = [await store.set_aside(store.key_for(sha)) for sha in (live, gone)]
-    past = time.time() - 7200
-    for token in aside:
-        assert token is not None
-        os.utime(store.tmp_dir / token, (past, past))
-
-    async def referenced(batch: list[str]) -> set[str]:
-        return {live} & set(batch)
-
-    removed = await store.sweep(max_age_seconds=3600, referenced=referenced)
-    assert removed == [str(store.tmp_dir / str(aside[1]))]
-    assert await store.rehash(store.key_for(live)) == live
-    assert not store.local_path(store.key_for(gone)).exists()
-    assert list(store.tmp_dir.iterdir()) == []
+async def test_a_blob_deleted_while_open_is_still_read_whole(store: LocalBlobStore) -> None:
+    data = b"still here " * 1000
+    sha = await _commit(store, data)
+    async with await store.open(store.key_for(sha)) as reader:
+        await store.delete(store.key_for(sha))
+        assert b"".join([c async for c in reader.chunks()]) == data
+    with pytest.raises(ValueError):
+        [c async for c in reader.chunks()]  # closed on leaving the block
+    with pytest.raises(BlobMissing):
+        await store.open(store.key_for(sha))
 
 
-async def test_set_aside_then_put_back_restores_the_blob(store: LocalBlobStore) -> None:
-    sha = await _commit(store, b"collect me")
-    key = store.key_for(sha)
-    token = await store.set_aside(key)
-    assert token is not None and not await store.exists(key)
-    await store.put_back(key, token)
-    assert await store.exists(key)
-    token = await store.set_aside(key)
-    assert token is not None
-    await store.purge(token)
-    assert not await store.exists(key) and list(store.tmp_dir.iterdir()) == []
+async def test_a_blob_cut_short_on_disk_fails_its_read(store: LocalBlobStore) -> None:
+    sha = await _commit(store, b"0123456789" * 100)
+    async with await store.open(store.key_for(sha)) as reader:
+        store.local_path(store.key_for(sha)).write_bytes(b"0123")
+        with pytest.raises(OSError):
+            [c async for c in reader.chunks()]

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from app.models import Blob, File, ProviderCopy
 from tests.conftest import Gateway
+from tests.support.blobs import read_blob
 
 
 async def assert_registry_sound(
@@ -31,7 +32,7 @@ async def assert_registry_sound(
         assert file.status in ("processed", "pending", "uploaded"), (file.id, file.status)
         blob = blobs.get(file.sha256)
         assert blob is not None, f"{file.id} lost its blob row"
-        data = rt.blob_store.local_path(blob.storage_key).read_bytes()
+        data = await read_blob(rt.blob_store, blob.storage_key)
         assert hashlib.sha256(data).hexdigest() == file.sha256, f"{file.id} blob corrupt"
         live = Counter(c.provider for c in copies if c.file_id == file.id and c.status == "active")
         assert all(n == 1 for n in live.values()), (file.id, live)

@@ -147,7 +147,7 @@ async def upload_file(
             return replay
         result = await file_service.create_file(
             session=session,
-            rt=rt,
+            placer=rt.placer,
             ctx=ctx,
             upload=upload,
             purpose=purpose,
@@ -233,6 +233,7 @@ async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) 
     summary="Download the original bytes",
     description="Streams the canonical copy; supports Range requests; the ETag is the sha256.",
     response_class=BlobResponse,
+    status_code=200,
     responses={
         200: {
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
@@ -344,7 +345,14 @@ def _opt_str(value: object) -> str | None:
 async def delete_file(
     file_id: FileId, ctx: WriteCtx, session: SessionDep, rt: RuntimeDep
 ) -> FileDeleted:
-    deleted = await file_service.delete_file(session=session, rt=rt, ctx=ctx, file_id=file_id)
+    deleted = await file_service.delete_file(
+        session=session,
+        blob_store=rt.blob_store,
+        providers=rt.providers,
+        settings=rt.settings,
+        ctx=ctx,
+        file_id=file_id,
+    )
     return FileDeleted(id=deleted)
 
 
@@ -373,7 +381,7 @@ async def replicate_file(
     if (replay := await idem.begin(fingerprint)) is not None:
         return replay
     view = await file_service.replicate(
-        session=session, rt=rt, ctx=ctx, file_id=file_id, provider=body.provider
+        session=session, placer=rt.placer, ctx=ctx, file_id=file_id, provider=body.provider
     )
     live = any(c.provider == body.provider and c.status == "active" for c in view.copies)
     response = await idem.answer(200 if live else 202, FileObject.of(view))

@@ -26,5 +26,12 @@ async def handle_expire(
     repo = FileRepository(session)
     for file in await repo.expired(now=utcnow(), limit=EXPIRY_BATCH):
         ctx = system_context(tenant_id=file.tenant_id, task=f"job-{job.id}")
-        await files.expire_file(session=session, rt=rt, ctx=ctx, file=file)
+        await files.expire_file(
+            session=session,
+            blob_store=rt.blob_store,
+            providers=rt.providers,
+            settings=rt.settings,
+            ctx=ctx,
+            file=file,
+        )
     await IdempotencyRepository(session).purge_expired(now=utcnow())

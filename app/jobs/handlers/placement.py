@@ -11,7 +11,7 @@ from app.core.errors import UnsupportedPurpose
 from app.jobs.queue import RetryLater
 from app.models import Job, ProviderCopyStatus
 from app.repositories.files import FileRepository
-from app.services.files.settle import Attempt, Settled, give_up, place_and_settle
+from app.services.files.settle import Attempt, Settled, give_up
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -38,9 +38,8 @@ async def handle_place(
     except UnsupportedPurpose as exc:
         give_up(session=session, ctx=ctx, file=file, reason=exc.message)
         return
-    outcome, settled = await place_and_settle(
+    outcome, settled = await rt.placer.place_and_settle(
         session=session,
-        rt=rt,
         ctx=ctx,
         file=file,
         targets=targets,

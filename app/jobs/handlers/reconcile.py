@@ -12,7 +12,7 @@ from app.auth.principal import system_context
 from app.core.db import unit_of_work, utcnow
 from app.core.errors import ProviderError, ProviderNotFound
 from app.jobs.queue import RetryLater
-from app.models import Job, ProviderCopyStatus
+from app.models import File, Job, ProviderCopy, ProviderCopyStatus
 from app.repositories.files import FileRepository
 from app.services import audit, placement, reconcile
 from app.services.health import mark_missing
@@ -76,13 +76,21 @@ def _report(*, rt: Runtime, provider: str, plan: reconcile.Plan) -> None:
         )
 
 
+async def _file_and_copy(
+    repo: FileRepository, *, decision: Decision, provider: str
+) -> tuple[File | None, ProviderCopy | None]:
+    """The registry's current view of the file and copy a decision was made about."""
+    assert decision.file_id is not None
+    file = await repo.refresh(decision.file_id)
+    return file, await repo.copy_for(file_id=decision.file_id, provider=provider)
+
+
 async def _adopt(*, rt: Runtime, provider: str, decision: Decision, task: str) -> None:
     """Take over a landed upload, if its copy still waits for one."""
     assert decision.file_id is not None
     async with rt.sessionmaker() as s:
         repo = FileRepository(s)
-        file = await repo.refresh(decision.file_id)
-        copy = await repo.copy_for(file_id=decision.file_id, provider=provider)
+        file, copy = await _file_and_copy(repo, decision=decision, provider=provider)
         if (
             file is None
             or file.deleted_at is not None
@@ -111,8 +119,7 @@ async def _settle_lost(*, rt: Runtime, provider: str, decision: Decision, task: 
         return
     async with rt.sessionmaker() as s:
         repo = FileRepository(s)
-        file = await repo.refresh(decision.file_id)
-        copy = await repo.copy_for(file_id=decision.file_id, provider=provider)
+        file, copy = await _file_and_copy(repo, decision=decision, provider=provider)
         if (
             file is None
             or copy is None

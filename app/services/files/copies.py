@@ -7,14 +7,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import CallContext
 from app.core.errors import InvalidRequest
 from app.models import ProviderCopyStatus
-from app.runtime import Runtime
 from app.services.files.queries import get_file
-from app.services.files.settle import Attempt, answer, place_and_settle
+from app.services.files.settle import Attempt, Placer, answer
 from app.services.files.views import FileView
 
 
 async def replicate(
-    *, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str, provider: str
+    *, session: AsyncSession, placer: Placer, ctx: CallContext, file_id: str, provider: str
 ) -> FileView:
     """Place a copy of a file on another provider from the canonical blob."""
     view = await get_file(session=session, ctx=ctx, file_id=file_id)
@@ -23,12 +22,11 @@ async def replicate(
         raise InvalidRequest("Name the provider to copy the file to.", param="provider")
     if any(c.provider == provider and c.status == ProviderCopyStatus.ACTIVE for c in view.copies):
         return view
-    targets = rt.providers.targets(
+    targets = placer.providers.targets(
         purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
     )
-    outcome, settled = await place_and_settle(
+    outcome, settled = await placer.place_and_settle(
         session=session,
-        rt=rt,
         ctx=ctx,
         file=file,
         targets=targets,

@@ -13,28 +13,52 @@ from app.jobs.queue import JobKind
 from app.models import File, FileStatus, ProviderCopy, ProviderCopyStatus
 from app.providers.hub import ProviderHub
 from app.repositories.files import FileRepository
-from app.runtime import Runtime
 from app.services import audit, lifecycle
 from app.services.files.queries import get_file
 from app.services.files.views import FileView
 from app.storage.blobs import BlobStore
 
 
-async def delete_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, file_id: str) -> str:
+async def delete_file(
+    *,
+    session: AsyncSession,
+    blob_store: BlobStore,
+    providers: ProviderHub,
+    settings: Settings,
+    ctx: CallContext,
+    file_id: str,
+) -> str:
     """Delete a file now; provider copies that cannot be removed yet are retried by a job."""
     view = await get_file(session=session, ctx=ctx, file_id=file_id)
     await _retire(
-        session=session, rt=rt, ctx=ctx, view=view, reason="deleted by caller", action="delete"
+        session=session,
+        blob_store=blob_store,
+        providers=providers,
+        settings=settings,
+        ctx=ctx,
+        view=view,
+        reason="deleted by caller",
+        action="delete",
     )
     return view.file.id
 
 
-async def expire_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, file: File) -> None:
+async def expire_file(
+    *,
+    session: AsyncSession,
+    blob_store: BlobStore,
+    providers: ProviderHub,
+    settings: Settings,
+    ctx: CallContext,
+    file: File,
+) -> None:
     """Remove an expired file at every provider and retire it; the blob goes when unused."""
     copies = (await FileRepository(session).copies_for([file.id]))[file.id]
     await _retire(
         session=session,
-        rt=rt,
+        blob_store=blob_store,
+        providers=providers,
+        settings=settings,
         ctx=ctx,
         view=FileView(file, copies),
         reason="expired",
@@ -45,7 +69,9 @@ async def expire_file(*, session: AsyncSession, rt: Runtime, ctx: CallContext, f
 async def _retire(
     *,
     session: AsyncSession,
-    rt: Runtime,
+    blob_store: BlobStore,
+    providers: ProviderHub,
+    settings: Settings,
     ctx: CallContext,
     view: FileView,
     reason: str,
@@ -68,52 +94,41 @@ async def _retire(
         audit.record(session=session, ctx=ctx, action=f"file.{action}", resource=file.id)
         for copy in held:
             # Should this process die before the provider deletes below, a worker does them.
-            await _queue_removal(session=session, rt=rt, copy=copy)
-    await _remove_all(session=session, rt=rt, ctx=ctx, copies=held, reason=f"file {reason}")
-    # A placement finishing from now on sees the delete; one that went live while the copies
-    # above were removed is removed here as well.
-    removed = {c.id for c in held}
-    async with unit_of_work(session):
-        late = [
-            c
-            for c in (await repo.copies_for([file.id]))[file.id]
-            if c.id not in removed and c.status == ProviderCopyStatus.ACTIVE
-        ]
-        for copy in late:
-            await _queue_removal(session=session, rt=rt, copy=copy)
-    await _remove_all(session=session, rt=rt, ctx=ctx, copies=late, reason=f"file {reason}")
-    await collect_blob(session=session, blob_store=rt.blob_store, sha256=file.sha256)
+            await _queue_removal(session=session, settings=settings, copy=copy)
+    removed: set[int] = set()
+    while held:
+        for copy in held:  # each provider delete recorded in its own unit of work
+            await remove_copy(
+                session=session,
+                providers=providers,
+                settings=settings,
+                ctx=ctx,
+                copy=copy,
+                reason=f"file {reason}",
+            )
+        removed |= {c.id for c in held}
+        # A placement finishing from now on sees the delete; one that went live while the
+        # copies above were removed is removed in the next round.
+        async with unit_of_work(session):
+            held = [
+                c
+                for c in (await repo.copies_for([file.id]))[file.id]
+                if c.id not in removed and c.status == ProviderCopyStatus.ACTIVE
+            ]
+            for copy in held:
+                await _queue_removal(session=session, settings=settings, copy=copy)
+    await collect_blob(session=session, blob_store=blob_store, sha256=file.sha256)
 
 
-async def _remove_all(
-    *,
-    session: AsyncSession,
-    rt: Runtime,
-    ctx: CallContext,
-    copies: list[ProviderCopy],
-    reason: str,
-) -> None:
-    """Each copy's provider delete, one after another, each recorded in its own unit."""
-    for copy in copies:
-        await remove_copy(
-            session=session,
-            providers=rt.providers,
-            settings=rt.settings,
-            ctx=ctx,
-            copy=copy,
-            reason=reason,
-        )
-
-
-async def _queue_removal(*, session: AsyncSession, rt: Runtime, copy: ProviderCopy) -> None:
+async def _queue_removal(*, session: AsyncSession, settings: Settings, copy: ProviderCopy) -> None:
     """The job that removes a copy unless this request does first (then it finds it done)."""
     await queue.enqueue(
         session=session,
         kind=JobKind.DELETE_COPY,
         payload={"copy_id": copy.id},
         dedupe_key=f"delete_copy:{copy.id}",
-        delay_seconds=rt.settings.job_lease_seconds,
-        max_attempts=rt.settings.job_max_attempts,
+        delay_seconds=settings.job_lease_seconds,
+        max_attempts=settings.job_max_attempts,
     )
 
 

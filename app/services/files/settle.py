@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import CallContext
 from app.core.config import Settings
 from app.core.db import unit_of_work, utcnow
 from app.core.errors import GatewayError
+from app.core.metrics import GatewayMetrics
 from app.jobs import queue
 from app.jobs.queue import JobKind
 from app.models import File, FileStatus
-from app.providers.hub import Target
+from app.providers.hub import ProviderHub, Target
 from app.repositories.files import FileRepository
-from app.runtime import Runtime
 from app.services import audit, lifecycle, placement
+from app.services.deployment import DeploymentIdentity
 from app.services.files.retire import collect_blob
 from app.services.files.views import FileView, not_found
 from app.services.placement import Placement
@@ -40,43 +42,56 @@ class Settled(StrEnum):
     REFUSED = "refused"  # refused for good
 
 
-async def place_and_settle(
-    *,
-    session: AsyncSession,
-    rt: Runtime,
-    ctx: CallContext,
-    file: File,
-    targets: Sequence[Target],
-    provider: str,
-    attempt: Attempt,
-    intent: queue.Intent | None = None,
-) -> tuple[Placement, Settled]:
-    """One placement attempt: place the blob (renewing the request's intent lease meanwhile),
-    then settle what came of it."""
-    lease = rt.settings.job_lease_seconds
-    async with queue.holding(rt.sessionmaker, intent, lease_seconds=lease):
-        outcome = await placement.place(
+@dataclass(frozen=True)
+class Placer:
+    """What placing a file works with, built once in the lifespan: sessions (to renew a
+    request's intent lease meanwhile), the blob store, the provider hub, the deployment's tag,
+    metrics and the job settings."""
+
+    sessionmaker: async_sessionmaker[AsyncSession]
+    blob_store: BlobStore
+    providers: ProviderHub
+    deployment: DeploymentIdentity
+    metrics: GatewayMetrics
+    settings: Settings
+
+    async def place_and_settle(
+        self,
+        *,
+        session: AsyncSession,
+        ctx: CallContext,
+        file: File,
+        targets: Sequence[Target],
+        provider: str,
+        attempt: Attempt,
+        intent: queue.Intent | None = None,
+    ) -> tuple[Placement, Settled]:
+        """One placement attempt: place the blob (renewing the request's intent lease
+        meanwhile), then settle what came of it."""
+        lease = self.settings.job_lease_seconds
+        async with queue.holding(self.sessionmaker, intent, lease_seconds=lease):
+            outcome = await placement.place(
+                session=session,
+                blob_store=self.blob_store,
+                providers=self.providers,
+                deployment=self.deployment,
+                metrics=self.metrics,
+                ctx=ctx,
+                file=file,
+                targets=targets,
+            )
+        settled = await settle(
             session=session,
-            blob_store=rt.blob_store,
-            providers=rt.providers,
-            deployment=rt.deployment,
-            metrics=rt.metrics,
+            settings=self.settings,
+            blob_store=self.blob_store,
             ctx=ctx,
             file=file,
-            targets=targets,
+            provider=provider,
+            outcome=outcome,
+            attempt=attempt,
+            intent=intent,
         )
-    settled = await settle(
-        session=session,
-        settings=rt.settings,
-        blob_store=rt.blob_store,
-        ctx=ctx,
-        file=file,
-        provider=provider,
-        outcome=outcome,
-        attempt=attempt,
-        intent=intent,
-    )
-    return outcome, settled
+        return outcome, settled
 
 
 async def settle(
@@ -183,27 +198,14 @@ def give_up(*, session: AsyncSession, ctx: CallContext, file: File, reason: str)
     """Mark a file that no provider will take; its blob stays so nothing accepted is lost."""
     if file.status == FileStatus.PROCESSED:
         return
-    if file.status == FileStatus.ERROR:
-        lifecycle.note(
-            session, file, reason=f"placement gave up: {reason}", request_id=ctx.request_id
-        )
-    else:
-        lifecycle.transition(
-            session,
-            file,
-            FileStatus.ERROR,
-            reason=f"placement gave up: {reason}",
-            request_id=ctx.request_id,
-        )
-    file.status_details = f"No provider took the file: {reason}"
-    audit.record(
+    _fail(
         session=session,
         ctx=ctx,
-        action="file.place",
-        resource=file.id,
-        outcome="failed",
+        file=file,
+        event=f"placement gave up: {reason}",
+        details=f"No provider took the file: {reason}",
+        cause=reason,
         status_code=None,
-        detail=reason,
     )
 
 
@@ -212,21 +214,42 @@ def _retire_refused(
 ) -> None:
     """Every provider refused a new upload for good: retire it so nothing half-made stays."""
     reasons = outcome.reasons
-    reason = f"placement refused: {reasons}"
+    _fail(
+        session=session,
+        ctx=ctx,
+        file=file,
+        event=f"placement refused: {reasons}",
+        details=reasons,
+        cause=reasons,
+        status_code=outcome.first_error.status_code,
+    )
+    file.deleted_at = utcnow()
+
+
+def _fail(
+    *,
+    session: AsyncSession,
+    ctx: CallContext,
+    file: File,
+    event: str,
+    details: str,
+    cause: str,
+    status_code: int | None,
+) -> None:
+    """The file ends in error (noted again when it already is), and the audit trail says why."""
     if file.status == FileStatus.ERROR:  # a re-upload's new try of a file in error
-        lifecycle.note(session, file, reason=reason, request_id=ctx.request_id)
+        lifecycle.note(session, file, reason=event, request_id=ctx.request_id)
     else:
         lifecycle.transition(
-            session, file, FileStatus.ERROR, reason=reason, request_id=ctx.request_id
+            session, file, FileStatus.ERROR, reason=event, request_id=ctx.request_id
         )
-    file.status_details = reasons
-    file.deleted_at = utcnow()
+    file.status_details = details
     audit.record(
         session=session,
         ctx=ctx,
         action="file.place",
         resource=file.id,
         outcome="failed",
-        status_code=outcome.first_error.status_code,
-        detail=reasons,
+        status_code=status_code,
+        detail=cause,
     )

@@ -21,10 +21,9 @@ from app.models import File, FileStatus, JobState, ProviderCopyStatus, Tenant
 from app.providers.hub import Target
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
-from app.runtime import Runtime
 from app.services import audit, lifecycle
 from app.services.files.retire import expire_file
-from app.services.files.settle import Attempt, answer, place_and_settle
+from app.services.files.settle import Attempt, Placer, answer
 from app.services.files.views import CreateResult, FileView, IncomingUpload, new_file_id
 
 SETTLE_POLL_SECONDS = 0.1
@@ -33,7 +32,7 @@ SETTLE_POLL_SECONDS = 0.1
 async def create_file(
     *,
     session: AsyncSession,
-    rt: Runtime,
+    placer: Placer,
     ctx: CallContext,
     upload: IncomingUpload,
     purpose: str,
@@ -47,25 +46,32 @@ async def create_file(
     placement job this request runs itself), place and settle. A twin deleted meanwhile makes
     this a new file; a twin that wins the claim is judged against."""
     try:
-        targets = rt.providers.targets(
+        targets = placer.providers.targets(
             purpose=purpose, filename=upload.filename, size=upload.size, requested=provider
         )
         repo = FileRepository(session)
-        rt.metrics.upload_bytes.inc(upload.size)
+        placer.metrics.upload_bytes.inc(upload.size)
         for _ in range(3):
             async with unit_of_work(session):  # does the tenant hold these bytes already?
                 existing = await repo.find_duplicate(
                     tenant_id=ctx.principal.tenant_id, sha256=upload.sha256, purpose=purpose
                 )
             if existing is not None and existing.expires_at and existing.expires_at <= utcnow():
-                await expire_file(session=session, rt=rt, ctx=ctx, file=existing)
+                await expire_file(
+                    session=session,
+                    blob_store=placer.blob_store,
+                    providers=placer.providers,
+                    settings=placer.settings,
+                    ctx=ctx,
+                    file=existing,
+                )
                 await session.commit()
                 existing = None
             if existing is not None:
                 # The existing file, confirmed live under its row lock (None: gone meanwhile).
                 deduplicated = await _deduplicated(
                     session=session,
-                    rt=rt,
+                    placer=placer,
                     ctx=ctx,
                     file=existing,
                     provider=provider,
@@ -80,7 +86,7 @@ async def create_file(
             async with unit_of_work(session):  # the blob, the file row and the placement intent
                 claimed = await _claim(
                     session=session,
-                    rt=rt,
+                    placer=placer,
                     ctx=ctx,
                     upload=upload,
                     purpose=purpose,
@@ -93,21 +99,21 @@ async def create_file(
             # Placement (its own units of work, the provider call outside any), then settled.
             view = await _place_new(
                 session=session,
-                rt=rt,
+                placer=placer,
                 ctx=ctx,
                 file=file,
                 targets=targets,
                 provider=provider,
                 intent=intent,
             )
-            rt.metrics.uploads.labels(_placed_on(view), "created").inc()
+            placer.metrics.uploads.labels(_placed_on(view), "created").inc()
             return CreateResult(view, created=True)
         raise UploadConflict(
             "The upload collided with concurrent uploads and deletes of the same bytes; retry it.",
             headers={"Retry-After": "1"},
         )
     except GatewayError:
-        rt.metrics.uploads.labels(provider, "failed").inc()
+        placer.metrics.uploads.labels(provider, "failed").inc()
         raise
 
 
@@ -119,7 +125,7 @@ def _placed_on(view: FileView) -> str:
 async def _claim(
     *,
     session: AsyncSession,
-    rt: Runtime,
+    placer: Placer,
     ctx: CallContext,
     upload: IncomingUpload,
     purpose: str,
@@ -130,12 +136,12 @@ async def _claim(
     die, a worker takes the job over once its lease lapses); None if a concurrent twin won the
     unique index (then the transaction is rolled back)."""
     repo = FileRepository(session)
-    key = rt.blob_store.key_for(upload.sha256)
+    key = placer.blob_store.key_for(upload.sha256)
     tenant = await repo.lock_tenant(ctx.principal.tenant_id)
     await repo.lock_blob(sha256=upload.sha256, size=upload.size, storage_key=key)
     if tenant is not None:
         await _check_quota(repo=repo, tenant=tenant, size=upload.size)
-    await rt.blob_store.commit(upload.spool, sha256=upload.sha256)
+    await placer.blob_store.commit(upload.spool, sha256=upload.sha256)
     blob = await repo.blob(upload.sha256)
     if blob is not None:
         await session.refresh(blob)
@@ -144,8 +150,8 @@ async def _claim(
         blob.corrupt_at = None
         blob.corrupt_reason = None
     now = utcnow()
-    if expires_at is None and rt.settings.default_retention_seconds:
-        expires_at = now + timedelta(seconds=rt.settings.default_retention_seconds)
+    if expires_at is None and placer.settings.default_retention_seconds:
+        expires_at = now + timedelta(seconds=placer.settings.default_retention_seconds)
     file = File(
         id=new_file_id(),
         tenant_id=ctx.principal.tenant_id,
@@ -176,8 +182,8 @@ async def _claim(
             payload={"file_id": file.id, "provider": provider},
             dedupe_key=f"place:{file.id}:{provider}",
             owner=_owner(ctx),
-            lease_seconds=rt.settings.job_lease_seconds,
-            max_attempts=rt.settings.job_max_attempts,
+            lease_seconds=placer.settings.job_lease_seconds,
+            max_attempts=placer.settings.job_max_attempts,
         )
     except IntegrityError:
         await session.rollback()
@@ -210,7 +216,7 @@ async def _check_quota(*, repo: FileRepository, tenant: Tenant, size: int) -> No
 async def _place_new(
     *,
     session: AsyncSession,
-    rt: Runtime,
+    placer: Placer,
     ctx: CallContext,
     file: File,
     targets: Sequence[Target],
@@ -223,9 +229,8 @@ async def _place_new(
     `intent` (a just-claimed file) the request holds the placement job's lease meanwhile, and
     the job ends with the outcome (done, or itself the retry of a deferred placement). A
     delete that wins the race answers 404, or `withdrawn` when given."""
-    outcome, settled = await place_and_settle(
+    outcome, settled = await placer.place_and_settle(
         session=session,
-        rt=rt,
         ctx=ctx,
         file=file,
         targets=targets,
@@ -241,7 +246,7 @@ async def _place_new(
 async def _deduplicated(
     *,
     session: AsyncSession,
-    rt: Runtime,
+    placer: Placer,
     ctx: CallContext,
     file: File,
     provider: str,
@@ -254,7 +259,7 @@ async def _deduplicated(
     (`uploaded`, answered 202) and whoever holds the job (a worker, once the lease of a dead
     owner lapses) finishes it."""
     repo = FileRepository(session)
-    deadline = time.monotonic() + rt.settings.dedup_wait_seconds
+    deadline = time.monotonic() + placer.settings.dedup_wait_seconds
     current: File | None = file
     while current is not None and current.status == FileStatus.UPLOADED:
         if time.monotonic() >= deadline or not await _placement_owned(session, current):
@@ -266,7 +271,7 @@ async def _deduplicated(
     current = await repo.lock_live(file.id)
     if current is None:
         return None
-    rt.metrics.dedup_hits.inc()
+    placer.metrics.dedup_hits.inc()
     if current.expires_at is not None and (expires_at is None or expires_at > current.expires_at):
         # One file serves every upload of it: it lives as long as the longest-lived request.
         current.expires_at = expires_at
@@ -280,7 +285,7 @@ async def _deduplicated(
         await session.commit()
         view = await _place_new(
             session=session,
-            rt=rt,
+            placer=placer,
             ctx=ctx,
             file=current,
             targets=targets,
@@ -289,9 +294,9 @@ async def _deduplicated(
             attempt=Attempt.UPLOAD if current.status == FileStatus.ERROR else Attempt.COPY,
             withdrawn=_joined_file_deleted(),
         )
-        rt.metrics.uploads.labels(_placed_on(view), "created").inc()
+        placer.metrics.uploads.labels(_placed_on(view), "created").inc()
         return view
-    rt.metrics.uploads.labels(_placed_on(FileView(current, copies)), "deduplicated").inc()
+    placer.metrics.uploads.labels(_placed_on(FileView(current, copies)), "deduplicated").inc()
     audit.record(
         session=session,
         ctx=ctx,

@@ -30,5 +30,13 @@ async def check_file(
     fingerprint = request_digest(route="POST /admin/files/check", id=file_id)
     if (replay := await idem.begin(fingerprint)) is not None:
         return replay
-    report = await admin_service.check_file(session=session, rt=rt, ctx=ctx, file_id=file_id)
+    report = await admin_service.check_file(
+        session=session,
+        blob_store=rt.blob_store,
+        providers=rt.providers,
+        metrics=rt.metrics,
+        settings=rt.settings,
+        ctx=ctx,
+        file_id=file_id,
+    )
     return await idem.answer(200, CheckReport(**report))

@@ -36,7 +36,7 @@ def _breaker_out(snapshot: BreakerSnapshot) -> BreakerOut:
     responses=responses(*ADMIN_ERRORS),
 )
 async def providers(session: SessionDep, rt: RuntimeDep) -> ProviderList:
-    rows = await admin_service.provider_overview(session=session, rt=rt)
+    rows = await admin_service.provider_overview(session=session, providers=rt.providers)
     return ProviderList(
         data=[ProviderOut(**{**row, "breaker": _breaker_out(row["breaker"])}) for row in rows]
     )
@@ -62,6 +62,11 @@ async def force_breaker(
     if (replay := await idem.begin(fingerprint)) is not None:
         return replay
     snapshot = await admin_service.force_breaker(
-        session=session, rt=rt, ctx=ctx, provider=provider, action=body.action
+        session=session,
+        providers=rt.providers,
+        breakers=rt.breakers,
+        ctx=ctx,
+        provider=provider,
+        action=body.action,
     )
     return await idem.answer(200, _breaker_out(snapshot))

@@ -1,0 +1,42 @@
+"""Blob stores under test: the local one on a temp directory, the S3 one on SeaweedFS."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from app.storage.blobs import BlobStore, LocalBlobStore
+from app.storage.s3 import S3BlobStore, S3Location
+from tests.conftest import S3_BUCKET
+from tests.support.blobs import Clock
+from tests.support.seaweed import ObjectStore
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["local", "s3"])
+async def blob_store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[BlobStore]:
+    if request.param == "local":
+        local = LocalBlobStore(tmp_path / "data", clock=clock)
+        local.prepare()
+        yield local
+        return
+    object_store: ObjectStore = request.getfixturevalue("object_store")
+    location = S3Location(
+        endpoint_url=object_store.endpoint_url,
+        bucket=S3_BUCKET,
+        region=object_store.region,
+        access_key_id=object_store.access_key_id,
+        secret_access_key=object_store.secret_access_key,
+        prefix=f"t-{secrets.token_hex(6)}/",  # one test's objects apart from every other's
+    )
+    async with S3BlobStore.connect(location, clock=clock) as s3:
+        yield s3
