@@ -32,6 +32,7 @@ class JobKind(StrEnum):
     EXPIRE = "expire"
     HEALTH_SWEEP = "health_sweep"
     SWEEP_STORAGE = "sweep_storage"
+    PURGE_JOBS = "purge_jobs"
 
 
 KINDS = frozenset(JobKind)

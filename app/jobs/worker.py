@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("filegate.worker")
 SCHEDULE_EVERY_SECONDS = 5.0
+PURGE_JOBS_EVERY_SECONDS = 3600.0
 
 
 class LeaseLost(Exception):
@@ -107,6 +108,7 @@ class Worker:
             (JobKind.EXPIRE, {}, "expire", s.expiry_interval_seconds),
             (JobKind.HEALTH_SWEEP, {}, "health_sweep", s.health_check_interval_seconds),
             (JobKind.SWEEP_STORAGE, {}, "sweep_storage", s.storage_sweep_interval_seconds),
+            (JobKind.PURGE_JOBS, {}, "purge_jobs", PURGE_JOBS_EVERY_SECONDS),
         ] + [
             (
                 JobKind.RECONCILE,

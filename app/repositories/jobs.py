@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Update, func, or_, select, text, update
+from sqlalchemy import Update, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -195,6 +195,21 @@ class JobRepository:
         job.locked_by = None
         await self.session.flush()
         return job
+
+    async def purge_finished(self, *, state: str, finished_before: datetime, limit: int) -> int:
+        """Delete at most `limit` jobs in `state` (done or dead) that finished before a time."""
+        if state not in (JobState.DONE, JobState.DEAD):
+            raise ValueError(f"only finished jobs are purged, not {state!r}")
+        old = (Job.state == state) & (Job.finished_at < finished_before)
+        batch = select(Job.id).where(old).order_by(Job.finished_at, Job.id).limit(limit)
+        # The outer filter is checked again on each row: a job requeued meanwhile is kept.
+        stmt = (
+            delete(Job)
+            .where(Job.id.in_(batch.scalar_subquery()), old)
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(stmt)
+        return int(getattr(result, "rowcount", 0))
 
     async def get(self, job_id: int) -> Job | None:
         return await self.session.get(Job, job_id)
