@@ -13,6 +13,8 @@ from app.core.db import utcnow
 from app.models import Job, JobState
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+# The PostgreSQL channel on which a committed job that is due now is announced.
+JOBS_CHANNEL = "filegate_jobs"
 
 
 class JobRepository:
@@ -55,6 +57,11 @@ class JobRepository:
         # RETURNING, not rowcount: psycopg reports -1 (unknown) for an insert that did nothing.
         result = await self.session.execute(stmt)
         return result.scalar_one_or_none() is not None
+
+    async def announce_due(self, *, kind: str) -> None:
+        """On PostgreSQL, NOTIFY listening workers that a job is due; sent at commit."""
+        if self._dialect == "postgresql":
+            await self.session.execute(select(func.pg_notify(JOBS_CHANNEL, kind)))
 
     async def release_lease(self, *, job: Job, worker_id: str) -> bool:
         """Give up our lease now (our run failed): any worker may claim the job at once."""
