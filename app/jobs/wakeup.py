@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Callable
 
 import psycopg
@@ -124,13 +125,14 @@ class NotifyListener:
             except Exception as exc:  # whatever broke the connection, try another later
                 if not lost:
                     log.warning(
-                        "job listener lost (%s); workers poll until it reconnects",
+                        "job listener down (%s); workers poll until it reconnects",
                         type(exc).__name__,
                     )
                     lost = True
             finally:
                 self.connection = None
-            await asyncio.sleep(delay)
+            # Jittered, so that processes cut off together do not all come back at once.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
     async def _listen(self, conn: psycopg.AsyncConnection[object]) -> None:
