@@ -20,6 +20,7 @@ from app.core.metrics import GatewayMetrics
 from app.core.outage import OutageLog
 from app.core.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
 from app.jobs import queue
+from app.jobs.wakeup import WAKE_ON_COMMIT, JobWakeup, NotifyListener, build_listener
 from app.providers.breaker_board import BreakerBoard
 from app.providers.hub import ProviderHub, no_sandbox_message, provider_configs
 from app.providers.pipeline import ProviderConfig
@@ -47,6 +48,8 @@ class Runtime:
     metrics: GatewayMetrics
     redis: Redis | None
     deployment: DeploymentIdentity
+    wakeup: JobWakeup = field(default_factory=JobWakeup)
+    listener: NotifyListener | None = None
     identity: IdentityCache = field(default_factory=IdentityCache)
     jwt: JWTVerifier | None = None
     rate_limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
@@ -188,7 +191,9 @@ async def _assemble(
     engine: AsyncEngine,
     blob_store: BlobStore,
 ) -> AsyncIterator[Runtime]:
-    sessionmaker = create_sessionmaker(engine)
+    # Jobs queued through this process's sessions wake its own job loops at commit.
+    wakeup = JobWakeup()
+    sessionmaker = create_sessionmaker(engine, info={WAKE_ON_COMMIT: wakeup.wake})
 
     async def placements_due(provider: str) -> None:
         """This process closed a circuit: placements waiting for the provider go now."""
@@ -222,6 +227,8 @@ async def _assemble(
         metrics=metrics,
         redis=redis,
         deployment=DeploymentIdentity(sessionmaker),
+        wakeup=wakeup,
+        listener=build_listener(settings, wakeup),
         jwt=jwt,
         rate_limiter=build_rate_limiter(redis),
         breakers=breakers,
@@ -230,9 +237,13 @@ async def _assemble(
         sandbox_in_process=in_process,
     )
     await _load_deployment(runtime.deployment)
+    if runtime.listener is not None:
+        runtime.listener.start()
     try:
         yield runtime
     finally:
+        if runtime.listener is not None:
+            await runtime.listener.aclose()
         await _record_suppressed_refusals(runtime)
         await runtime.rate_limiter.aclose()
         await hub.aclose()

@@ -24,14 +24,22 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
 9. queued placement start: a provider=moonshot upload answered 202 while moonshot's circuit is
    forced open, then the time from closing the circuit (which makes the placement due) to the
    moonshot sandbox receiving the upload (median and p95; reported, not judged);
+10. queued placement start across processes, on PostgreSQL (FILEGATE_BENCH_DATABASE_URL, a
+   database the bench wipes, or else a `<name>_bench` database made beside
+   FILEGATE_TEST_DATABASE_URL; skipped without either): a gateway without job loops answers
+   provider=moonshot uploads 202 (moonshot's circuit forced open there) and closes the circuit,
+   and a second gateway's job loop on the same database starts the placement; p50 and p95
+   from the close to the sandbox receiving the upload, woken by NOTIFY, vs the same with the
+   worker polling only (FILEGATE_JOB_LISTEN=false, the default 1 s poll) in the same run;
 
 and prints a table (also written to bench-results/latest.txt).  Timings are medians of
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
 
 Options: --reps N, --size BYTES, --rps-requests N, --rps-concurrency C, --load-procs K,
 --fallback-pairs N, --hang-runs N, --hang-concurrency K, --recovery-files N,
---auth-requests N, --queue-runs N, --phases core,fallback,hang,resilience,auth,queue (a
-subset), --profile (cProfile inside the gateway per phase, written under bench-results/profile/).
+--auth-requests N, --queue-runs N, --wakeup-runs N, --phases
+core,fallback,hang,resilience,auth,queue,wakeup (a subset), --profile (cProfile inside the
+gateway per phase, written under bench-results/profile/).
 """
 
 from __future__ import annotations
@@ -68,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recovery-files", type=int, default=10, help="pending files")
     parser.add_argument("--auth-requests", type=int, default=1000, help="GETs per auth variant")
     parser.add_argument("--queue-runs", type=int, default=10, help="queued placements timed")
+    parser.add_argument(
+        "--wakeup-runs", type=int, default=10, help="cross-process placements timed per mode"
+    )
     parser.add_argument(
         "--phases",
         type=lambda text: [part.strip() for part in text.split(",") if part.strip()],

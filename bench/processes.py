@@ -125,22 +125,24 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_gateway(
+def launch_gateway(
     procs: Processes,
     work: Path,
     sandbox: Server,
     name: str,
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
-) -> tuple[Server, dict[str, str]]:
-    """A gateway process (bench/server.py) on the shared sandbox; it and its keys."""
+    data_dir: Path | None = None,
+) -> tuple[Server, Path]:
+    """Start a gateway process (bench/server.py) on the shared sandbox; it and its key file
+    (written once its keys are issued, before it serves)."""
     port = free_port()
     key_file = work / f"{name}-api-key"
     gateway = procs.start(
         name,
         [
             *(sys.executable, "-m", GATEWAY_MODULE, "--port", str(port)),
-            *("--data-dir", str(work / f"{name}-data")),
+            *("--data-dir", str(data_dir or work / f"{name}-data")),
             *("--sandbox-url", f"{sandbox.base_url}/sandbox"),
             *("--key-file", str(key_file)),
             *(extra or []),
@@ -149,8 +151,35 @@ def start_gateway(
         base_url=f"http://127.0.0.1:{port}",
         env=child_env(env),
     )
+    return gateway, key_file
+
+
+def start_gateway(
+    procs: Processes,
+    work: Path,
+    sandbox: Server,
+    name: str,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    data_dir: Path | None = None,
+) -> tuple[Server, dict[str, str]]:
+    """A gateway process (bench/server.py) on the shared sandbox, serving; it and its keys."""
+    gateway, key_file = launch_gateway(procs, work, sandbox, name, extra, env, data_dir)
     wait_ready(gateway, "/bench/bare")
     return gateway, read_keys(key_file)
+
+
+def wait_for_keys(server: Server, key_file: Path, *, timeout: float = 60.0) -> None:
+    """Until the gateway has migrated its database and issued its keys."""
+    deadline = time.monotonic() + timeout
+    while not key_file.exists():
+        if server.proc.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited with {server.proc.returncode}:\n{server.tail()}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} issued no keys:\n{server.tail()}")
+        time.sleep(0.05)
 
 
 def read_keys(path: Path) -> dict[str, str]:

@@ -18,6 +18,7 @@ from bench.phases.fallback import fallback_phase
 from bench.phases.hang import hang_phase
 from bench.phases.queue import queue_phase
 from bench.phases.resilience import resilience_phase
+from bench.phases.wakeup import wakeup_phase
 from bench.processes import (
     GATEWAY_MODULE,
     RESULTS,
@@ -106,6 +107,8 @@ def run(
             auth_phase(b, file_id=file_id, requests=args.auth_requests)
         if "queue" in phases:
             queue_phase(b, runs=args.queue_runs)
+        if "wakeup" in phases:
+            wakeup_phase(b, procs, work, runs=args.wakeup_runs)
         b.reset("moonshot")
         b.reset("zai")
 

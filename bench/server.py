@@ -3,7 +3,8 @@
     python -m bench.server --port P --data-dir D --sandbox-url URL --key-file F
 
 Builds `create_app(Settings(...))` exactly as production does (SQLite embedded default under
-the temp data dir, every provider sent to the standalone sandbox; provider order
+the temp data dir unless `--database-url`, every provider sent to the standalone sandbox;
+`--workers-in-process` job loops, polling only with `--no-job-listen`; provider order
 moonshot,zai; JWT HS256 enabled with the throwaway JWT_SECRET / issuer JWT_ISSUER; provider
 idle timeout PROVIDER_TIMEOUT s; a breaker opened by hand stays open BREAKER_RESET_SECONDS s,
 or `--breaker-reset-seconds`; `--first-byte-timeout` overrides the provider default) and
@@ -62,18 +63,27 @@ def build_settings(
     sandbox_url: str,
     breaker_reset_seconds: float = BREAKER_RESET_SECONDS,
     first_byte_timeout: float | None = None,
+    database_url: str | None = None,
+    workers_in_process: int | None = None,
+    job_listen: bool = True,
 ) -> Any:
     from app.core.config import Settings
 
     # None: the production default.
-    extra = (
-        {} if first_byte_timeout is None else {"provider_first_byte_timeout": first_byte_timeout}
-    )
+    extra: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("provider_first_byte_timeout", first_byte_timeout),
+            ("workers_in_process", workers_in_process),
+        )
+        if value is not None
+    }
     return Settings(
         **extra,
         _env_file=None,
         data_dir=data_dir,
-        database_url=None,  # the embedded default: SQLite at data_dir/filegate.db
+        database_url=database_url,  # None: the embedded default, SQLite at data_dir/filegate.db
+        job_listen=job_listen,
         redis_url=None,
         secret_key=SECRET,
         sandbox=True,
@@ -240,6 +250,9 @@ def main() -> None:
     parser.add_argument("--key-file", type=Path, required=True)
     parser.add_argument("--breaker-reset-seconds", type=float, default=BREAKER_RESET_SECONDS)
     parser.add_argument("--first-byte-timeout", type=float, default=None)
+    parser.add_argument("--database-url", default=None, help="default: SQLite in --data-dir")
+    parser.add_argument("--workers-in-process", type=int, default=None)
+    parser.add_argument("--no-job-listen", action="store_true", help="job loops only poll")
     args = parser.parse_args()
 
     from app import server
@@ -250,6 +263,9 @@ def main() -> None:
         sandbox_url=args.sandbox_url,
         breaker_reset_seconds=args.breaker_reset_seconds,
         first_byte_timeout=args.first_byte_timeout,
+        database_url=args.database_url,
+        workers_in_process=args.workers_in_process,
+        job_listen=not args.no_job_listen,
     )
     upgrade(settings.resolved_database_url)
     keys = asyncio.run(issue_bench_keys(settings))

@@ -95,9 +95,12 @@ class Settings(BaseSettings):
     workers_in_process: int = Field(default=1, ge=0, le=16)
     job_lease_seconds: float = Field(default=60.0, gt=0)
     job_poll_seconds: float = Field(default=1.0, gt=0)
+    job_listen: bool = True
     job_max_attempts: int = Field(default=20, ge=1)
     job_backoff_base: float = Field(default=2.0, gt=0)
     job_backoff_max: float = Field(default=300.0, gt=0)
+    job_done_retention_seconds: float = Field(default=7 * 86400.0, ge=60)
+    job_dead_retention_seconds: float = Field(default=30 * 86400.0, ge=60)
     reconcile_interval_seconds: float = Field(default=300.0, gt=0)
     orphan_grace_seconds: float = Field(default=900.0, ge=0)
     reconcile_max_deletions: int = Field(default=25, ge=0)

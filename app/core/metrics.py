@@ -65,6 +65,12 @@ class GatewayMetrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.jobs_purged = Counter(
+            "filegate_jobs_purged_total",
+            "Finished jobs deleted once past their retention, by state (done, dead).",
+            ["state"],
+            registry=self.registry,
+        )
         self.health_checks = Counter(
             "filegate_health_checks_total",
             "File health-check findings (ok, blob_corrupt, copy_missing).",

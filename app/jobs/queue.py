@@ -18,6 +18,7 @@ from tenacity.wait import wait_random_exponential
 
 from app.core.db import utcnow
 from app.core.leases import renewing
+from app.jobs.wakeup import wake_after_commit
 from app.models import Job, JobState
 from app.repositories.jobs import JobRepository
 
@@ -32,6 +33,7 @@ class JobKind(StrEnum):
     EXPIRE = "expire"
     HEALTH_SWEEP = "health_sweep"
     SWEEP_STORAGE = "sweep_storage"
+    PURGE_JOBS = "purge_jobs"
 
 
 KINDS = frozenset(JobKind)
@@ -70,14 +72,25 @@ async def enqueue(
     )
     if not added and sooner and dedupe_key is not None:
         await repo.advance(dedupe_key=dedupe_key, run_after=run_after)
+    if added and delay_seconds <= 0:
+        await _announce(session, kind=kind)
     return added
+
+
+async def _announce(session: AsyncSession, *, kind: str) -> None:
+    """Idle workers wake when the caller commits: other processes' by NOTIFY, ours directly."""
+    await JobRepository(session).announce_due(kind=kind)
+    wake_after_commit(session)
 
 
 async def expedite_placements(*, session: AsyncSession, provider: str) -> int:
     """Make every queued placement that may go to `provider` due now (its circuit closed)."""
-    return await JobRepository(session).expedite(
+    count = await JobRepository(session).expedite(
         kind=JobKind.PLACE, dedupe_patterns=[f"place:%:{provider}", "place:%:auto"]
     )
+    if count:
+        await _announce(session, kind=JobKind.PLACE)
+    return count
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("filegate.worker")
 SCHEDULE_EVERY_SECONDS = 5.0
+PURGE_JOBS_EVERY_SECONDS = 3600.0
 
 
 class LeaseLost(Exception):
@@ -54,7 +55,9 @@ class Worker:
         await asyncio.gather(self._scheduler(stop), *loops)
 
     async def _loop(self, stop: asyncio.Event) -> None:
+        wakeup = self.rt.wakeup
         while not stop.is_set():
+            wakeup.arm()
             try:
                 ran = await self.run_once()
             except Exception as exc:  # a broken database must not kill the worker loop
@@ -63,8 +66,7 @@ class Worker:
             else:
                 self.rt.database.reached()
             if not ran:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.rt.settings.job_poll_seconds)
+                await wakeup.wait(stop, poll_seconds=self.rt.settings.job_poll_seconds)
 
     def _failed(self, what: str, exc: Exception) -> None:
         """An outage is told once per change of state (by the runtime's outage log), not once
@@ -107,6 +109,7 @@ class Worker:
             (JobKind.EXPIRE, {}, "expire", s.expiry_interval_seconds),
             (JobKind.HEALTH_SWEEP, {}, "health_sweep", s.health_check_interval_seconds),
             (JobKind.SWEEP_STORAGE, {}, "sweep_storage", s.storage_sweep_interval_seconds),
+            (JobKind.PURGE_JOBS, {}, "purge_jobs", PURGE_JOBS_EVERY_SECONDS),
         ] + [
             (
                 JobKind.RECONCILE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Update, func, or_, select, text, update
+from sqlalchemy import Update, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,6 +13,8 @@ from app.core.db import utcnow
 from app.models import Job, JobState
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+# The PostgreSQL channel on which a committed job that is due now is announced.
+JOBS_CHANNEL = "filegate_jobs"
 
 
 class JobRepository:
@@ -55,6 +57,11 @@ class JobRepository:
         # RETURNING, not rowcount: psycopg reports -1 (unknown) for an insert that did nothing.
         result = await self.session.execute(stmt)
         return result.scalar_one_or_none() is not None
+
+    async def announce_due(self, *, kind: str) -> None:
+        """On PostgreSQL, NOTIFY listening workers that a job is due; sent at commit."""
+        if self._dialect == "postgresql":
+            await self.session.execute(select(func.pg_notify(JOBS_CHANNEL, kind)))
 
     async def release_lease(self, *, job: Job, worker_id: str) -> bool:
         """Give up our lease now (our run failed): any worker may claim the job at once."""
@@ -195,6 +202,21 @@ class JobRepository:
         job.locked_by = None
         await self.session.flush()
         return job
+
+    async def purge_finished(self, *, state: str, finished_before: datetime, limit: int) -> int:
+        """Delete at most `limit` jobs in `state` (done or dead) that finished before a time."""
+        if state not in (JobState.DONE, JobState.DEAD):
+            raise ValueError(f"only finished jobs are purged, not {state!r}")
+        old = (Job.state == state) & (Job.finished_at < finished_before)
+        batch = select(Job.id).where(old).order_by(Job.finished_at, Job.id).limit(limit)
+        # The outer filter is checked again on each row: a job requeued meanwhile is kept.
+        stmt = (
+            delete(Job)
+            .where(Job.id.in_(batch.scalar_subquery()), old)
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(stmt)
+        return int(getattr(result, "rowcount", 0))
 
     async def get(self, job_id: int) -> Job | None:
         return await self.session.get(Job, job_id)

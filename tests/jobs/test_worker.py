@@ -120,6 +120,7 @@ async def test_periodic_jobs_are_scheduled_once_across_workers(gateway: Gateway)
     assert sorted(named) == [
         "expire",
         "health_sweep",
+        "purge_jobs",
         "reconcile:moonshot",
         "reconcile:zai",
         "sweep_storage",

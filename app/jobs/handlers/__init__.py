@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.jobs.handlers import copies, expiry, health, placement, reconcile, storage
+from app.jobs.handlers import copies, expiry, health, placement, reconcile, retention, storage
 from app.jobs.queue import JobKind
 from app.models import Job
 
@@ -39,6 +39,7 @@ REGISTRY = Registry(
         JobKind.RECONCILE: reconcile.handle_reconcile,
         JobKind.EXPIRE: expiry.handle_expire,
         JobKind.SWEEP_STORAGE: storage.handle_sweep_storage,
+        JobKind.PURGE_JOBS: retention.handle_purge_jobs,
     },
     on_dead={JobKind.PLACE: placement.on_place_dead},
 )
