@@ -30,7 +30,7 @@ async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     settings.job_poll_seconds = POLL_SECONDS
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        rt: Runtime = app.state.runtime  # type: ignore[attr-defined]
+        rt: Runtime = app.state.runtime
         yield rt
 
 
@@ -139,5 +139,5 @@ async def test_polling_only_when_listening_is_off(settings: Settings) -> None:
     settings.job_listen = False
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        rt: Runtime = app.state.runtime  # type: ignore[attr-defined]
+        rt: Runtime = app.state.runtime
         assert rt.listener is None
