@@ -71,6 +71,13 @@ class GatewayMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.storage_swept = Counter(
+            "filegate_storage_swept_total",
+            "Crash leftovers the storage sweep removed, by kind "
+            "(spool, set_aside, blob, multipart).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.health_checks = Counter(
             "filegate_health_checks_total",
             "File health-check findings (ok, blob_corrupt, copy_missing).",

@@ -159,6 +159,19 @@ class BlobStore(ABC):
 
 
 Referenced = Callable[[list[str]], Awaitable[set[str]]]
+
+
+def leftover_kind(where: str) -> str:
+    """What a path or key that sweep() returned was: a spool, a set-aside blob, an
+    unreferenced blob, or an abandoned multipart upload."""
+    if "?uploadId=" in where:
+        return "multipart"
+    name = where.rsplit("/", 1)[-1]
+    if name.startswith("collect-"):
+        return "set_aside"
+    if name.startswith(("upload-", ".probe-")):
+        return "spool"
+    return "blob"
 SWEEP_BATCH = 500
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
 from datetime import timedelta
@@ -21,6 +23,7 @@ from app.jobs.worker import Worker
 from app.main import create_app
 from app.models import File, Job, ProviderCopy
 from app.services.placement import provider_filename
+from app.storage.blobs import LocalBlobStore
 from tests.api.test_files import upload
 from tests.conftest import Gateway
 from tests.support.blobs import overwrite_blob
@@ -708,3 +711,27 @@ async def test_placement_cut_off_from_the_database_is_finished_later(
                 assert body.get("status") == "processed", body
     finally:
         proxy.stop()
+
+
+async def test_the_storage_sweep_counts_what_it_removes_by_kind(gateway: Gateway) -> None:
+    store = gateway.runtime.blob_store
+    assert isinstance(store, LocalBlobStore)
+    crashed = store.new_spool()  # its upload died before committing
+    await crashed.write(b"half an upload")
+    await crashed.finish()
+    orphan = store.new_spool()  # committed to the store, its row never written
+    await orphan.write(b"no row")
+    orphan_sha = await orphan.finish()
+    await store.commit(orphan, sha256=orphan_sha)
+    past = time.time() - 2 * gateway.runtime.settings.storage_leftover_max_age_seconds
+    for path in (crashed.path, store.local_path(store.key_for(orphan_sha))):
+        os.utime(path, (past, past))
+    async with gateway.runtime.sessionmaker() as session:
+        await queue.enqueue(session=session, kind=JobKind.SWEEP_STORAGE, payload={})
+        await session.commit()
+    await drain(gateway)
+    registry = gateway.runtime.metrics.registry
+    for kind in ("spool", "blob"):
+        assert registry.get_sample_value("filegate_storage_swept_total", {"kind": kind}) == 1
+    assert not await store.exists(store.key_for(orphan_sha))
+    assert not crashed.path.exists()

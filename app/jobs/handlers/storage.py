@@ -1,4 +1,4 @@
-"""Storage sweep jobs: remove what crashed uploads and collections left on disk."""
+"""Storage sweep jobs: remove what crashed uploads and collections left in the blob store."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Job
 from app.repositories.files import FileRepository
+from app.storage.blobs import leftover_kind
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -25,5 +26,7 @@ async def handle_sweep_storage(
         max_age_seconds=rt.settings.storage_leftover_max_age_seconds,
         referenced=repo.blobs_with_rows,
     )
+    for where in removed:
+        rt.metrics.storage_swept.labels(leftover_kind(where)).inc()
     if removed:
-        log.info("storage sweep removed %d leftover files", len(removed))
+        log.info("storage sweep removed %d leftovers", len(removed))
