@@ -31,15 +31,18 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
    and a second gateway's job loop on the same database starts the placement; p50 and p95
    from the close to the sandbox receiving the upload, woken by NOTIFY, vs the same with the
    worker polling only (FILEGATE_JOB_LISTEN=false, the default 1 s poll) in the same run;
+11. the object store: a 100 MiB upload and its download through a gateway on the S3 store (a
+   SeaweedFS started for the phase) vs one on local disk, in the same run;
+12. peak RSS over idle of the S3 gateway during 8 concurrent 100 MiB uploads;
 
 and prints a table (also written to bench-results/latest.txt).  Timings are medians of
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
 
 Options: --reps N, --size BYTES, --rps-requests N, --rps-concurrency C, --load-procs K,
 --fallback-pairs N, --hang-runs N, --hang-concurrency K, --recovery-files N,
---auth-requests N, --queue-runs N, --wakeup-runs N, --phases
-core,fallback,hang,resilience,auth,queue,wakeup (a subset), --profile (cProfile inside the
-gateway per phase, written under bench-results/profile/).
+--auth-requests N, --queue-runs N, --wakeup-runs N, --objectstore-runs N, --phases
+core,fallback,hang,resilience,auth,queue,wakeup,objectstore (a subset), --profile (cProfile
+inside the gateway per phase, written under bench-results/profile/).
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--queue-runs", type=int, default=10, help="queued placements timed")
     parser.add_argument(
         "--wakeup-runs", type=int, default=10, help="cross-process placements timed per mode"
+    )
+    parser.add_argument(
+        "--objectstore-runs", type=int, default=3, help="100 MiB round trips per store"
     )
     parser.add_argument(
         "--phases",

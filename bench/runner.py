@@ -16,6 +16,7 @@ from bench.phases.auth import auth_phase
 from bench.phases.core import core_phases
 from bench.phases.fallback import fallback_phase
 from bench.phases.hang import hang_phase
+from bench.phases.objectstore import objectstore_phase
 from bench.phases.queue import queue_phase
 from bench.phases.resilience import resilience_phase
 from bench.phases.wakeup import wakeup_phase
@@ -109,6 +110,8 @@ def run(
             queue_phase(b, runs=args.queue_runs)
         if "wakeup" in phases:
             wakeup_phase(b, procs, work, runs=args.wakeup_runs)
+        if "objectstore" in phases:
+            objectstore_phase(b, procs, work, runs=args.objectstore_runs)
         b.reset("moonshot")
         b.reset("zai")
 

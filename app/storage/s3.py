@@ -4,7 +4,7 @@ Layout under the configured prefix: `blobs/ab/cd/<sha256>` for committed blobs (
 addressed, each carrying its sha256 as object metadata), `tmp/upload-<token>` for an upload
 whose hash is not known yet, and `tmp/collect-<sha256>-<token>` for a blob set aside while
 its row's deletion commits. An upload streams into a multipart upload as it arrives, holding
-at most one part in memory; a small one is a single PUT. Committing copies the finished
+about one part in memory; a small one is a single PUT. Committing copies the finished
 object to its content address inside the store (no bytes pass through the gateway again).
 
 The client is aiobotocore: async, maintained with botocore (the same signing, retries and
@@ -42,8 +42,9 @@ from app.storage.blobs import (
 )
 
 MiB = 1024 * 1024
-# Every part but the last must be at least 5 MiB; 8 MiB keeps a 100 MiB upload to 13 parts.
-PART_BYTES = 8 * MiB
+# Every part but the last must be at least 5 MiB: a part goes once that much has arrived, so
+# an upload holds about one part in memory (5 GiB, the largest upload, is 1,024 parts).
+PART_BYTES = 5 * MiB
 # Hashing a chunk this large is worth a worker thread (hashlib releases the GIL).
 THREAD_HASH_BYTES = 256 * 1024
 # CopyObject copies at most 5 GiB in one call.
@@ -93,7 +94,8 @@ class S3Spool(Spool):
         self.key = key
         self.size = 0
         self._hash = hashlib.sha256()
-        self._buffer = bytearray()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._stored = False  # the temp object exists
@@ -101,12 +103,16 @@ class S3Spool(Spool):
 
     async def write(self, chunk: bytes) -> None:
         await _hash(self._hash, chunk)
-        self._buffer += chunk
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
         self.size += len(chunk)
-        while len(self._buffer) >= PART_BYTES:
-            part = bytes(self._buffer[:PART_BYTES])
-            del self._buffer[:PART_BYTES]
-            await self._send_part(part)
+        if self._buffered >= PART_BYTES:
+            await self._send_part(self._take())
+
+    def _take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        return data
 
     async def _send_part(self, data: bytes) -> None:
         client, bucket = self._store.client, self._store.bucket
@@ -124,10 +130,10 @@ class S3Spool(Spool):
         client, bucket = self._store.client, self._store.bucket
         if self._upload_id is None:
             with _unavailable():
-                await client.put_object(Bucket=bucket, Key=self.key, Body=bytes(self._buffer))
+                await client.put_object(Bucket=bucket, Key=self.key, Body=self._take())
         else:
-            if self._buffer:
-                await self._send_part(bytes(self._buffer))
+            if self._buffered:
+                await self._send_part(self._take())
             with _unavailable():
                 await client.complete_multipart_upload(
                     Bucket=bucket,
@@ -135,7 +141,6 @@ class S3Spool(Spool):
                     UploadId=self._upload_id,
                     MultipartUpload={"Parts": self._parts},
                 )
-        self._buffer = bytearray()
         self._stored = True
         return self._hash.hexdigest()
 
