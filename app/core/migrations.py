@@ -1,7 +1,13 @@
-"""Applying Alembic migrations, serialised across replicas by a PostgreSQL advisory lock."""
+"""Applying Alembic migrations, serialised across replicas by a PostgreSQL advisory lock.
+
+The migration scripts are the top-level `alembic/` directory of a checkout, where `alembic
+upgrade head` finds them through alembic.ini; an installed package carries the same scripts as
+`app/migrations`. The Config is built here in code, so no alembic.ini is read at runtime.
+"""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from alembic import command
@@ -10,13 +16,40 @@ from sqlalchemy import create_engine, text
 
 from app.core.db import private_sqlite_file
 
-ROOT = Path(__file__).resolve().parents[2]
 MIGRATION_LOCK_ID = 0x46_47_4D_49  # "FGMI": any constant shared by every replica
 
 
+class MigrationsNotFound(RuntimeError):
+    """Neither the installed package nor a source checkout holds the migration scripts."""
+
+
+def script_location() -> Path:
+    """The directory with env.py and versions/: installed with the package, or the checkout's.
+
+    A built (non-editable) install has `app/migrations`; an editable install or a plain
+    checkout has `alembic/` next to `app/`, recognised by the alembic.ini beside it.
+    """
+    package = resources.files("app")
+    candidates: list[Path] = []
+    if isinstance(package, Path):
+        candidates.append(package / "migrations")
+        checkout = package.resolve().parent
+        if (checkout / "alembic.ini").is_file():
+            candidates.append(checkout / "alembic")
+    for candidate in candidates:
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates) or f"the package at {package}"
+    raise MigrationsNotFound(
+        f"filegate's migration scripts are missing (looked in {looked}); reinstall the package"
+    )
+
+
 def alembic_config() -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    """An Alembic Config for the migration scripts, without reading any .ini file."""
+    cfg = Config()
+    # Config values go through ConfigParser interpolation, where "%" is special.
+    cfg.set_main_option("script_location", str(script_location()).replace("%", "%%"))
     return cfg
 
 
