@@ -7,18 +7,22 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
 from app.auth.keys import issue_key
+from app.core.clock import SYSTEM_CLOCK, Clock
 from app.core.config import Settings
 from app.core.logging import APP_LOGGER, UVICORN_LOGGERS, GatewayHandler
 from app.core.migrations import downgrade, sync_url, upgrade
 from app.main import create_app
+from tests.support.clock import FakeClock
 from tests.support.servers import serve_in_thread
 
 PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")
@@ -196,10 +200,28 @@ def breaker_namespace() -> Iterator[str]:
         client.close()
 
 
+def settings_with(settings: Settings, **overrides: Any) -> Settings:
+    """`settings` with `overrides`, validated as a new object; the original is left as it was."""
+    return Settings(**{**settings.model_dump(), **overrides})
+
+
+def _marked_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """What `@pytest.mark.settings(...)` asks for; the mark nearest the test wins."""
+    overrides: dict[str, Any] = {}
+    for mark in reversed(list(request.node.iter_markers("settings"))):
+        overrides.update(mark.kwargs)
+    return overrides
+
+
 @pytest.fixture
 def settings(
-    database_url: str, tmp_path: Path, sandbox_reset: str, breaker_namespace: str
+    request: pytest.FixtureRequest,
+    database_url: str,
+    tmp_path: Path,
+    sandbox_reset: str,
+    breaker_namespace: str,
 ) -> Settings:
+    """The test's settings; `@pytest.mark.settings(name=value, ...)` changes any of them."""
     return Settings(
         breaker_namespace=breaker_namespace,
         env="test",
@@ -214,6 +236,7 @@ def settings(
         job_backoff_base=0.01,
         job_backoff_max=0.05,
         provider_timeout=20,
+        **_marked_settings(request),
     )
 
 
@@ -289,10 +312,29 @@ class Gateway:
 
 
 @pytest.fixture
-async def gateway(settings: Settings, sandbox_reset: str) -> AsyncIterator[Gateway]:
-    app = create_app(settings)
+def clock() -> FakeClock:
+    """A clock the test moves by hand; the test's `gateway` then reads its time from it."""
+    return FakeClock()
+
+
+@asynccontextmanager
+async def started_gateway(
+    settings: Settings, sandbox_url: str, *, clock: Clock = SYSTEM_CLOCK
+) -> AsyncIterator[Gateway]:
+    """A gateway built for `settings` on `clock`, running until the block ends."""
+    app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
-        yield Gateway(app=app, sandbox_url=sandbox_reset)
+        yield Gateway(app=app, sandbox_url=sandbox_url)
+
+
+@pytest.fixture
+async def gateway(
+    request: pytest.FixtureRequest, settings: Settings, sandbox_reset: str
+) -> AsyncIterator[Gateway]:
+    """The gateway for `settings`; on the test's `clock` when the test asks for one."""
+    clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else SYSTEM_CLOCK
+    async with started_gateway(settings, sandbox_reset, clock=clock) as gw:
+        yield gw
 
 
 @pytest.fixture
