@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from app.models import ApiKey, File, IdempotencyKey
 from tests.api.test_files import TEXT, upload
 from tests.conftest import Gateway
+from tests.support.clock import FakeClock
 
 
 async def test_idempotent_upload_replays_and_creates_nothing(
@@ -133,7 +134,7 @@ async def test_tenant_quota_on_files_and_bytes(gateway: Gateway) -> None:
     assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
 
 
-async def test_expired_key_is_refused(gateway: Gateway) -> None:
+async def test_expired_key_is_refused(gateway: Gateway, clock: FakeClock) -> None:
     admin = await gateway.key("ops", ("admin",))
     async with gateway.client(admin) as ops:
         past = await ops.post(
@@ -141,7 +142,7 @@ async def test_expired_key_is_refused(gateway: Gateway) -> None:
             json={"tenant": "acme", "name": "n", "expires_at": "2020-01-01T00:00:00Z"},
         )
         assert past.status_code == 400 and past.json()["error"]["param"] == "expires_at"
-        soon = datetime.now(UTC) + timedelta(seconds=2)
+        soon = clock.now() + timedelta(seconds=2)
         created = await ops.post(
             "/admin/keys",
             json={"tenant": "acme", "name": "n", "expires_at": soon.isoformat()},
@@ -149,7 +150,7 @@ async def test_expired_key_is_refused(gateway: Gateway) -> None:
         token = created.json()["key"]
     async with gateway.client(token) as c:
         assert (await c.get("/v1/files")).status_code == 200
-        await asyncio.sleep(2.2)
+        clock.advance(2.2)
         gateway.runtime.identity.forget_keys()
         assert (await c.get("/v1/files")).status_code == 401
 

@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from app.core.db import utcnow
 from app.models import IdempotencyKey
 from tests.conftest import TEST_SECRET, Gateway
+from tests.support.clock import FakeClock
 from tests.support.processes import create_key, gateway_env, start_gateway, start_sandbox
+from tests.support.waiting import wait_until
 
 
 def _upload(client: httpx.AsyncClient, key: str) -> object:
@@ -27,15 +30,26 @@ def _upload(client: httpx.AsyncClient, key: str) -> object:
     )
 
 
+async def _held_past(gateway: Gateway, key: str, when: datetime) -> bool:
+    """The claim on `key` is running with a lease that lasts beyond `when`."""
+    async with gateway.runtime.sessionmaker() as session:
+        row = await session.scalar(select(IdempotencyKey).where(IdempotencyKey.key == key))
+    if row is None or row.state != "running" or row.lease_until is None:
+        return False
+    return row.lease_until > when
+
+
+@pytest.mark.settings(idempotency_lease_seconds=1)
 async def test_a_running_claim_is_renewed_while_its_request_runs(
-    gateway: Gateway, client: httpx.AsyncClient
+    gateway: Gateway, client: httpx.AsyncClient, clock: FakeClock
 ) -> None:
-    gateway.runtime.settings.idempotency_lease_seconds = 1
     await gateway.sandbox_fault(
         "moonshot", status=None, latency_ms=2500, rate=1.0, operations=["upload"]
     )
     first = asyncio.ensure_future(_upload(client, "slow-1"))  # type: ignore[arg-type]
-    await asyncio.sleep(1.6)  # past the first lease: only renewal keeps the claim
+    await wait_until(lambda: _held_past(gateway, "slow-1", clock.now()))
+    clock.advance(1.6)  # past the first lease: only renewal keeps the claim
+    await wait_until(lambda: _held_past(gateway, "slow-1", clock.now()))
     retry = await _upload(client, "slow-1")  # type: ignore[misc]
     assert retry.status_code == 409, retry.text
     assert retry.json()["error"]["code"] == "idempotency_key_in_use"
