@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 Check = Callable[[], bool | Awaitable[bool]]
 
 
-async def wait_until(check: Check, *, timeout: float = 10.0, every: float = 0.02) -> None:
+async def wait_until(check: Check, *, timeout: float = 5.0, every: float = 0.05) -> None:
     """Return as soon as `check()` holds; fail the test if it does not within `timeout`."""
     deadline = time.monotonic() + timeout
     while not await _holds(check):
