@@ -222,22 +222,22 @@ def settings(
     breaker_namespace: str,
 ) -> Settings:
     """The test's settings; `@pytest.mark.settings(name=value, ...)` changes any of them."""
-    return Settings(
-        breaker_namespace=breaker_namespace,
-        env="test",
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        redis_url=REDIS_URL,
-        secret_key=TEST_SECRET,  # type: ignore[arg-type]
-        sandbox=True,
-        sandbox_url=f"{sandbox_reset}/sandbox",
-        dedup_wait_seconds=30,
-        workers_in_process=0,
-        job_backoff_base=0.01,
-        job_backoff_max=0.05,
-        provider_timeout=20,
-        **_marked_settings(request),
-    )
+    values: dict[str, Any] = {
+        "breaker_namespace": breaker_namespace,
+        "env": "test",
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "redis_url": REDIS_URL,
+        "secret_key": TEST_SECRET,
+        "sandbox": True,
+        "sandbox_url": f"{sandbox_reset}/sandbox",
+        "dedup_wait_seconds": 30,
+        "workers_in_process": 0,
+        "job_backoff_base": 0.01,
+        "job_backoff_max": 0.05,
+        "provider_timeout": 20,
+    }
+    return Settings(**{**values, **_marked_settings(request)})
 
 
 @pytest.fixture
