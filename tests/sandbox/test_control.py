@@ -12,6 +12,7 @@ import pytest
 
 from app.sandbox import create_sandbox_app, create_standalone_app
 from app.sandbox.core import ConnectionDropped
+from tests.support.waiting import wait_until
 
 MOON = "/moonshot/v1/files"
 ZAI = "/zai/api/paas/v4/files"
@@ -49,6 +50,11 @@ async def moon_upload(client: httpx.AsyncClient, content: bytes = b"hi") -> http
 async def zai_upload(client: httpx.AsyncClient, content: bytes = b"{}") -> httpx.Response:
     files = {"file": ("in.jsonl", content)}
     return await client.post(ZAI, headers=AUTH, data={"purpose": "batch"}, files=files)
+
+
+async def listed(client: httpx.AsyncClient, provider: str) -> bool:
+    """The sandbox has taken a list call for `provider` (and is now hanging it, if faulted)."""
+    return bool((await client.get(f"/{provider}/_stats")).json()["calls"]["list"])
 
 
 async def set_fault(client: httpx.AsyncClient, provider: str, **fault: Any) -> dict[str, Any]:
@@ -375,8 +381,9 @@ async def test_hang_until_client_gives_up(live: httpx.AsyncClient) -> None:
 async def test_hang_released_by_clearing_faults(live: httpx.AsyncClient) -> None:
     await set_fault(live, "zai", hang=True, count=1)
     pending = asyncio.create_task(live.get(ZAI, headers=AUTH, timeout=10))
-    await asyncio.sleep(0.3)
-    assert not pending.done()
+    await wait_until(lambda: listed(live, "zai"))
+    held, _ = await asyncio.wait({pending}, timeout=0.3)  # and it stays hung
+    assert not held and not pending.done()
     await live.delete("/zai/_faults")
     response = await asyncio.wait_for(pending, timeout=5)
     assert response.status_code == 200
@@ -386,7 +393,7 @@ async def test_hang_released_by_clearing_faults(live: httpx.AsyncClient) -> None
 async def test_hang_released_by_reset(live: httpx.AsyncClient) -> None:
     await set_fault(live, "moonshot", hang=True, operations=["list"])
     pending = asyncio.create_task(live.get(MOON, headers=AUTH, timeout=10))
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: listed(live, "moonshot"))
     await live.post("/moonshot/_reset")
     response = await asyncio.wait_for(pending, timeout=5)
     assert response.status_code == 200
