@@ -14,6 +14,7 @@ import httpx
 
 from tests.conftest import TEST_SECRET, Gateway
 from tests.support.processes import create_key, gateway_env, start_gateway, start_sandbox
+from tests.support.waiting import wait_until
 
 BYTES = b"placed by whoever holds the lease\n"
 
@@ -108,8 +109,11 @@ async def test_an_upload_during_a_delete_never_names_the_deleted_file(
         assert first.status_code == 200, first.text
         calls = (await gateway.sandbox_stats("moonshot"))["calls"]["delete"]
         deleting = asyncio.ensure_future(client.delete(f"/v1/files/{first.json()['id']}"))
-        while (await gateway.sandbox_stats("moonshot"))["calls"]["delete"] == calls:
-            await asyncio.sleep(0.005)  # until the provider delete is under way
+
+        async def deleting_at_provider(calls: int = calls) -> bool:
+            return (await gateway.sandbox_stats("moonshot"))["calls"]["delete"] > calls
+
+        await wait_until(deleting_at_provider, every=0.005)  # the provider delete is under way
         again = await upload()
         deleted = await deleting
         assert deleted.status_code == 200, deleted.text
