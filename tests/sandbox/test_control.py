@@ -52,9 +52,9 @@ async def zai_upload(client: httpx.AsyncClient, content: bytes = b"{}") -> httpx
     return await client.post(ZAI, headers=AUTH, data={"purpose": "batch"}, files=files)
 
 
-async def listed(client: httpx.AsyncClient, provider: str) -> bool:
-    """The sandbox has taken a list call for `provider` (and is now hanging it, if faulted)."""
-    return bool((await client.get(f"/{provider}/_stats")).json()["calls"]["list"])
+async def hanging(client: httpx.AsyncClient, provider: str) -> bool:
+    """A hang fault holds a call to `provider` right now."""
+    return bool((await client.get(f"/{provider}/_stats")).json()["hanging"])
 
 
 async def set_fault(client: httpx.AsyncClient, provider: str, **fault: Any) -> dict[str, Any]:
@@ -78,6 +78,7 @@ async def test_stats_count_every_call(client: httpx.AsyncClient) -> None:
         "calls": {"upload": 2, "list": 2, "retrieve": 1, "content": 1, "delete": 1},
         "files": 1,
         "bytes": 5,
+        "hanging": 0,
     }
     zai_stats = (await client.get("/zai/_stats")).json()
     assert zai_stats["calls"] == dict.fromkeys(
@@ -381,7 +382,7 @@ async def test_hang_until_client_gives_up(live: httpx.AsyncClient) -> None:
 async def test_hang_released_by_clearing_faults(live: httpx.AsyncClient) -> None:
     await set_fault(live, "zai", hang=True, count=1)
     pending = asyncio.create_task(live.get(ZAI, headers=AUTH, timeout=10))
-    await wait_until(lambda: listed(live, "zai"))
+    await wait_until(lambda: hanging(live, "zai"))
     held, _ = await asyncio.wait({pending}, timeout=0.3)  # and it stays hung
     assert not held and not pending.done()
     await live.delete("/zai/_faults")
@@ -393,7 +394,7 @@ async def test_hang_released_by_clearing_faults(live: httpx.AsyncClient) -> None
 async def test_hang_released_by_reset(live: httpx.AsyncClient) -> None:
     await set_fault(live, "moonshot", hang=True, operations=["list"])
     pending = asyncio.create_task(live.get(MOON, headers=AUTH, timeout=10))
-    await wait_until(lambda: listed(live, "moonshot"))
+    await wait_until(lambda: hanging(live, "moonshot"))
     await live.post("/moonshot/_reset")
     response = await asyncio.wait_for(pending, timeout=5)
     assert response.status_code == 200

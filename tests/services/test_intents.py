@@ -14,7 +14,7 @@ import httpx
 
 from tests.conftest import TEST_SECRET, Gateway
 from tests.support.processes import create_key, gateway_env, start_gateway, start_sandbox
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, wait_until_blocking
 
 BYTES = b"placed by whoever holds the lease\n"
 
@@ -52,8 +52,8 @@ def test_a_placement_whose_gateway_died_is_taken_over_within_the_lease(tmp_path:
                 time.sleep(0.05)
             first.kill()  # SIGKILL mid-placement: the file stays `uploaded`, its job leased
             first.wait(10)
-            # Let the provider see the hang-up (it polls), so the hung call stores nothing.
-            time.sleep(1.0)
+            # Wait for the provider to see the hang-up (it polls), so the hung call stores nothing.
+            wait_until_blocking(lambda: httpx.get(stats, timeout=30).json()["hanging"] == 0)
         httpx.delete(faults).raise_for_status()
         with start_gateway(env) as second:
             started = time.monotonic()

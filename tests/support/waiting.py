@@ -21,3 +21,13 @@ async def wait_until(check: Check, *, timeout: float = 5.0, every: float = 0.05)
 async def _holds(check: Check) -> bool:
     result = check()
     return await result if inspect.isawaitable(result) else result
+
+
+def wait_until_blocking(
+    check: Callable[[], bool], *, timeout: float = 5.0, every: float = 0.05
+) -> None:
+    """`wait_until` for synchronous tests driving other processes."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"condition not reached within {timeout:g}s"
+        time.sleep(every)
