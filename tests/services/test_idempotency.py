@@ -18,7 +18,7 @@ from app.models import IdempotencyKey
 from tests.conftest import TEST_SECRET, Gateway
 from tests.support.clock import FakeClock
 from tests.support.processes import create_key, gateway_env, start_gateway, start_sandbox
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, wait_until_blocking
 
 
 def _upload(client: httpx.AsyncClient, key: str) -> object:
@@ -111,11 +111,12 @@ def test_a_key_held_by_a_killed_gateway_is_free_once_its_lease_lapses(tmp_path: 
         with start_gateway(env) as first:
             hung = threading.Thread(target=lambda: _swallow(post, first.url), daemon=True)
             hung.start()
-            deadline = time.monotonic() + 15
             stats = f"{sandbox.url}/sandbox/moonshot/_stats"
-            while httpx.get(stats, timeout=30).json()["calls"]["upload"] < 1:
-                assert time.monotonic() < deadline, "the upload never reached the provider"
-                time.sleep(0.05)
+            wait_until_blocking(
+                lambda: httpx.get(stats, timeout=30).json()["calls"]["upload"] >= 1,
+                timeout=15,
+                message="the upload never reached the provider",
+            )
             first.kill()  # SIGKILL while the key is claimed and the provider call hangs
             first.wait(10)
         httpx.delete(f"{sandbox.url}/sandbox/moonshot/_faults").raise_for_status()

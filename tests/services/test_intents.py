@@ -46,10 +46,11 @@ def test_a_placement_whose_gateway_died_is_taken_over_within_the_lease(tmp_path:
         with start_gateway({**env, "FILEGATE_WORKERS_IN_PROCESS": "0"}) as first:
             threading.Thread(target=_swallow, args=(first.url, token), daemon=True).start()
             stats = f"{sandbox.url}/sandbox/moonshot/_stats"
-            deadline = time.monotonic() + 15
-            while httpx.get(stats, timeout=30).json()["calls"]["upload"] < 1:
-                assert time.monotonic() < deadline, "the upload never reached the provider"
-                time.sleep(0.05)
+            wait_until_blocking(
+                lambda: httpx.get(stats, timeout=30).json()["calls"]["upload"] >= 1,
+                timeout=15,
+                message="the upload never reached the provider",
+            )
             first.kill()  # SIGKILL mid-placement: the file stays `uploaded`, its job leased
             first.wait(10)
             # Wait for the provider to see the hang-up (it polls), so the hung call stores nothing.

@@ -24,10 +24,14 @@ async def _holds(check: Check) -> bool:
 
 
 def wait_until_blocking(
-    check: Callable[[], bool], *, timeout: float = 5.0, every: float = 0.05
+    check: Callable[[], bool],
+    *,
+    timeout: float = 5.0,
+    every: float = 0.05,
+    message: str = "condition not reached",
 ) -> None:
     """`wait_until` for synchronous tests driving other processes."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"condition not reached within {timeout:g}s"
+        assert time.monotonic() < deadline, f"{message} within {timeout:g}s"
         time.sleep(every)
