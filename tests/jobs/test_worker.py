@@ -21,7 +21,7 @@ from app.jobs.queue import JobKind, RetryLater
 from app.jobs.worker import Worker
 from app.models import Job
 from app.repositories.jobs import JobRepository
-from tests.conftest import Gateway
+from tests.conftest import Gateway, settings_with
 from tests.support.waiting import wait_until
 
 
@@ -174,7 +174,7 @@ async def test_job_failures_are_logged_with_the_job_context(gateway: Gateway) ->
             )
         await session.commit()
     buf = io.StringIO()
-    as_json = gateway.runtime.settings.model_copy(update={"log_format": "json"})
+    as_json = settings_with(gateway.runtime.settings, log_format="json")
     configure_logging(as_json, stream=buf)
     assert await Worker(gateway.runtime, registry=registry).drain() == 2
 
