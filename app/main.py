@@ -16,6 +16,7 @@ from app.api.middleware import RequestContextMiddleware
 from app.api.routes import admin, files, health
 from app.api.timeouts import BodyIdleTimeoutMiddleware
 from app.auth.identify import IdentifyMiddleware
+from app.core.clock import SYSTEM_CLOCK, Clock
 from app.core.config import Settings, load_settings
 from app.core.logging import configure_logging
 from app.core.metrics import GatewayMetrics
@@ -31,14 +32,17 @@ Every error body is `{"error": {"message", "type", "code", "param"}}`.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
+    """The gateway for `settings` (the environment's by default), reading time from `clock`."""
     settings = settings or load_settings()
     configure_logging(settings)
     metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with build_runtime(settings, metrics=metrics, own_sandbox=True) as runtime:
+        async with build_runtime(
+            settings, metrics=metrics, own_sandbox=True, clock=clock
+        ) as runtime:
             if runtime.sandbox_url is not None and runtime.sandbox_name is not None:
                 await recheck_on_start(
                     sessionmaker=runtime.sessionmaker,

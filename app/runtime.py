@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.cache import IdentityCache
 from app.auth.jwt import JWTVerifier, verifier_from_settings
+from app.core.clock import SYSTEM_CLOCK, Clock
 from app.core.config import ConfigError, Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.metrics import GatewayMetrics
@@ -58,6 +59,7 @@ class Runtime:
     refusals: RefusalThrottle = field(default_factory=lambda: RefusalThrottle(20))
     sandbox_url: str | None = None
     sandbox_in_process: bool = False
+    clock: Clock = SYSTEM_CLOCK
 
     @cached_property
     def placer(self) -> Placer:
@@ -115,9 +117,14 @@ async def _load_deployment(deployment: DeploymentIdentity) -> None:
 
 @asynccontextmanager
 async def build_runtime(
-    settings: Settings, *, metrics: GatewayMetrics, own_sandbox: bool = False
+    settings: Settings,
+    *,
+    metrics: GatewayMetrics,
+    own_sandbox: bool = False,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[Runtime]:
-    """The runtime; with `own_sandbox` and no FILEGATE_SANDBOX_URL, a loopback sandbox too."""
+    """The runtime on `clock`; with `own_sandbox` and no FILEGATE_SANDBOX_URL, a loopback
+    sandbox too."""
     async with AsyncExitStack() as stack:
         sandbox_url = settings.sandbox_url
         in_process = False
@@ -130,14 +137,19 @@ async def build_runtime(
             in_process = True
             log.info("provider sandbox on %s (loopback only)", sandbox_url)
         async with _build_runtime(
-            settings, metrics=metrics, sandbox_url=sandbox_url, in_process=in_process
+            settings, metrics=metrics, sandbox_url=sandbox_url, in_process=in_process, clock=clock
         ) as runtime:
             yield runtime
 
 
 @asynccontextmanager
 async def _build_runtime(
-    settings: Settings, *, metrics: GatewayMetrics, sandbox_url: str | None, in_process: bool
+    settings: Settings,
+    *,
+    metrics: GatewayMetrics,
+    sandbox_url: str | None,
+    in_process: bool,
+    clock: Clock,
 ) -> AsyncIterator[Runtime]:
     configs = provider_configs(settings, sandbox_url=sandbox_url)
     engine = create_engine(
@@ -153,6 +165,7 @@ async def _build_runtime(
             configs=configs,
             engine=engine,
             blob_store=blob_store,
+            clock=clock,
         ) as runtime,
     ):
         yield runtime
@@ -190,6 +203,7 @@ async def _assemble(
     configs: list[ProviderConfig],
     engine: AsyncEngine,
     blob_store: BlobStore,
+    clock: Clock,
 ) -> AsyncIterator[Runtime]:
     # Jobs queued through this process's sessions wake its own job loops at commit.
     wakeup = JobWakeup()
@@ -203,7 +217,9 @@ async def _assemble(
         if count:
             log.info("circuit %s closed: %d pending placement(s) made due", provider, count)
 
-    breakers = BreakerBoard.from_settings(settings, metrics=metrics, on_close=placements_due)
+    breakers = BreakerBoard.from_settings(
+        settings, metrics=metrics, on_close=placements_due, clock=clock.monotonic
+    )
     redis = (
         Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         if (settings.redis_url)
@@ -229,12 +245,17 @@ async def _assemble(
         deployment=DeploymentIdentity(sessionmaker),
         wakeup=wakeup,
         listener=build_listener(settings, wakeup),
+        identity=IdentityCache(clock=clock.monotonic),
         jwt=jwt,
         rate_limiter=build_rate_limiter(redis),
         breakers=breakers,
-        refusals=RefusalThrottle(settings.audit_anonymous_refusals_per_minute),
+        database=OutageLog("database", clock=clock.monotonic),
+        refusals=RefusalThrottle(
+            settings.audit_anonymous_refusals_per_minute, clock=clock.monotonic
+        ),
         sandbox_url=sandbox_url if any(cfg.sandbox for cfg in configs) else None,
         sandbox_in_process=in_process,
+        clock=clock,
     )
     await _load_deployment(runtime.deployment)
     if runtime.listener is not None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 
 from app.auth.keys import issue_key
+from app.core.clock import SYSTEM_CLOCK, Clock
 from app.core.config import Settings
 from app.core.logging import APP_LOGGER, UVICORN_LOGGERS, GatewayHandler
 from app.core.migrations import downgrade, sync_url, upgrade
 from app.main import create_app
 from app.runtime import Runtime
+from tests.support.clock import FakeClock
 from tests.support.seaweed import ObjectStore, seaweedfs
 from tests.support.servers import serve_in_thread
 
@@ -208,25 +211,44 @@ def breaker_namespace() -> Iterator[str]:
         client.close()
 
 
+def settings_with(settings: Settings, **overrides: Any) -> Settings:
+    """`settings` with `overrides`, validated as a new object; the original is left as it was."""
+    return Settings(**{**settings.model_dump(), **overrides})
+
+
+def _marked_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """What `@pytest.mark.settings(...)` asks for; the mark nearest the test wins."""
+    overrides: dict[str, Any] = {}
+    for mark in reversed(list(request.node.iter_markers("settings"))):
+        overrides.update(mark.kwargs)
+    return overrides
+
+
 @pytest.fixture
 def settings(
-    database_url: str, tmp_path: Path, sandbox_reset: str, breaker_namespace: str
+    request: pytest.FixtureRequest,
+    database_url: str,
+    tmp_path: Path,
+    sandbox_reset: str,
+    breaker_namespace: str,
 ) -> Settings:
-    return Settings(
-        breaker_namespace=breaker_namespace,
-        env="test",
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        redis_url=REDIS_URL,
-        secret_key=TEST_SECRET,
-        sandbox=True,
-        sandbox_url=f"{sandbox_reset}/sandbox",
-        dedup_wait_seconds=30,
-        workers_in_process=0,
-        job_backoff_base=0.01,
-        job_backoff_max=0.05,
-        provider_timeout=20,
-    )
+    """The test's settings; `@pytest.mark.settings(name=value, ...)` changes any of them."""
+    values: dict[str, Any] = {
+        "breaker_namespace": breaker_namespace,
+        "env": "test",
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "redis_url": REDIS_URL,
+        "secret_key": TEST_SECRET,
+        "sandbox": True,
+        "sandbox_url": f"{sandbox_reset}/sandbox",
+        "dedup_wait_seconds": 30,
+        "workers_in_process": 0,
+        "job_backoff_base": 0.01,
+        "job_backoff_max": 0.05,
+        "provider_timeout": 20,
+    }
+    return Settings(**{**values, **_marked_settings(request)})
 
 
 @pytest.fixture
@@ -303,10 +325,29 @@ class Gateway:
 
 
 @pytest.fixture
-async def gateway(settings: Settings, sandbox_reset: str) -> AsyncIterator[Gateway]:
-    app = create_app(settings)
+def clock() -> FakeClock:
+    """A clock the test moves by hand; the test's `gateway` then reads its time from it."""
+    return FakeClock()
+
+
+@asynccontextmanager
+async def started_gateway(
+    settings: Settings, sandbox_url: str, *, clock: Clock = SYSTEM_CLOCK
+) -> AsyncIterator[Gateway]:
+    """A gateway built for `settings` on `clock`, running until the block ends."""
+    app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
-        yield Gateway(app=app, sandbox_url=sandbox_reset)
+        yield Gateway(app=app, sandbox_url=sandbox_url)
+
+
+@pytest.fixture
+async def gateway(
+    request: pytest.FixtureRequest, settings: Settings, sandbox_reset: str
+) -> AsyncIterator[Gateway]:
+    """The gateway for `settings`; on the test's `clock` when the test asks for one."""
+    clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else SYSTEM_CLOCK
+    async with started_gateway(settings, sandbox_reset, clock=clock) as gw:
+        yield gw
 
 
 @pytest.fixture

@@ -61,6 +61,7 @@ class IdempotencyScope:
             key=key,
             request_fingerprint=fingerprint,
             lease_seconds=lease,
+            clock=self._rt.clock,
         )
         if stored is not None:
             return JSONResponse(
@@ -71,7 +72,11 @@ class IdempotencyScope:
         self._claim = (tenant, key)
         await self._lease.enter_async_context(
             idempotency.held(
-                sessionmaker=self._rt.sessionmaker, tenant_id=tenant, key=key, lease_seconds=lease
+                sessionmaker=self._rt.sessionmaker,
+                tenant_id=tenant,
+                key=key,
+                lease_seconds=lease,
+                clock=self._rt.clock,
             )
         )
         return None

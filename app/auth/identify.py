@@ -71,7 +71,7 @@ async def identify(runtime: Runtime, token: str) -> tuple[Principal | None, str 
         async with runtime.sessionmaker() as session:
             record = await load_key_record(session=session, key_id=parsed.key_id)
         runtime.identity.remember_key(parsed.key_id, record)
-    principal = principal_for(token, record, hmac_key=runtime.hmac_key)
+    principal = principal_for(token, record, hmac_key=runtime.hmac_key, now=runtime.clock.now())
     if principal is not None and runtime.identity.due_for_touch(principal.key_id):
         # last_used_at is written at most once a minute per key and process.
         async with runtime.sessionmaker() as session:

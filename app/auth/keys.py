@@ -179,14 +179,17 @@ async def load_key_record(*, session: AsyncSession, key_id: str) -> KeyRecord | 
     )
 
 
-def principal_for(token: str, record: KeyRecord | None, *, hmac_key: bytes) -> Principal | None:
-    """The caller a presented token proves, or None (unknown, wrong secret, revoked, expired)."""
+def principal_for(
+    token: str, record: KeyRecord | None, *, hmac_key: bytes, now: datetime
+) -> Principal | None:
+    """The caller a presented token proves at `now`, or None (unknown, wrong secret, revoked,
+    expired)."""
     parsed = parse_key(token)
     if parsed is None or record is None or record.key_id != parsed.key_id:
         return None
     if not verify_secret(parsed.secret, record.secret_hash, hmac_key=hmac_key):
         return None
-    if record.revoked or (record.expires_at is not None and record.expires_at <= utcnow()):
+    if record.revoked or (record.expires_at is not None and record.expires_at <= now):
         return None
     return Principal(
         key_id=record.key_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING
@@ -37,17 +38,27 @@ class BreakerBoard:
     on_close: CloseHook | None = None
     redis_timeout: float = store.REDIS_TIMEOUT_SECONDS
     reconnect_seconds: float = store.RECONNECT_SECONDS
+    clock: Callable[[], float] = time.monotonic
     _hooks: set[asyncio.Task[object]] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.store = store.BreakerStore(
-            self.namespace, self.redis_url, self.redis_timeout, self.reconnect_seconds
+            self.namespace,
+            self.redis_url,
+            self.redis_timeout,
+            self.reconnect_seconds,
+            clock=self.clock,
         )
         self.breakers = {provider: ProviderBreaker(provider, self) for provider in self.providers}
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, metrics: GatewayMetrics | None = None, on_close: CloseHook
+        cls,
+        settings: Settings,
+        *,
+        metrics: GatewayMetrics | None = None,
+        on_close: CloseHook,
+        clock: Callable[[], float] = time.monotonic,
     ) -> BreakerBoard:
         """The board for these settings (no I/O)."""
         return cls(
@@ -60,6 +71,7 @@ class BreakerBoard:
             metrics=metrics,
             on_close=on_close,
             redis_timeout=settings.breaker_redis_timeout_seconds,
+            clock=clock,
         )
 
     def closed(self, provider: str) -> None:

@@ -46,9 +46,11 @@ class BreakerStore:
         redis_url: str | None = None,
         timeout: float = REDIS_TIMEOUT_SECONDS,
         reconnect_seconds: float = RECONNECT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.namespace, self.timeout = namespace, timeout
         self.reconnect_seconds = reconnect_seconds
+        self._clock = clock  # what the reconnect wait is measured on
         self.client = None if redis_url is None else redis_client(redis_url, timeout=timeout)
         self.degraded = False
         self._retry_at = 0.0
@@ -60,13 +62,13 @@ class BreakerStore:
 
     async def call(self, op: Callable[[Redis], Awaitable[Any]]) -> Any:
         """`op`'s result, or None (and degraded) when Redis fails or is being left alone."""
-        if self.client is None or (self.degraded and time.monotonic() < self._retry_at):
+        if self.client is None or (self.degraded and self._clock() < self._retry_at):
             return None
         try:
             async with asyncio.timeout(2 * self.timeout):
                 result = await op(self.client)
         except Exception as exc:
-            self._retry_at = time.monotonic() + self.reconnect_seconds
+            self._retry_at = self._clock() + self.reconnect_seconds
             if not self.degraded:
                 self.degraded = True
                 logger.warning(

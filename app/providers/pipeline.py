@@ -154,7 +154,9 @@ class CallPipeline(ABC):
         breaker: ProviderBreaker | None = None,
         retry_policy: RetryPolicy | None = None,
         retry_observer: RetryObserver | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`transport` replaces the pooled network transport (a test's MockTransport, say)."""
         self.config = config
         self._observer = observer
         self.breaker = breaker
@@ -170,7 +172,8 @@ class CallPipeline(ABC):
                 write=config.idle_timeout,
                 pool=config.pool_timeout,
             ),
-            transport=httpx.AsyncHTTPTransport(
+            transport=transport
+            or httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(
                     max_connections=config.max_connections + config.background_connections,
                     max_keepalive_connections=config.max_connections,

@@ -223,6 +223,7 @@ class ProviderSandbox(ABC):
         self.options = options
         self.rng = rng
         self.fault_generation = 0
+        self.hanging = 0  # calls a hang fault holds right now
         self.reset()
 
     def reset(self) -> None:
@@ -243,6 +244,7 @@ class ProviderSandbox(ABC):
             "calls": dict(self.calls),
             "files": len(self.files),
             "bytes": self.stored_bytes,
+            "hanging": self.hanging,
         }
 
     @property
@@ -324,11 +326,15 @@ class ProviderSandbox(ABC):
     async def _hang(self, request: Request) -> bool:
         """Wait until faults change (True) or the client disconnects (False)."""
         generation = self.fault_generation
-        while self.fault_generation == generation:
-            if await request.is_disconnected():
-                return False
-            await asyncio.sleep(_HANG_POLL_S)
-        return True
+        self.hanging += 1
+        try:
+            while self.fault_generation == generation:
+                if await request.is_disconnected():
+                    return False
+                await asyncio.sleep(_HANG_POLL_S)
+            return True
+        finally:
+            self.hanging -= 1
 
     def lookup(self, file_id: str) -> StoredFile | None:
         """A stored file by id."""

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.db import utcnow
+from app.core.clock import SYSTEM_CLOCK, Clock
 from app.core.errors import Conflict, InvalidRequest, Unprocessable
 from app.core.leases import renewing
 from app.models import IdempotencyKey
@@ -59,6 +59,7 @@ async def begin(
     key: str,
     request_fingerprint: str,
     lease_seconds: float,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> StoredAnswer | None:
     """Claim `key` for this request (None), or return the answer to replay; 409/422 otherwise.
 
@@ -68,7 +69,7 @@ async def begin(
         repo = IdempotencyRepository(session)
         for _ in range(3):
             row = await repo.get(tenant_id=tenant_id, key=key)
-            now = utcnow()
+            now = clock.now()
             if row is not None and (
                 row.expires_at <= now or (row.state == "running" and _lapses_at(row) <= now)
             ):
@@ -120,12 +121,13 @@ async def held(
     tenant_id: str,
     key: str,
     lease_seconds: float,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[None]:
     """Keep renewing the claim's lease while the request runs (a third of the lease apart)."""
 
     async def renew() -> bool:
         async with sessionmaker() as session:
-            until = utcnow() + timedelta(seconds=lease_seconds)
+            until = clock.now() + timedelta(seconds=lease_seconds)
             alive = await IdempotencyRepository(session).renew(
                 tenant_id=tenant_id, key=key, until=until
             )

@@ -172,6 +172,8 @@ def leftover_kind(where: str) -> str:
     if name.startswith(("upload-", ".probe-")):
         return "spool"
     return "blob"
+
+
 SWEEP_BATCH = 500
 
 

@@ -244,10 +244,10 @@ def test_an_unexpected_error_is_an_envelope_with_a_request_id_and_the_connection
     assert second.startswith(b"HTTP/1.1 200")
 
 
+@pytest.mark.settings(max_upload_bytes=4 * MiB)
 def test_refused_bodies_end_in_a_clean_answer_over_a_real_connection(
     settings: Settings,
 ) -> None:
-    settings.max_upload_bytes = 4 * MiB
     app = create_app(settings)
     big = b"{" + b" " * (30 * MiB)
     with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=60) as http:

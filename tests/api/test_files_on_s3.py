@@ -12,29 +12,26 @@ import pytest
 from sqlalchemy import select
 
 from app.core.config import Settings
-from app.main import create_app
 from app.models import Blob, File
 from app.storage.s3 import PART_BYTES, S3BlobStore
 from tests.api.test_files import upload
-from tests.conftest import S3_BUCKET, Gateway
+from tests.conftest import S3_BUCKET, Gateway, settings_with, started_gateway
 from tests.support.blobs import leftovers, read_blob
 from tests.support.invariants import assert_registry_sound
 from tests.support.seaweed import ObjectStore
 
 
 def on_s3(settings: Settings, store: ObjectStore, **overrides: object) -> Settings:
-    return Settings(
-        **{
-            **settings.model_dump(),
-            "blob_store": "s3",
-            "s3_endpoint_url": store.endpoint_url,
-            "s3_bucket": S3_BUCKET,
-            "s3_region": store.region,
-            "s3_access_key_id": store.access_key_id,
-            "s3_secret_access_key": store.secret_access_key,
-            "s3_prefix": f"gw-{secrets.token_hex(6)}",
-            **overrides,
-        }
+    return settings_with(
+        settings,
+        blob_store="s3",
+        s3_endpoint_url=store.endpoint_url,
+        s3_bucket=S3_BUCKET,
+        s3_region=store.region,
+        s3_access_key_id=store.access_key_id,
+        s3_secret_access_key=store.secret_access_key,
+        s3_prefix=f"gw-{secrets.token_hex(6)}",
+        **overrides,
     )
 
 
@@ -42,9 +39,8 @@ def on_s3(settings: Settings, store: ObjectStore, **overrides: object) -> Settin
 async def s3_gateway(
     settings: Settings, object_store: ObjectStore, sandbox_reset: str
 ) -> AsyncIterator[Gateway]:
-    app = create_app(on_s3(settings, object_store))
-    async with app.router.lifespan_context(app):
-        yield Gateway(app=app, sandbox_url=sandbox_reset)
+    async with started_gateway(on_s3(settings, object_store), sandbox_reset) as gateway:
+        yield gateway
 
 
 def s3_store(gateway: Gateway) -> S3BlobStore:
@@ -120,9 +116,7 @@ async def test_an_unreachable_object_store_refuses_uploads_and_keeps_nothing(
     settings: Settings, object_store: ObjectStore, sandbox_reset: str
 ) -> None:
     down = on_s3(settings, object_store, s3_endpoint_url="http://127.0.0.1:1")
-    app = create_app(down)
-    async with app.router.lifespan_context(app):
-        gateway = Gateway(app=app, sandbox_url=sandbox_reset)
+    async with started_gateway(down, sandbox_reset) as gateway:
         async with gateway.client(await gateway.key()) as client:
             resp = await upload(client)
             assert resp.status_code == 503, resp.text

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import httpx
-from pydantic import SecretStr
+import pytest
 
 from app.core.config import Settings
 from tests.api.test_files import upload
-from tests.conftest import REDIS_URL, Gateway
+from tests.conftest import REDIS_URL, Gateway, settings_with, started_gateway
 
 
 async def test_live_and_ready(gateway: Gateway) -> None:
@@ -24,27 +24,18 @@ async def test_live_and_ready(gateway: Gateway) -> None:
         assert checks["redis"]["status"] == "ok"
 
 
-async def test_ready_reports_down_database(gateway: Gateway) -> None:
-    await gateway.runtime.engine.dispose()
-    gateway.runtime.engine.url = gateway.runtime.engine.url.set(
-        database="/nonexistent/dir/x.db" if gateway.runtime.settings.is_sqlite else "nope_db"
-    )
-    from app.core.db import create_engine
-
-    broken = create_engine(
+async def test_ready_reports_down_database(settings: Settings, sandbox_reset: str) -> None:
+    unreachable = (
         "sqlite+aiosqlite:////nonexistent/dir/x.db"
-        if gateway.runtime.settings.is_sqlite
+        if settings.is_sqlite
         else "postgresql+psycopg://postgres@127.0.0.1:1/nope"
     )
-    real, gateway.runtime.engine = gateway.runtime.engine, broken
-    try:
+    down = settings_with(settings, database_url=unreachable)
+    async with started_gateway(down, sandbox_reset) as gateway:
         async with gateway.client() as c:
             ready = await c.get("/health/ready")
-        assert ready.status_code == 503
-        assert ready.json()["checks"]["database"]["status"] == "down"
-    finally:
-        gateway.runtime.engine = real
-        await broken.dispose()
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"]["status"] == "down"
 
 
 async def test_metrics_count_uploads_dedup_and_provider_calls(
@@ -92,37 +83,33 @@ async def test_unknown_route_uses_error_shape(gateway: Gateway) -> None:
     assert set(resp.json()["error"]) == {"message", "type", "code", "param"}
 
 
-async def test_metrics_token_and_docs_switch(settings: Settings) -> None:
-    from app.main import create_app
-
-    settings.metrics_token = SecretStr("metrics-secret-token")
-    settings.docs_enabled = False
-    settings.cors_origins = ["https://console.example"]
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://g"
-        ) as c:
-            assert (await c.get("/metrics")).status_code == 401
-            wrong = await c.get("/metrics", headers={"Authorization": "Bearer nope"})
-            assert wrong.status_code == 401 and "metrics-secret-token" not in wrong.text
-            ok = await c.get("/metrics", headers={"Authorization": "Bearer metrics-secret-token"})
-            assert ok.status_code == 200 and "filegate_uploads_total" in ok.text
-            assert (await c.get("/docs")).status_code == 404
-            assert (await c.get("/openapi.json")).status_code == 404
-            pre = await c.options(
-                "/v1/files",
-                headers={
-                    "Origin": "https://console.example",
-                    "Access-Control-Request-Method": "GET",
-                },
-            )
-            assert pre.headers["access-control-allow-origin"] == "https://console.example"
-            other = await c.options(
-                "/v1/files",
-                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
-            )
-            assert "access-control-allow-origin" not in other.headers
+@pytest.mark.settings(
+    metrics_token="metrics-secret-token",
+    docs_enabled=False,
+    cors_origins=["https://console.example"],
+)
+async def test_metrics_token_and_docs_switch(gateway: Gateway) -> None:
+    async with gateway.client() as c:
+        assert (await c.get("/metrics")).status_code == 401
+        wrong = await c.get("/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "metrics-secret-token" not in wrong.text
+        ok = await c.get("/metrics", headers={"Authorization": "Bearer metrics-secret-token"})
+        assert ok.status_code == 200 and "filegate_uploads_total" in ok.text
+        assert (await c.get("/docs")).status_code == 404
+        assert (await c.get("/openapi.json")).status_code == 404
+        pre = await c.options(
+            "/v1/files",
+            headers={
+                "Origin": "https://console.example",
+                "Access-Control-Request-Method": "GET",
+            },
+        )
+        assert pre.headers["access-control-allow-origin"] == "https://console.example"
+        other = await c.options(
+            "/v1/files",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert "access-control-allow-origin" not in other.headers
 
 
 async def test_cors_is_off_by_default(gateway: Gateway) -> None:

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from app.core.config import Settings
-from app.main import create_app
-from tests.conftest import Gateway
+from tests.conftest import Gateway, settings_with, started_gateway
 from tests.support.blobs import overwrite_blob
 
 MiB = 1024 * 1024
@@ -78,15 +77,14 @@ async def test_a_full_disk_answers_507_keeps_nothing_and_says_so_in_readiness(
     settings: Settings, tmp_path: Path
 ) -> None:
     with tmpfs(tmp_path / "small", "4m") as disk:
-        settings.data_dir = disk / "data"
+        settings = settings_with(settings, data_dir=disk / "data")
         if settings.is_sqlite:  # the registry lives elsewhere; only blobs fill this disk
-            settings.database_url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+            registry = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+            settings = settings_with(settings, database_url=registry)
             from app.core.migrations import upgrade
 
-            upgrade(settings.database_url)
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            gateway = Gateway(app=app, sandbox_url=str(settings.sandbox_url))
+            upgrade(registry)
+        async with started_gateway(settings, str(settings.sandbox_url)) as gateway:
             async with gateway.client(await gateway.key()) as client:
                 too_big = await _upload(client, uuid.uuid4().bytes * (6 * MiB // 16))
                 assert too_big.status_code == 507, too_big.text

@@ -181,35 +181,31 @@ async def test_missing_boundary(gateway: Gateway, client: httpx.AsyncClient) -> 
     await assert_nothing_left(gateway)
 
 
+@pytest.mark.settings(max_upload_bytes=64 * 1024)
 async def test_oversize_file_is_refused_while_streaming(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
-    limit = gateway.runtime.settings.max_upload_bytes
-    gateway.runtime.settings.max_upload_bytes = 64 * 1024
-    try:
-        sent = 0
+    sent = 0
 
-        async def body() -> AsyncIterator[bytes]:
-            nonlocal sent
-            yield (
-                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
-                f"file-extract\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; "
-                f'name="file"; filename="big.txt"\r\n\r\n'
-            ).encode()
-            for _ in range(4096):  # up to 256 MiB if the gateway kept reading
-                sent += 65536
-                yield b"a" * 65536
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+            f"file-extract\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; "
+            f'name="file"; filename="big.txt"\r\n\r\n'
+        ).encode()
+        for _ in range(4096):  # up to 256 MiB if the gateway kept reading
+            sent += 65536
+            yield b"a" * 65536
 
-        resp = await client.post(
-            "/v1/files",
-            content=body(),
-            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
-        )
-        err = assert_error(resp, 413, "file")
-        assert "limit" in err["message"]
-        assert sent < 4 * 1024 * 1024, "the gateway kept reading after the limit"
-    finally:
-        gateway.runtime.settings.max_upload_bytes = limit
+    resp = await client.post(
+        "/v1/files",
+        content=body(),
+        headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    err = assert_error(resp, 413, "file")
+    assert "limit" in err["message"]
+    assert sent < 4 * 1024 * 1024, "the gateway kept reading after the limit"
     await assert_nothing_left(gateway)
 
 

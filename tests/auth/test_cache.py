@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 from app.auth.cache import KEY_CACHE_SECONDS, LAST_USED_EVERY_SECONDS, MISSING, IdentityCache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def test_a_key_lookup_is_kept_for_the_bound_then_looked_up_again() -> None:
-    clock = Clock()
+    clock = FakeClock()
     cache = IdentityCache(clock=clock)
     assert cache.key("k1") is MISSING
     cache.remember_key("k1", None)  # no such key: remembered too, so floods stay cheap
-    clock.now += KEY_CACHE_SECONDS - 0.01
+    clock.advance(KEY_CACHE_SECONDS - 0.01)
     assert cache.key("k1") is None
-    clock.now += 0.02
+    clock.advance(0.02)
     assert cache.key("k1") is MISSING
 
 
 def test_invalidate_forgets_one_key_only() -> None:
-    cache = IdentityCache(clock=Clock())
+    cache = IdentityCache(clock=FakeClock())
     cache.remember_key("k1", None)
     cache.remember_key("k2", None)
     cache.invalidate("k1")
@@ -35,7 +28,7 @@ def test_invalidate_forgets_one_key_only() -> None:
 
 
 def test_a_full_cache_drops_its_oldest_entry_not_everything() -> None:
-    cache = IdentityCache(maxsize=3, clock=Clock())
+    cache = IdentityCache(maxsize=3, clock=FakeClock())
     for key_id in ("a", "b", "c", "d"):
         cache.remember_key(key_id, None)
         cache.remember_tenant(key_id, f"ten_{key_id}")
@@ -44,10 +37,10 @@ def test_a_full_cache_drops_its_oldest_entry_not_everything() -> None:
 
 
 def test_last_use_is_due_once_per_interval_per_key() -> None:
-    clock = Clock()
+    clock = FakeClock()
     cache = IdentityCache(clock=clock)
     assert cache.due_for_touch("k1") is True
     assert cache.due_for_touch("k1") is False
     assert cache.due_for_touch("k2") is True
-    clock.now += LAST_USED_EVERY_SECONDS + 0.01
+    clock.advance(LAST_USED_EVERY_SECONDS + 0.01)
     assert cache.due_for_touch("k1") is True

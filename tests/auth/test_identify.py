@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from jose import jwt
-from pydantic import SecretStr
 from sqlalchemy import select
 
-from app.core.config import Settings
-from app.main import create_app
 from app.models import AuditEvent, Tenant
 from tests.api.test_files import upload
+from tests.conftest import Gateway
 
 SECRET = "jwt-test-secret-that-is-long-enough-0123456789"
 
@@ -35,13 +32,13 @@ def token(**overrides: Any) -> str:
     return encoded
 
 
+pytestmark = pytest.mark.settings(jwt_key=SECRET, jwt_issuer="https://issuer.example")
+
+
 @pytest.fixture
-async def jwt_app(settings: Settings) -> AsyncIterator[Any]:
-    settings.jwt_key = SecretStr(SECRET)
-    settings.jwt_issuer = "https://issuer.example"
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        yield app
+def jwt_app(gateway: Gateway) -> Any:
+    """The gateway's app, accepting HS256 JWTs signed with SECRET."""
+    return gateway.app
 
 
 def client_for(app: Any, bearer: str | None) -> httpx.AsyncClient:
@@ -76,12 +73,9 @@ async def test_jwt_scopes_are_enforced(jwt_app: Any) -> None:
         assert "admin scope is not accepted" in refused.json()["error"]["message"]
 
 
-async def test_jwt_admin_needs_the_setting(settings: Settings) -> None:
-    settings.jwt_key = SecretStr(SECRET)
-    settings.jwt_issuer = "https://issuer.example"
-    settings.jwt_allow_admin = True
-    app = create_app(settings)
-    async with app.router.lifespan_context(app), client_for(app, token(scope="admin")) as c:
+@pytest.mark.settings(jwt_allow_admin=True)
+async def test_jwt_admin_needs_the_setting(jwt_app: Any) -> None:
+    async with client_for(jwt_app, token(scope="admin")) as c:
         assert (await c.get("/admin/keys")).status_code == 200
 
 

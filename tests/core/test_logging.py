@@ -26,7 +26,7 @@ from app.core.errors import NotFound, ProviderUnavailable
 from app.core.logging import GatewayHandler, configure_logging, log_context, log_failure
 from app.main import create_app
 from app.models import File
-from tests.conftest import Gateway
+from tests.conftest import Gateway, settings_with
 from tests.support.servers import serve_in_thread
 
 TEXT_LINE = re.compile(
@@ -190,7 +190,7 @@ async def test_a_warning_during_a_request_carries_its_request_tenant_and_file_id
     async with gateway.runtime.sessionmaker() as session:
         tenant_id = await session.scalar(select(File.tenant_id).where(File.id == file_id))
     buf = io.StringIO()
-    as_json = gateway.runtime.settings.model_copy(update={"log_format": "json"})
+    as_json = settings_with(gateway.runtime.settings, log_format="json")
     configure_logging(as_json, stream=buf)
     await gateway.sandbox_fault("moonshot", status=503, operations=["content"])
 

@@ -13,6 +13,7 @@ from app.core.config import Settings
 from app.core.outage import OutageLog
 from app.main import create_app
 from tests.conftest import REDIS_URL, TEST_SECRET, Gateway
+from tests.support.clock import FakeClock
 from tests.support.proxy import TcpProxy
 
 
@@ -26,14 +27,14 @@ def pg_proxy(pg_url: str) -> Iterator[TcpProxy]:
 
 
 def test_outage_log_speaks_once_per_change() -> None:
-    now = [100.0]
-    outage = OutageLog("database", clock=lambda: now[0])
+    clock = FakeClock()
+    outage = OutageLog("database", clock=clock)
     assert not outage.down
     outage.reached()  # nothing to say while it is up
     outage.failed(ConnectionRefusedError("refused"))
     outage.failed(ConnectionRefusedError("refused"))
     assert outage.down and outage.refused == 2
-    now[0] = 112.5
+    clock.advance(12.5)
     outage.reached()
     assert not outage.down and outage.refused == 0
 

@@ -24,6 +24,7 @@ from app.core.ratelimit import (
     build_rate_limiter,
     rate_limit_headers,
 )
+from tests.support.clock import FakeClock
 from tests.support.proxy import TcpProxy
 
 REDIS_URL = os.environ.get("FILEGATE_TEST_REDIS_URL")
@@ -31,19 +32,6 @@ DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
 ROOT = Path(__file__).resolve().parents[2]
 
 needs_redis = pytest.mark.skipif(not REDIS_URL, reason="FILEGATE_TEST_REDIS_URL is not set")
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 async def hits(limiter: RateLimiter, key: str, n: int, limit: int) -> list[RateDecision]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
@@ -25,10 +25,11 @@ from app.models import File, Job, ProviderCopy
 from app.services.placement import provider_filename
 from app.storage.blobs import LocalBlobStore
 from tests.api.test_files import upload
-from tests.conftest import Gateway
+from tests.conftest import Gateway, settings_with, started_gateway
 from tests.support.blobs import overwrite_blob
 from tests.support.bodies import FileBody
 from tests.support.invariants import assert_registry_sound
+from tests.support.waiting import wait_until
 
 
 async def clear_faults(gateway: Gateway) -> None:
@@ -39,6 +40,21 @@ async def clear_faults(gateway: Gateway) -> None:
 
 async def drain(gateway: Gateway) -> int:
     return await Worker(gateway.runtime, concurrency=1).drain()
+
+
+async def drain_until(gateway: Gateway, check: Callable[[], Awaitable[bool]]) -> None:
+    """Run the due jobs until `check()` holds; jobs that back off come due on the real clock."""
+
+    async def done() -> bool:
+        await drain(gateway)
+        return await check()
+
+    await wait_until(done)
+
+
+async def provider_called(gateway: Gateway, provider: str, operation: str) -> bool:
+    """The sandbox has seen at least one `operation` call to `provider`."""
+    return bool((await gateway.sandbox_stats(provider))["calls"][operation])
 
 
 async def test_burst_on_preferred_provider_lands_on_the_other(
@@ -71,14 +87,12 @@ async def test_both_down_then_back_completes_without_client_retry(
     await drain(gateway)  # still down: the job backs off and stays queued
     assert (await client.get(f"/v1/files/{file_id}")).json()["status"] == "pending"
     await clear_faults(gateway)
-    import asyncio
 
-    for _ in range(50):
-        await drain(gateway)
-        body = (await client.get(f"/v1/files/{file_id}")).json()
-        if body["status"] == "processed":
-            break
-        await asyncio.sleep(0.05)
+    async def processed() -> bool:
+        return bool((await client.get(f"/v1/files/{file_id}")).json()["status"] == "processed")
+
+    await drain_until(gateway, processed)
+    body = (await client.get(f"/v1/files/{file_id}")).json()
     assert body["status"] == "processed"
     assert any(p["status"] == "active" for p in body["providers"])
     content = await client.get(f"/v1/files/{file_id}/content")
@@ -131,6 +145,7 @@ async def test_corrupt_blob_is_withheld_and_never_pushed(
     assert (await gateway.sandbox_stats("zai"))["calls"]["upload"] == 0
 
 
+@pytest.mark.settings(orphan_grace_seconds=0)
 async def test_reconciliation_adopts_upload_whose_commit_was_lost(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
@@ -179,7 +194,6 @@ async def test_reconciliation_adopts_upload_whose_commit_was_lost(
         other_deployment = await put(f"file-{'Q' * 24}.{'z' * 10}__ghost.txt")
         stranger = await put("not-ours.txt")
         await session.execute(select(Job))  # keep session open across the await above
-    rt.settings.orphan_grace_seconds = 0
     async with rt.sessionmaker() as session:
         from app.jobs import queue
         from app.jobs.queue import JobKind
@@ -282,28 +296,28 @@ async def test_failed_provider_delete_is_retried_by_a_job(
     assert (await gateway.sandbox_stats("moonshot"))["files"] == 0
 
 
+@pytest.mark.settings(job_max_attempts=2)
 async def test_dead_letters_are_listed_and_retryable(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
-    gateway.runtime.settings.job_max_attempts = 2
     await gateway.sandbox_fault("zai", status=503, rate=1.0)
     resp = await upload(client, b"a,b\n", filename="t.csv", provider="zai")
     assert resp.status_code == 202
-    import asyncio
-
-    for _ in range(40):
-        await drain(gateway)
-        await asyncio.sleep(0.05)
     admin = await gateway.key("ops", ("admin",))
     async with gateway.client(admin) as ops:
+
+        async def dead() -> bool:
+            return bool((await ops.get("/admin/jobs")).json()["counts"]["dead"])
+
+        await drain_until(gateway, dead)
         summary = (await ops.get("/admin/jobs")).json()
         assert summary["counts"]["dead"] == 1
-        [dead] = summary["dead_letters"]
-        assert dead["kind"] == "place" and dead["payload"]["provider"] == "zai"
+        [letter] = summary["dead_letters"]
+        assert letter["kind"] == "place" and letter["payload"]["provider"] == "zai"
         file = (await client.get(f"/v1/files/{resp.json()['id']}")).json()
         assert file["status"] == "error" and "gave up" in file["status_details"]
         await clear_faults(gateway)
-        retried = await ops.post(f"/admin/jobs/{dead['id']}/retry")
+        retried = await ops.post(f"/admin/jobs/{letter['id']}/retry")
         assert retried.status_code == 200 and retried.json()["state"] == "queued"
     await drain(gateway)
     file = (await client.get(f"/v1/files/{resp.json()['id']}")).json()
@@ -320,13 +334,14 @@ async def test_delete_during_placement_leaves_no_copy_behind(
         "moonshot", status=None, latency_ms=800, rate=1.0, operations=["upload"]
     )
     pending = asyncio.ensure_future(upload(client, b"racing delete\n"))
-    file_id = None
-    for _ in range(100):
-        listed = (await client.get("/v1/files")).json()["data"]
-        if listed:
-            file_id = listed[0]["id"]
-            break
-        await asyncio.sleep(0.02)
+    listed: list[dict[str, str]] = []
+
+    async def listed_yet() -> bool:
+        listed[:] = (await client.get("/v1/files")).json()["data"]
+        return bool(listed)
+
+    await wait_until(listed_yet, every=0.02)
+    file_id = listed[0]["id"]
     assert file_id is not None and listed[0]["status"] == "uploaded"
     assert (await client.delete(f"/v1/files/{file_id}")).status_code == 200
     resp = await pending
@@ -349,6 +364,7 @@ async def test_delete_during_placement_leaves_no_copy_behind(
     await assert_registry_sound(gateway, reconciled=True)
 
 
+@pytest.mark.settings(orphan_grace_seconds=0)
 async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
     gateway: Gateway, client: httpx.AsyncClient
 ) -> None:
@@ -380,7 +396,6 @@ async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
             )
     later = (await upload(client, content=b"later bytes")).json()
     assert later["status"] == "processed"
-    rt.settings.orphan_grace_seconds = 0
     async with rt.sessionmaker() as session:
         from app.jobs import queue
         from app.jobs.queue import JobKind
@@ -401,17 +416,11 @@ async def test_reconciliation_adopts_lost_commit_while_other_uploads_carry_on(
 @asynccontextmanager
 async def deployment(settings: Settings, database_url: str, name: str) -> AsyncIterator[Gateway]:
     """Another gateway with a registry of its own, on the same sandbox provider accounts."""
-    # Built afresh, not model_copy: derived settings are cached on the instance.
-    own = Settings.model_validate(
-        {
-            **settings.model_dump(),
-            "database_url": database_url,
-            "data_dir": settings.data_dir.parent / name,
-        }
+    own = settings_with(
+        settings, database_url=database_url, data_dir=settings.data_dir.parent / name
     )
-    app = create_app(own)
-    async with app.router.lifespan_context(app):
-        yield Gateway(app=app, sandbox_url=str(settings.sandbox_url).removesuffix("/sandbox"))
+    async with started_gateway(own, str(settings.sandbox_url).removesuffix("/sandbox")) as gateway:
+        yield gateway
 
 
 async def reconcile(gateway: Gateway, *providers: str) -> None:
@@ -458,11 +467,12 @@ async def test_provider_names_carry_the_tag_and_keep_the_extension(
     assert name.endswith(".csv") and len(name) <= 255
 
 
+# The worst case: anything judged an orphan goes now (the peer's settings are derived).
+@pytest.mark.settings(orphan_grace_seconds=0)
 async def test_two_deployments_on_one_account_never_delete_each_others_copies(
     gateway: Gateway, client: httpx.AsyncClient, settings: Settings, peer_database_url: str
 ) -> None:
     rt = gateway.runtime
-    rt.settings.orphan_grace_seconds = 0  # the worst case: anything judged an orphan goes now
     ours = [
         (await upload(client, f"a,{i}\n".encode(), filename=f"o{i}.csv")).json() for i in range(6)
     ]
@@ -487,7 +497,6 @@ async def test_two_deployments_on_one_account_never_delete_each_others_copies(
                 content_type="text/plain",
             )
     async with deployment(settings, peer_database_url, "peer") as peer:
-        peer.runtime.settings.orphan_grace_seconds = 0
         async with peer.client(await peer.key()) as peer_client:
             theirs = [
                 (await upload(peer_client, f"b,{i}\n".encode(), filename=f"t{i}.csv")).json()
@@ -520,12 +529,14 @@ async def test_two_deployments_on_one_account_never_delete_each_others_copies(
         await assert_registry_sound(peer, reconciled=True, sharing=[gateway])
 
 
+@pytest.mark.settings(orphan_grace_seconds=0, reconcile_max_deletions=10)
 async def test_a_run_with_many_true_orphans_deletes_at_most_the_cap(
-    gateway: Gateway, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    gateway: Gateway,
+    client: httpx.AsyncClient,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     rt = gateway.runtime
-    rt.settings.orphan_grace_seconds = 0
-    rt.settings.reconcile_max_deletions = 10
     kept = (await upload(client, b"registered\n")).json()
     tag = await rt.deployment.tag()
     source = rt.settings.data_dir / "orphan.txt"
@@ -550,12 +561,15 @@ async def test_a_run_with_many_true_orphans_deletes_at_most_the_cap(
     assert (await gateway.sandbox_stats("moonshot"))["files"] == 15
     assert sample(gateway, "filegate_reconcile_deletions_held", "moonshot") == 14
     assert sample(gateway, "filegate_reconcile_deletions_capped_total", "moonshot") == 38
-    rt.settings.reconcile_max_deletions = 100
-    await reconcile(gateway, "moonshot")
-    assert sample(gateway, "filegate_reconcile_deletions_held", "moonshot") == 0
-    listed = await sandbox_names(gateway, "moonshot")
-    assert list(listed) == [kept["providers"][0]["provider_file_id"]]
-    await assert_registry_sound(gateway, reconciled=True)
+    # The operator raises the cap: a gateway started with it on the same registry.
+    async with started_gateway(
+        settings_with(settings, reconcile_max_deletions=100), gateway.sandbox_url
+    ) as raised:
+        await reconcile(raised, "moonshot")
+        assert sample(raised, "filegate_reconcile_deletions_held", "moonshot") == 0
+        listed = await sandbox_names(raised, "moonshot")
+        assert list(listed) == [kept["providers"][0]["provider_file_id"]]
+        await assert_registry_sound(raised, reconciled=True)
 
 
 async def test_placing_a_file_whose_blob_a_delete_collected_is_withdrawn(
@@ -602,10 +616,7 @@ async def test_copy_placed_while_a_delete_runs_is_deleted_with_the_file(
         "moonshot", status=None, latency_ms=1500, rate=1.0, operations=["delete"]
     )
     deleting = asyncio.ensure_future(client.delete(f"/v1/files/{body['id']}"))
-    for _ in range(200):
-        if (await gateway.sandbox_stats("moonshot"))["calls"]["delete"]:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: provider_called(gateway, "moonshot", "delete"), every=0.01)
     copied = await client.post(f"/v1/files/{body['id']}/providers", json={"provider": "zai"})
     assert copied.status_code == 404, copied.text
     assert (await deleting).status_code == 200
@@ -658,7 +669,6 @@ async def test_placement_cut_off_from_the_database_is_finished_later(
 ) -> None:
     import asyncio
 
-    from app.main import create_app
     from tests.conftest import REDIS_URL, TEST_SECRET, _truncate
     from tests.support.proxy import TcpProxy
 
@@ -692,22 +702,20 @@ async def test_placement_cut_off_from_the_database_is_finished_later(
                         provider, status=503, latency_ms=700, operations=["upload"]
                     )
                 pending = asyncio.ensure_future(upload(client, b"cut off\n", filename="t.csv"))
-                for _ in range(300):
-                    if (await gateway.sandbox_stats("moonshot"))["calls"]["upload"]:
-                        break
-                    await asyncio.sleep(0.01)
+                await wait_until(lambda: provider_called(gateway, "moonshot", "upload"), every=0.01)
                 await asyncio.to_thread(proxy.stop)
                 assert (await asyncio.wait_for(pending, 20)).status_code == 503
                 await asyncio.to_thread(proxy.start)
                 await clear_faults(gateway)
                 # The client retries; the gateway has everything it needs to finish.
                 body: dict[str, object] = {}
-                for _ in range(10):
-                    body = (await upload(client, b"cut off\n", filename="t.csv")).json()
+
+                async def retried() -> bool:
+                    body.update((await upload(client, b"cut off\n", filename="t.csv")).json())
                     await drain(gateway)
-                    if body.get("status") == "processed":
-                        break
-                    await asyncio.sleep(0.1)
+                    return body.get("status") == "processed"
+
+                await wait_until(retried, timeout=20, every=0.1)
                 assert body.get("status") == "processed", body
     finally:
         proxy.stop()

@@ -21,7 +21,8 @@ from app.jobs.queue import JobKind, RetryLater
 from app.jobs.worker import Worker
 from app.models import Job
 from app.repositories.jobs import JobRepository
-from tests.conftest import Gateway
+from tests.conftest import Gateway, settings_with
+from tests.support.waiting import wait_until
 
 
 async def add_jobs(gateway: Gateway, kind: str, n: int) -> None:
@@ -35,6 +36,11 @@ async def add_jobs(gateway: Gateway, kind: str, n: int) -> None:
                 max_attempts=3,
             )
         await session.commit()
+
+
+async def job_states(gateway: Gateway, *where: Any) -> list[str]:
+    async with gateway.runtime.sessionmaker() as session:
+        return list((await session.execute(select(Job.state).where(*where))).scalars())
 
 
 async def test_two_workers_never_run_one_job_twice(gateway: Gateway) -> None:
@@ -99,9 +105,13 @@ async def test_retry_backoff_then_dead_letter(gateway: Gateway) -> None:
 
     registry = REGISTRY.with_handlers(probe=flaky)
     await add_jobs(gateway, "probe", 1)
-    for _ in range(30):
+
+    async def dead() -> bool:
         await Worker(gateway.runtime, registry=registry).drain()
-        await asyncio.sleep(0.03)
+        return await job_states(gateway) == ["dead"]
+
+    await wait_until(dead)  # each retry comes due after its backoff on the real clock
+    await Worker(gateway.runtime, registry=registry).drain()  # a dead letter is not run again
     async with gateway.runtime.sessionmaker() as session:
         [job] = (await session.execute(select(Job))).scalars().all()
     assert calls == 3
@@ -133,28 +143,18 @@ async def test_unknown_kinds_are_refused_at_enqueue(gateway: Gateway) -> None:
             await queue.enqueue(session=session, kind="nope", payload={})
 
 
-async def test_in_process_workers_run_with_the_server(settings: Any) -> None:
-    from app.main import create_app
+@pytest.mark.settings(workers_in_process=2, job_poll_seconds=0.05)
+async def test_in_process_workers_run_with_the_server(gateway: Gateway) -> None:
+    rt = gateway.runtime
+    async with rt.sessionmaker() as session:
+        await queue.enqueue(session=session, kind=JobKind.EXPIRE, payload={})
+        await session.commit()
 
-    settings.workers_in_process = 2
-    settings.job_poll_seconds = 0.05
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        rt = app.state.runtime
-        async with rt.sessionmaker() as session:
-            await queue.enqueue(session=session, kind=JobKind.EXPIRE, payload={})
-            await session.commit()
-        for _ in range(100):
-            async with rt.sessionmaker() as session:
-                states = (
-                    (await session.execute(select(Job.state).where(Job.dedupe_key.is_(None))))
-                    .scalars()
-                    .all()
-                )
-            if states == ["done"]:
-                break
-            await asyncio.sleep(0.05)
-        assert states == ["done"]
+    async def done() -> bool:
+        return await job_states(gateway, Job.dedupe_key.is_(None)) == ["done"]
+
+    await wait_until(done)
+    assert await job_states(gateway, Job.dedupe_key.is_(None)) == ["done"]
 
 
 @pytest.mark.usefixtures("restore_logging")
@@ -177,7 +177,7 @@ async def test_job_failures_are_logged_with_the_job_context(gateway: Gateway) ->
             )
         await session.commit()
     buf = io.StringIO()
-    as_json = gateway.runtime.settings.model_copy(update={"log_format": "json"})
+    as_json = settings_with(gateway.runtime.settings, log_format="json")
     configure_logging(as_json, stream=buf)
     assert await Worker(gateway.runtime, registry=registry).drain() == 2
 

@@ -11,7 +11,7 @@ import httpx
 
 from app.core.errors import GatewayError
 from app.providers.base import ProviderAdapter
-from app.providers.pipeline import ProviderConfig
+from app.providers.pipeline import CallObserver, ProviderConfig
 
 SECRET_KEY = "sk-test-SECRET-do-not-leak-0123456789"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -35,14 +35,16 @@ def make_adapter(
     cls: type[ProviderAdapter],
     base_url: str,
     *,
-    observer: Recorder | None = None,
+    observer: CallObserver | None = None,
     api_key: str = SECRET_KEY,
+    transport: httpx.AsyncBaseTransport | None = None,
     **config: Any,
 ) -> ProviderAdapter:
-    """An adapter for `cls` against a real base URL."""
+    """An adapter for `cls` against a real base URL (or `transport`, when given)."""
     return cls(
         ProviderConfig(name=cls.name, base_url=base_url, api_key=api_key, **config),
         observer=observer,
+        transport=transport,
     )
 
 
@@ -51,16 +53,10 @@ async def mock_adapter(
     handler: Handler,
     *,
     base_url: str = "https://provider.test/v1",
-    observer: Recorder | None = None,
+    observer: CallObserver | None = None,
 ) -> ProviderAdapter:
     """An adapter whose client answers through `handler` instead of the network."""
-    adapter = make_adapter(cls, base_url, observer=observer)
-    real = adapter.client
-    adapter.client = httpx.AsyncClient(
-        transport=httpx.MockTransport(handler), base_url=real.base_url, headers=real.headers
-    )
-    await real.aclose()
-    return adapter
+    return make_adapter(cls, base_url, observer=observer, transport=httpx.MockTransport(handler))
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:

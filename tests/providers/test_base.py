@@ -134,8 +134,9 @@ async def test_failing_observer_does_not_break_the_call(caplog: pytest.LogCaptur
     def observer(provider: str, operation: str, outcome: str, seconds: float) -> None:
         raise RuntimeError("metrics backend down")
 
-    adapter = await mock_adapter(MoonshotAdapter, answer(httpx.Response(200, content=b"text")))
-    adapter._observer = observer
+    adapter = await mock_adapter(
+        MoonshotAdapter, answer(httpx.Response(200, content=b"text")), observer=observer
+    )
     try:
         assert await adapter.content("f1") == b"text"
     finally:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,8 +25,10 @@ from app.providers.breaker_board import BreakerBoard
 from app.providers.breakers import ProviderBreaker
 from app.providers.pipeline import ProviderConfig
 from tests.providers import control, fault
+from tests.support.clock import FakeClock
 from tests.support.loop import Heartbeat
 from tests.support.proxy import TcpProxy
+from tests.support.waiting import wait_until
 
 PROVIDER = "moonshot"
 REDIS_URL = os.environ.get("FILEGATE_TEST_REDIS_URL")
@@ -133,18 +133,6 @@ async def open_circuit(adapter: MoonshotAdapter, sandbox: str, failures: int) ->
     fault(sandbox, PROVIDER, status=503)
     await fails(adapter, "provider_unavailable", failures)
     control(sandbox, PROVIDER, "_faults", _delete=True)
-
-
-async def wait_until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await _holds(check):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
-async def _holds(check: Callable[[], bool | Awaitable[bool]]) -> bool:
-    result = check()
-    return await result if inspect.isawaitable(result) else result
 
 
 # --- counting and failing fast -----------------------------------------------------------
@@ -427,7 +415,8 @@ async def test_redis_failing_mid_run_keeps_calls_working(
     redis_url: str,
     proxy: TcpProxy,
 ) -> None:
-    board = boards(redis_url=proxy.url(redis_url), fail_max=2, reconnect_seconds=0.2)
+    clock = FakeClock()
+    board = boards(redis_url=proxy.url(redis_url), fail_max=2, reconnect_seconds=0.2, clock=clock)
     breaker = board[PROVIDER]
     adapter = adapters(breaker)
     assert await adapter.list() == []
@@ -444,7 +433,7 @@ async def test_redis_failing_mid_run_keeps_calls_working(
     assert calls(sandbox, "list") == 4
 
     proxy.start()  # Redis is back: the shared state (never opened there) is used again
-    await asyncio.sleep(0.3)
+    clock.advance(0.3)  # past reconnect_seconds: the next call tries Redis again
     assert await adapter.list() == []
     snap = await breaker.snapshot()
     assert (snap.storage, snap.degraded, snap.state) == ("redis", False, "closed")
@@ -481,11 +470,13 @@ async def test_redis_trouble_never_blocks_the_event_loop(
     proxy: TcpProxy,
     trouble: str,
 ) -> None:
+    clock = FakeClock()
     board = boards(
         redis_url=proxy.url(redis_url),
         fail_max=2,
         redis_timeout=REDIS_TIMEOUT,
         reconnect_seconds=0.2,
+        clock=clock,
     )
     breaker = board[PROVIDER]
     adapter = adapters(breaker)
@@ -503,7 +494,7 @@ async def test_redis_trouble_never_blocks_the_event_loop(
             results = await asyncio.gather(*(adapter.list() for _ in range(5)))
             assert results == [[]] * 5
             assert loop.time() - started < CALL_BOUND
-            await asyncio.sleep(0.3)  # past reconnect_seconds: the next round tries Redis again
+            clock.advance(0.3)  # past reconnect_seconds: the next round tries Redis again
         # Failures are still counted (in process) and the circuit still fails fast.
         await open_circuit(adapter, sandbox, 2)
         await fails(adapter, "provider_circuit_open")

@@ -24,6 +24,7 @@ from tests.support.stalling import (
     stop_reading,
     trickle,
 )
+from tests.support.waiting import wait_until
 
 PROVIDER = "moonshot"
 
@@ -71,6 +72,10 @@ async def upload_calls(sandbox_server: str) -> int:
     async with httpx.AsyncClient() as c:
         stats = (await c.get(f"{sandbox_server}/sandbox/{PROVIDER}/_stats")).json()
     return int(stats["calls"]["upload"])
+
+
+async def both_uploading(sandbox_server: str) -> bool:
+    return await upload_calls(sandbox_server) >= 2
 
 
 async def cut_within(bound: float, call: Any) -> tuple[ProviderUnavailable, float]:
@@ -199,9 +204,7 @@ async def test_calls_beyond_the_transfer_lane_fail_fast_and_background_calls_sti
     path = blob(tmp_path, 1000)
     hung = [asyncio.create_task(upload(adapter, path)) for _ in range(2)]
     try:
-        async with asyncio.timeout(10):
-            while await upload_calls(sandbox_server) < 2:
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: both_uploading(sandbox_server), timeout=10, every=0.02)
         error, _ = await cut_within(5, upload(adapter, path))
         assert error.error_code == "provider_busy" and error.retryable
         assert "2 transfer calls in flight" in error.message
@@ -234,9 +237,7 @@ async def test_a_full_lane_is_not_counted_against_the_provider(
     )
     hung = asyncio.create_task(adapter.list())
     try:
-        async with asyncio.timeout(10):
-            while not await _listed(sandbox_server):
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: _listed(sandbox_server), timeout=10, every=0.02)
         error, _ = await cut_within(5, adapter.list())
         assert error.error_code == "provider_busy"
         assert (await board[PROVIDER].snapshot()).state == "closed"

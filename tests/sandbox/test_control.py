@@ -12,6 +12,7 @@ import pytest
 
 from app.sandbox import create_sandbox_app, create_standalone_app
 from app.sandbox.core import ConnectionDropped
+from tests.support.waiting import wait_until
 
 MOON = "/moonshot/v1/files"
 ZAI = "/zai/api/paas/v4/files"
@@ -51,6 +52,11 @@ async def zai_upload(client: httpx.AsyncClient, content: bytes = b"{}") -> httpx
     return await client.post(ZAI, headers=AUTH, data={"purpose": "batch"}, files=files)
 
 
+async def hanging(client: httpx.AsyncClient, provider: str) -> bool:
+    """A hang fault holds a call to `provider` right now."""
+    return bool((await client.get(f"/{provider}/_stats")).json()["hanging"])
+
+
 async def set_fault(client: httpx.AsyncClient, provider: str, **fault: Any) -> dict[str, Any]:
     response = await client.post(f"/{provider}/_faults", json=fault)
     assert response.status_code == 200, response.text
@@ -72,6 +78,7 @@ async def test_stats_count_every_call(client: httpx.AsyncClient) -> None:
         "calls": {"upload": 2, "list": 2, "retrieve": 1, "content": 1, "delete": 1},
         "files": 1,
         "bytes": 5,
+        "hanging": 0,
     }
     zai_stats = (await client.get("/zai/_stats")).json()
     assert zai_stats["calls"] == dict.fromkeys(
@@ -375,8 +382,9 @@ async def test_hang_until_client_gives_up(live: httpx.AsyncClient) -> None:
 async def test_hang_released_by_clearing_faults(live: httpx.AsyncClient) -> None:
     await set_fault(live, "zai", hang=True, count=1)
     pending = asyncio.create_task(live.get(ZAI, headers=AUTH, timeout=10))
-    await asyncio.sleep(0.3)
-    assert not pending.done()
+    await wait_until(lambda: hanging(live, "zai"))
+    held, _ = await asyncio.wait({pending}, timeout=0.3)  # and it stays hung
+    assert not held and not pending.done()
     await live.delete("/zai/_faults")
     response = await asyncio.wait_for(pending, timeout=5)
     assert response.status_code == 200
@@ -386,7 +394,7 @@ async def test_hang_released_by_clearing_faults(live: httpx.AsyncClient) -> None
 async def test_hang_released_by_reset(live: httpx.AsyncClient) -> None:
     await set_fault(live, "moonshot", hang=True, operations=["list"])
     pending = asyncio.create_task(live.get(MOON, headers=AUTH, timeout=10))
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: hanging(live, "moonshot"))
     await live.post("/moonshot/_reset")
     response = await asyncio.wait_for(pending, timeout=5)
     assert response.status_code == 200

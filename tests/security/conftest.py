@@ -24,13 +24,11 @@ import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
-from pydantic import SecretStr
 from sqlalchemy import text
 
 from app.core.config import Settings
-from app.main import create_app
 from app.models import Job
-from tests.conftest import Gateway
+from tests.conftest import Gateway, settings_with, started_gateway
 
 ISSUER = "https://issuer.example"
 AUDIENCE = "filegate"
@@ -61,10 +59,11 @@ def settings(settings: Settings) -> Iterator[Settings]:
     another test (or another run on the same Redis) open a circuit under this one.
     """
     namespace = f"filegate:breaker:security:{uuid.uuid4().hex}"
-    settings.breaker_namespace = namespace
     # Every forged credential here must leave its own audit row; the per-address throttle of
     # anonymous refusals is tested on its own (tests/services/test_audit.py).
-    settings.audit_anonymous_refusals_per_minute = 100_000
+    settings = settings_with(
+        settings, breaker_namespace=namespace, audit_anonymous_refusals_per_minute=100_000
+    )
     yield settings
     if settings.redis_url:
         client = redis.Redis.from_url(settings.redis_url)
@@ -74,14 +73,6 @@ def settings(settings: Settings) -> Iterator[Settings]:
                 client.delete(*keys)
         finally:
             client.close()
-
-
-@asynccontextmanager
-async def started(settings: Settings, sandbox_url: str) -> AsyncIterator[Gateway]:
-    """A gateway built from (already adjusted) settings, with its lifespan running."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        yield Gateway(app=app, sandbox_url=sandbox_url)
 
 
 def anonymous(gateway: Gateway, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
@@ -471,20 +462,19 @@ class JwtGateway:
 async def jwt_gateway_for(
     algorithm: str, settings: Settings, sandbox_url: str, rsa_pair: RsaKey
 ) -> AsyncIterator[JwtGateway]:
-    if algorithm == "RS256":
-        settings.jwt_key = SecretStr(rsa_pair.public_pem)
-        signing_key = rsa_pair.private_pem
-    else:
-        settings.jwt_key = SecretStr(HS256_SECRET)
-        signing_key = HS256_SECRET
-    settings.jwt_algorithm = algorithm  # type: ignore[assignment]
-    settings.jwt_issuer = ISSUER
-    settings.jwt_allow_admin = True  # the control token is an admin of acme
+    signing_key = rsa_pair.private_pem if algorithm == "RS256" else HS256_SECRET
+    settings = settings_with(
+        settings,
+        jwt_key=rsa_pair.public_pem if algorithm == "RS256" else HS256_SECRET,
+        jwt_algorithm=algorithm,
+        jwt_issuer=ISSUER,
+        jwt_allow_admin=True,  # the control token is an admin of acme
+    )
 
     def sign(token_claims: dict[str, Any], headers: dict[str, Any] | None = None) -> str:
         return str(jwt.encode(token_claims, signing_key, algorithm=algorithm, headers=headers))
 
-    async with started(settings, sandbox_url) as gw:
+    async with started_gateway(settings, sandbox_url) as gw:
         yield JwtGateway(gateway=gw, algorithm=algorithm, sign=sign, rsa=rsa_pair)
 
 

@@ -8,11 +8,10 @@ are exactly as before, and the only new rows are 'denied' audit events.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from jose import jwt
@@ -39,6 +38,7 @@ from tests.security.conftest import (
     snapshot,
     unsigned,
 )
+from tests.support.clock import FakeClock
 
 
 async def assert_refused_everywhere(world: World, token: str, reason: str | None = None) -> None:
@@ -243,10 +243,12 @@ async def test_jwt_signed_for_another_issuer_config_is_refused(
 # --------------------------------------------------------------------------- API keys
 
 
-async def test_forged_api_keys_change_nothing(gateway: Gateway, subtests: pytest.Subtests) -> None:
+async def test_forged_api_keys_change_nothing(
+    gateway: Gateway, clock: FakeClock, subtests: pytest.Subtests
+) -> None:
     world = await seed(gateway)
-    # A key that expires in two seconds, made first so its life runs out during the cases.
-    expires = datetime.now(UTC) + timedelta(seconds=2)
+    # A key that expires in two seconds, made first: its life runs out once the cases are done.
+    expires = clock.now() + timedelta(seconds=2)
     async with gateway.client(world.admin) as ops:
         created = await ops.post(
             "/admin/keys",
@@ -279,7 +281,7 @@ async def test_forged_api_keys_change_nothing(gateway: Gateway, subtests: pytest
         with subtests.test(name):
             await assert_refused_everywhere(world, token)
 
-    await asyncio.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds() + 0.3))
+    clock.advance(2.3)
     gateway.runtime.identity.forget_keys()
     with subtests.test("expired"):
         await assert_refused_everywhere(world, short_lived)

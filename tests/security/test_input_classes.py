@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from tests.conftest import Gateway
@@ -86,9 +87,9 @@ async def _no_hostile_rows(gateway: Gateway) -> None:
                 assert "\x00" not in value and "\u202e" not in value, (table, column, value)
 
 
+@pytest.mark.settings(default_rate_limit_per_minute=0)
 async def test_every_string_input_refuses_every_hostile_class(gateway: Gateway) -> None:
     world = await seed(gateway)
-    gateway.runtime.settings.default_rate_limit_per_minute = 0
     admin = await gateway.key("root", ("admin", "files:read", "files:write"))
     document = gateway.app.openapi()
     real = {

@@ -7,12 +7,10 @@ from typing import Any
 
 import pytest
 
-from app.core.config import Settings
 from tests.conftest import Gateway
 from tests.security.conftest import (
     assert_error,
     snapshot,
-    started,
     table_rows,
     upload,
 )
@@ -61,24 +59,21 @@ async def assert_stored_honestly(
     assert not [r for r in await table_rows(gateway, "blobs") if r["sha256"] == FORGED_SHA]
 
 
-async def test_upload_with_every_forged_part_is_ignored(
-    settings: Settings, sandbox_reset: str
-) -> None:
-    settings.max_multipart_parts = 16  # room for file, purpose and seven extra parts
-    async with started(settings, sandbox_reset) as gateway:
-        async with gateway.client(await gateway.key("acme")) as c:
-            resp = await upload(
-                c,
-                CONTENT,
-                extra=FORGED_FIELDS,
-                # Nor do query strings or headers carry a tenant.
-                headers={"X-Tenant": "globex", "X-Tenant-ID": "ten_0000000000000000"},
-            )
-            assert resp.status_code == 200, resp.text
-            await assert_stored_honestly(gateway, resp.json(), "acme")
-            # Whatever the part said, reading back gives the real values.
-            again = await c.get(f"/v1/files/{resp.json()['id']}")
-            assert again.json() == resp.json()
+@pytest.mark.settings(max_multipart_parts=16)  # room for file, purpose and seven extra parts
+async def test_upload_with_every_forged_part_is_ignored(gateway: Gateway) -> None:
+    async with gateway.client(await gateway.key("acme")) as c:
+        resp = await upload(
+            c,
+            CONTENT,
+            extra=FORGED_FIELDS,
+            # Nor do query strings or headers carry a tenant.
+            headers={"X-Tenant": "globex", "X-Tenant-ID": "ten_0000000000000000"},
+        )
+        assert resp.status_code == 200, resp.text
+        await assert_stored_honestly(gateway, resp.json(), "acme")
+        # Whatever the part said, reading back gives the real values.
+        again = await c.get(f"/v1/files/{resp.json()['id']}")
+        assert again.json() == resp.json()
 
 
 async def test_upload_with_one_forged_part_is_ignored(

@@ -17,10 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from jose import jwt
-from pydantic import SecretStr
 
 from app.core.config import Settings
-from tests.conftest import TABLES, TEST_SECRET, Gateway
+from tests.conftest import TABLES, TEST_SECRET, Gateway, settings_with, started_gateway
 from tests.security.conftest import (
     AUDIENCE,
     HS256_SECRET,
@@ -28,7 +27,6 @@ from tests.security.conftest import (
     anonymous,
     claims,
     secret_parts,
-    started,
     table_rows,
     unsigned,
     upload,
@@ -199,19 +197,21 @@ async def run_session(s: Session) -> None:
 @pytest.fixture
 def hygiene_settings(settings: Settings, sandbox_reset: str) -> Settings:
     """Both providers live (not sandboxed) with known keys, aimed at the sandbox server."""
-    settings.sandbox = False
-    settings.moonshot_api_key = SecretStr(MOONSHOT_KEY)
-    settings.moonshot_base_url = f"{sandbox_reset}/sandbox/moonshot/v1"
-    settings.zai_api_key = SecretStr(ZAI_KEY)
-    settings.zai_base_url = f"{sandbox_reset}/sandbox/zai/api/paas/v4"
-    settings.jwt_key = SecretStr(HS256_SECRET)
-    settings.jwt_issuer = ISSUER
-    settings.jwt_allow_admin = True
-    settings.jwt_audience = AUDIENCE
-    settings.metrics_token = SecretStr(METRICS_TOKEN)
-    settings.retry_base_delay = 0.01
-    settings.retry_max_delay = 0.02
-    return settings
+    return settings_with(
+        settings,
+        sandbox=False,
+        moonshot_api_key=MOONSHOT_KEY,
+        moonshot_base_url=f"{sandbox_reset}/sandbox/moonshot/v1",
+        zai_api_key=ZAI_KEY,
+        zai_base_url=f"{sandbox_reset}/sandbox/zai/api/paas/v4",
+        jwt_key=HS256_SECRET,
+        jwt_issuer=ISSUER,
+        jwt_allow_admin=True,
+        jwt_audience=AUDIENCE,
+        metrics_token=METRICS_TOKEN,
+        retry_base_delay=0.01,
+        retry_max_delay=0.02,
+    )
 
 
 def _all_loggers_at_debug(caplog: pytest.LogCaptureFixture) -> None:
@@ -225,7 +225,7 @@ async def test_no_secret_leaks_anywhere(
     hygiene_settings: Settings, sandbox_reset: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     _all_loggers_at_debug(caplog)
-    async with started(hygiene_settings, sandbox_reset) as gw:
+    async with started_gateway(hygiene_settings, sandbox_reset) as gw:
         # The providers really are live adapters using the configured keys.
         assert {a.mode for a in gw.runtime.providers.adapters.values()} == {"live"}
         s = Session(gw)

@@ -8,9 +8,11 @@ import logging
 import pytest
 from sqlalchemy import select
 
+from app.core.config import Settings
 from app.models import AuditEvent
 from app.services.audit import RefusalThrottle, bounded
-from tests.conftest import Gateway
+from tests.conftest import Gateway, started_gateway
+from tests.support.clock import FakeClock
 
 
 def test_bounded_values_show_controls_and_cuts() -> None:
@@ -22,13 +24,13 @@ def test_bounded_values_show_controls_and_cuts() -> None:
 
 
 def test_throttle_counts_beyond_the_threshold_and_summarises_the_minute() -> None:
-    now = [0.0]
-    throttle = RefusalThrottle(3, clock=lambda: now[0])
+    clock = FakeClock()
+    throttle = RefusalThrottle(3, clock=clock)
     decisions = [throttle.admit("10.0.0.1") for _ in range(10)]
     assert [admitted for admitted, _ in decisions] == [True] * 3 + [False] * 7
     assert all(summary is None for _, summary in decisions)
     assert throttle.admit("10.0.0.2") == (True, None)  # per address
-    now[0] = 61.0
+    clock.advance(61)
     admitted, summary = throttle.admit("10.0.0.1")
     assert admitted and summary is not None
     assert (summary.client_addr, summary.count) == ("10.0.0.1", 7)
@@ -44,9 +46,10 @@ async def _rows(gateway: Gateway) -> list[AuditEvent]:
         return list((await session.execute(select(AuditEvent).order_by(AuditEvent.id))).scalars())
 
 
-async def test_anonymous_refusals_flood_into_one_summary_row(gateway: Gateway) -> None:
-    now = [0.0]
-    gateway.runtime.refusals = RefusalThrottle(5, clock=lambda: now[0])
+@pytest.mark.settings(audit_anonymous_refusals_per_minute=5)
+async def test_anonymous_refusals_flood_into_one_summary_row(
+    gateway: Gateway, clock: FakeClock
+) -> None:
     async with gateway.client() as anon:
         for n in range(40):
             resp = await anon.post(f"/v1/unknown-{n}")
@@ -54,7 +57,7 @@ async def test_anonymous_refusals_flood_into_one_summary_row(gateway: Gateway) -
             assert (await anon.get("/v1/files")).status_code == 401
         rows = await _rows(gateway)
         assert len(rows) == 5
-        now[0] = 60.0
+        clock.advance(60)
         await anon.get("/v1/files")
     rows = await _rows(gateway)
     [summary] = [r for r in rows if r.action == "refusals.throttled"]
@@ -62,14 +65,15 @@ async def test_anonymous_refusals_flood_into_one_summary_row(gateway: Gateway) -
     assert len(rows) == 7
 
 
-async def test_anonymous_summaries_are_written_at_shutdown(gateway: Gateway) -> None:
-    gateway.runtime.refusals = RefusalThrottle(1)
-    async with gateway.client() as anon:
-        for _ in range(4):
-            await anon.get("/v1/files")
-    from app.runtime import _record_suppressed_refusals
-
-    await _record_suppressed_refusals(gateway.runtime)
+@pytest.mark.settings(audit_anonymous_refusals_per_minute=1)
+async def test_anonymous_summaries_are_written_at_shutdown(
+    settings: Settings, sandbox_reset: str
+) -> None:
+    async with started_gateway(settings, sandbox_reset) as gateway:
+        async with gateway.client() as anon:
+            for _ in range(4):
+                await anon.get("/v1/files")
+        assert [r.action for r in await _rows(gateway)] == ["GET /v1/files"]
     rows = await _rows(gateway)
     assert [r.action for r in rows] == ["GET /v1/files", "refusals.throttled"]
     assert rows[1].detail is not None and rows[1].detail.startswith("3 more")

@@ -7,16 +7,19 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from app.core.db import utcnow
 from app.models import IdempotencyKey
 from tests.conftest import TEST_SECRET, Gateway
+from tests.support.clock import FakeClock
 from tests.support.processes import create_key, gateway_env, start_gateway, start_sandbox
+from tests.support.waiting import wait_until, wait_until_blocking
 
 
 async def _upload(client: httpx.AsyncClient, key: str) -> httpx.Response:
@@ -28,15 +31,26 @@ async def _upload(client: httpx.AsyncClient, key: str) -> httpx.Response:
     )
 
 
+async def _held_past(gateway: Gateway, key: str, when: datetime) -> bool:
+    """The claim on `key` is running with a lease that lasts beyond `when`."""
+    async with gateway.runtime.sessionmaker() as session:
+        row = await session.scalar(select(IdempotencyKey).where(IdempotencyKey.key == key))
+    if row is None or row.state != "running" or row.lease_until is None:
+        return False
+    return row.lease_until > when
+
+
+@pytest.mark.settings(idempotency_lease_seconds=1)
 async def test_a_running_claim_is_renewed_while_its_request_runs(
-    gateway: Gateway, client: httpx.AsyncClient
+    gateway: Gateway, client: httpx.AsyncClient, clock: FakeClock
 ) -> None:
-    gateway.runtime.settings.idempotency_lease_seconds = 1
     await gateway.sandbox_fault(
         "moonshot", status=None, latency_ms=2500, rate=1.0, operations=["upload"]
     )
     first = asyncio.ensure_future(_upload(client, "slow-1"))
-    await asyncio.sleep(1.6)  # past the first lease: only renewal keeps the claim
+    await wait_until(lambda: _held_past(gateway, "slow-1", clock.now()))
+    clock.advance(1.6)  # past the first lease: only renewal keeps the claim
+    await wait_until(lambda: _held_past(gateway, "slow-1", clock.now()))
     retry = await _upload(client, "slow-1")
     assert retry.status_code == 409, retry.text
     assert retry.json()["error"]["code"] == "idempotency_key_in_use"
@@ -98,11 +112,12 @@ def test_a_key_held_by_a_killed_gateway_is_free_once_its_lease_lapses(tmp_path: 
         with start_gateway(env) as first:
             hung = threading.Thread(target=lambda: _swallow(post, first.url), daemon=True)
             hung.start()
-            deadline = time.monotonic() + 15
             stats = f"{sandbox.url}/sandbox/moonshot/_stats"
-            while httpx.get(stats, timeout=30).json()["calls"]["upload"] < 1:
-                assert time.monotonic() < deadline, "the upload never reached the provider"
-                time.sleep(0.05)
+            wait_until_blocking(
+                lambda: httpx.get(stats, timeout=30).json()["calls"]["upload"] >= 1,
+                timeout=15,
+                message="the upload never reached the provider",
+            )
             first.kill()  # SIGKILL while the key is claimed and the provider call hangs
             first.wait(10)
         httpx.delete(f"{sandbox.url}/sandbox/moonshot/_faults").raise_for_status()

@@ -14,6 +14,7 @@ import httpx
 
 from tests.conftest import TEST_SECRET, Gateway
 from tests.support.processes import create_key, gateway_env, start_gateway, start_sandbox
+from tests.support.waiting import wait_until, wait_until_blocking
 
 BYTES = b"placed by whoever holds the lease\n"
 
@@ -45,14 +46,15 @@ def test_a_placement_whose_gateway_died_is_taken_over_within_the_lease(tmp_path:
         with start_gateway({**env, "FILEGATE_WORKERS_IN_PROCESS": "0"}) as first:
             threading.Thread(target=_swallow, args=(first.url, token), daemon=True).start()
             stats = f"{sandbox.url}/sandbox/moonshot/_stats"
-            deadline = time.monotonic() + 15
-            while httpx.get(stats, timeout=30).json()["calls"]["upload"] < 1:
-                assert time.monotonic() < deadline, "the upload never reached the provider"
-                time.sleep(0.05)
+            wait_until_blocking(
+                lambda: httpx.get(stats, timeout=30).json()["calls"]["upload"] >= 1,
+                timeout=15,
+                message="the upload never reached the provider",
+            )
             first.kill()  # SIGKILL mid-placement: the file stays `uploaded`, its job leased
             first.wait(10)
-            # Let the provider see the hang-up (it polls), so the hung call stores nothing.
-            time.sleep(1.0)
+            # Wait for the provider to see the hang-up (it polls), so the hung call stores nothing.
+            wait_until_blocking(lambda: httpx.get(stats, timeout=30).json()["hanging"] == 0)
         httpx.delete(faults).raise_for_status()
         with start_gateway(env) as second:
             started = time.monotonic()
@@ -108,8 +110,11 @@ async def test_an_upload_during_a_delete_never_names_the_deleted_file(
         assert first.status_code == 200, first.text
         calls = (await gateway.sandbox_stats("moonshot"))["calls"]["delete"]
         deleting = asyncio.ensure_future(client.delete(f"/v1/files/{first.json()['id']}"))
-        while (await gateway.sandbox_stats("moonshot"))["calls"]["delete"] == calls:
-            await asyncio.sleep(0.005)  # until the provider delete is under way
+
+        async def deleting_at_provider(calls: int = calls) -> bool:
+            return bool((await gateway.sandbox_stats("moonshot"))["calls"]["delete"] > calls)
+
+        await wait_until(deleting_at_provider, every=0.005)  # the provider delete is under way
         again = await upload()
         deleted = await deleting
         assert deleted.status_code == 200, deleted.text

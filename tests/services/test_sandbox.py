@@ -13,7 +13,7 @@ from app.jobs.worker import Worker
 from app.main import create_app
 from app.models import Job
 from tests.api.test_files import upload
-from tests.conftest import Gateway
+from tests.conftest import Gateway, settings_with, started_gateway
 
 TEXT = b"the quarterly numbers, in prose\n"
 
@@ -27,7 +27,7 @@ async def queued_checks(gateway: Gateway) -> list[str]:
 
 
 async def test_a_restart_with_a_new_sandbox_replaces_every_copy(settings: Settings) -> None:
-    own = settings.model_copy(update={"sandbox_url": None})  # the gateway runs its own sandbox
+    own = settings_with(settings, sandbox_url=None)  # the gateway runs its own sandbox
     app = create_app(own)
     async with app.router.lifespan_context(app):
         first = Gateway(app=app, sandbox_url="")
@@ -82,10 +82,8 @@ async def test_a_restart_against_the_same_sandbox_checks_nothing(settings: Setti
 async def test_an_unreachable_sandbox_does_not_stop_start_up(settings: Settings) -> None:
     from tests.support.servers import free_port
 
-    dead = settings.model_copy(update={"sandbox_url": f"http://127.0.0.1:{free_port()}/sandbox"})
-    app = create_app(dead)
-    async with app.router.lifespan_context(app):
-        gateway = Gateway(app=app, sandbox_url="")
+    dead = settings_with(settings, sandbox_url=f"http://127.0.0.1:{free_port()}/sandbox")
+    async with started_gateway(dead, "") as gateway:
         async with gateway.client() as client:
             assert (await client.get("/health/live")).status_code == 200
         assert await queued_checks(gateway) == []

@@ -19,6 +19,7 @@ from tests.support.processes import (
     start_gateway,
     start_sandbox,
 )
+from tests.support.waiting import wait_until_blocking
 
 MiB = 1024 * 1024
 
@@ -62,10 +63,11 @@ def test_a_killed_upload_is_swept_when_a_worker_starts(tmp_path: Path) -> None:
                 )
                 for _ in range(8):
                     sock.sendall(b"z" * (MiB // 2))
-                deadline = time.monotonic() + 10
-                while not [p for p in _leftovers(data_dir) if p.stat().st_size > 0]:
-                    assert time.monotonic() < deadline, "the spool never appeared"
-                    time.sleep(0.05)
+                wait_until_blocking(
+                    lambda: any(p.stat().st_size > 0 for p in _leftovers(data_dir)),
+                    timeout=10,
+                    message="the spool never appeared",
+                )
                 gateway.kill()  # SIGKILL mid-upload: no cleanup runs
                 gateway.wait(10)
     left = _leftovers(data_dir)
