@@ -185,7 +185,7 @@ async def open_blob_store(settings: Settings) -> AsyncIterator[BlobStore]:
             secret_access_key=secret.get_secret_value() if secret is not None else None,
             prefix=settings.s3_prefix,
         )
-        async with S3BlobStore.connect(location) as s3:
+        async with S3BlobStore.connect(location, part_dir=settings.data_dir / "parts") as s3:
             yield s3
         return
     local = LocalBlobStore(settings.data_dir)

@@ -3,8 +3,9 @@
 Layout under the configured prefix: `blobs/ab/cd/<sha256>` for committed blobs (content
 addressed, each carrying its sha256 as object metadata), `tmp/upload-<token>` for an upload
 whose hash is not known yet, and `tmp/collect-<sha256>-<token>` for a blob set aside while
-its row's deletion commits. An upload streams into a multipart upload as it arrives, holding
-about one part in memory; a small one is a single PUT. Committing copies the finished
+its row's deletion commits. An upload streams into a multipart upload as it arrives, through
+part files on local disk (one part uploading while the next fills); a small one is a single
+PUT. Committing copies the finished
 object to its content address inside the store (no bytes pass through the gateway again).
 
 The client is aiobotocore: async, maintained with botocore (the same signing, retries and
@@ -14,15 +15,18 @@ abandoned multipart uploads included, which the sweeper needs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -31,6 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from app.core.errors import StorageUnavailable
 from app.storage.blobs import (
+    FILE_MODE,
     READ_CHUNK,
     SWEEP_BATCH,
     BlobMissing,
@@ -39,11 +44,13 @@ from app.storage.blobs import (
     Referenced,
     Spool,
     StoredBlob,
+    disk_errors,
+    private_dir,
 )
 
 MiB = 1024 * 1024
-# Every part but the last must be at least 5 MiB: a part goes once that much has arrived, so
-# an upload holds about one part in memory (5 GiB, the largest upload, is 1,024 parts).
+# Every part but the last must be at least 5 MiB: a part goes once that much has arrived
+# (5 GiB, the largest upload, is 1,024 parts).
 PART_BYTES = 5 * MiB
 # Hashing a chunk this large is worth a worker thread (hashlib releases the GIL).
 THREAD_HASH_BYTES = 256 * 1024
@@ -87,53 +94,99 @@ async def _hash(digest: Any, chunk: bytes) -> None:
 
 
 class S3Spool(Spool):
-    """An upload streamed into a multipart upload under a temp key while it is hashed."""
+    """An upload streamed into a multipart upload under a temp key while it is hashed.
+
+    Arriving bytes are hashed and written to a local part file (a bounded buffer on disk, not
+    in memory); once a part is full it is sent in the background while the next one fills, so
+    the network and the client move at once. At most one part is in flight."""
 
     def __init__(self, store: S3BlobStore, key: str) -> None:
         self._store = store
         self.key = key
         self.size = 0
         self._hash = hashlib.sha256()
-        self._chunks: list[bytes] = []
-        self._buffered = 0
+        self._part: BinaryIO | None = None
+        self._part_path: Path | None = None
+        self._part_bytes = 0
+        self._paths: list[Path] = []  # part files not yet removed
+        self._sending: asyncio.Future[None] | None = None
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._stored = False  # the temp object exists
         self._taken = False  # a commit moved the bytes to their content address
 
+    def _absorb(self, chunk: bytes) -> None:
+        """Blocking: hash the chunk and append it to the part being filled."""
+        self._hash.update(chunk)
+        if self._part is None:
+            path = self._store.part_dir / f"part-{secrets.token_hex(12)}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            self._part, self._part_path = os.fdopen(fd, "wb"), path
+            self._paths.append(path)
+        with disk_errors():
+            self._part.write(chunk)
+        self._part_bytes += len(chunk)
+
+    def _close_part(self) -> tuple[Path, int] | None:
+        """Blocking: the filled part's file and size, closed (None if nothing was written)."""
+        if self._part is None or self._part_path is None:
+            return None
+        with disk_errors():
+            self._part.close()
+        done = (self._part_path, self._part_bytes)
+        self._part, self._part_path, self._part_bytes = None, None, 0
+        return done
+
     async def write(self, chunk: bytes) -> None:
-        await _hash(self._hash, chunk)
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
+        await to_thread.run_sync(self._absorb, chunk)
         self.size += len(chunk)
-        if self._buffered >= PART_BYTES:
-            await self._send_part(self._take())
+        if self._part_bytes >= PART_BYTES:
+            await self._settle()  # one part in flight at a time
+            part = await to_thread.run_sync(self._close_part)
+            if part is not None:
+                self._sending = asyncio.ensure_future(self._send_part(*part))
 
-    def _take(self) -> bytes:
-        data = b"".join(self._chunks)
-        self._chunks, self._buffered = [], 0
-        return data
+    async def _settle(self) -> None:
+        if self._sending is not None:
+            sending, self._sending = self._sending, None
+            await sending
 
-    async def _send_part(self, data: bytes) -> None:
+    async def _send_part(self, path: Path, size: int) -> None:
         client, bucket = self._store.client, self._store.bucket
         with _unavailable():
             if self._upload_id is None:
                 started = await client.create_multipart_upload(Bucket=bucket, Key=self.key)
                 self._upload_id = str(started["UploadId"])
             number = len(self._parts) + 1
-            sent = await client.upload_part(
-                Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=data
-            )
+            with path.open("rb") as body:
+                sent = await client.upload_part(
+                    Bucket=bucket,
+                    Key=self.key,
+                    UploadId=self._upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    ContentLength=size,
+                )
         self._parts.append({"ETag": sent["ETag"], "PartNumber": number})
+        await to_thread.run_sync(self._remove, path)
+
+    def _remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(ValueError):
+            self._paths.remove(path)
 
     async def finish(self) -> str:
         client, bucket = self._store.client, self._store.bucket
-        if self._upload_id is None:
-            with _unavailable():
-                await client.put_object(Bucket=bucket, Key=self.key, Body=self._take())
+        await self._settle()
+        last = await to_thread.run_sync(self._close_part)
+        if self._upload_id is None and last is not None:
+            path, size = last
+            with _unavailable(), path.open("rb") as body:
+                await client.put_object(Bucket=bucket, Key=self.key, Body=body, ContentLength=size)
+            await to_thread.run_sync(self._remove, path)
         else:
-            if self._buffered:
-                await self._send_part(self._take())
+            if last is not None:
+                await self._send_part(*last)
             with _unavailable():
                 await client.complete_multipart_upload(
                     Bucket=bucket,
@@ -147,6 +200,12 @@ class S3Spool(Spool):
     async def discard(self) -> None:
         if self._taken:
             return
+        self._taken = True
+        if self._sending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._sending)  # let the part in flight end first
+            self._sending = None
+        await to_thread.run_sync(self._drop_parts)
         client, bucket = self._store.client, self._store.bucket
         # Best effort: what is left behind (a store outage) is the sweeper's.
         with contextlib.suppress(ClientError, BotoCoreError):
@@ -158,7 +217,15 @@ class S3Spool(Spool):
                 )
         self._stored = False
         self._upload_id = None
-        self._taken = True
+
+    def _drop_parts(self) -> None:
+        if self._part is not None:
+            with contextlib.suppress(OSError):
+                self._part.close()
+            self._part = None
+        for path in self._paths:
+            path.unlink(missing_ok=True)
+        self._paths.clear()
 
     def holds_bytes(self) -> bool:
         return not self._taken
@@ -208,19 +275,27 @@ class S3BlobStore(BlobStore):
     """Content-addressed blobs as objects in one bucket, under a prefix."""
 
     def __init__(
-        self, client: Any, location: S3Location, *, clock: Callable[[], float] = time.time
+        self,
+        client: Any,
+        location: S3Location,
+        *,
+        part_dir: Path,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.bucket = location.bucket
         self.prefix = location.prefix
+        self.part_dir = part_dir  # this process's own: parts being filled before they are sent
         self._clock = clock
 
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, location: S3Location, *, clock: Callable[[], float] = time.time
+        cls, location: S3Location, *, part_dir: Path, clock: Callable[[], float] = time.time
     ) -> AsyncIterator[S3BlobStore]:
-        """A store with its own client, closed on exit."""
+        """A store with its own client, closed on exit; `part_dir` holds upload parts being
+        filled (private to this process's data directory)."""
+        private_dir(part_dir)
         config = AioConfig(
             connect_timeout=5,
             read_timeout=30,
@@ -241,7 +316,7 @@ class S3BlobStore(BlobStore):
             aws_secret_access_key=location.secret_access_key,
             config=config,
         ) as client:
-            yield cls(client, location, clock=clock)
+            yield cls(client, location, part_dir=part_dir, clock=clock)
 
     def key_for(self, sha256: str) -> str:
         return f"{self.prefix}blobs/{sha256[:2]}/{sha256[2:4]}/{sha256}"
@@ -340,6 +415,16 @@ class S3BlobStore(BlobStore):
         except (ClientError, BotoCoreError) as exc:
             raise OSError(f"the object store refused a write: {type(exc).__name__}") from None
 
+    def _stale_parts(self, cutoff: float) -> list[Path]:
+        """Blocking: part files a crashed upload of this process left, now removed."""
+        stale = []
+        for path in self.part_dir.glob("part-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    stale.append(path)
+        return stale
+
     async def _listed(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
         paginator = self.client.get_paginator("list_objects_v2")
         with _unavailable():
@@ -382,6 +467,8 @@ class S3BlobStore(BlobStore):
                     continue
             await self._delete(key)
             removed.append(f"s3://{self.bucket}/{key}")
+        for path in await to_thread.run_sync(self._stale_parts, cutoff):
+            removed.append(str(path))
         for key, upload_id in await self._abandoned_uploads(cutoff):
             with _unavailable(), contextlib.suppress(ClientError):
                 await self.client.abort_multipart_upload(

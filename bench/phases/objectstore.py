@@ -96,7 +96,7 @@ def objectstore_phase(b: Bench, procs: Processes, work: Path, *, runs: int) -> N
 
 def _concurrent_rss(b: Bench, work: Path, base: Path, gateway: Server, token: str) -> None:
     paths = [variant(base, work / f"objectstore-conc-{i}.bin") for i in range(CONCURRENT)]
-    ps = gateway.ps()
+    ps = gateway.ps
     time.sleep(0.5)
     idle = statistics.median(tree_rss(ps) for _ in range(5))
     sampler = RssSampler(ps)

@@ -22,17 +22,16 @@ from tests.support.seaweed import ObjectStore
 
 
 def on_s3(settings: Settings, store: ObjectStore, **overrides: object) -> Settings:
-    return settings_with(
-        settings,
-        blob_store="s3",
-        s3_endpoint_url=store.endpoint_url,
-        s3_bucket=S3_BUCKET,
-        s3_region=store.region,
-        s3_access_key_id=store.access_key_id,
-        s3_secret_access_key=store.secret_access_key,
-        s3_prefix=f"gw-{secrets.token_hex(6)}",
-        **overrides,
-    )
+    values: dict[str, object] = {
+        "blob_store": "s3",
+        "s3_endpoint_url": store.endpoint_url,
+        "s3_bucket": S3_BUCKET,
+        "s3_region": store.region,
+        "s3_access_key_id": store.access_key_id,
+        "s3_secret_access_key": store.secret_access_key,
+        "s3_prefix": f"gw-{secrets.token_hex(6)}",
+    }
+    return settings_with(settings, **{**values, **overrides})
 
 
 @pytest.fixture

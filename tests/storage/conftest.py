@@ -38,5 +38,5 @@ async def blob_store(
         secret_access_key=object_store.secret_access_key,
         prefix=f"t-{secrets.token_hex(6)}/",  # one test's objects apart from every other's
     )
-    async with S3BlobStore.connect(location, clock=clock) as s3:
+    async with S3BlobStore.connect(location, part_dir=tmp_path / "parts", clock=clock) as s3:
         yield s3

@@ -12,6 +12,7 @@ import pytest
 from app.storage.blobs import BlobMissing, BlobStore
 from app.storage.s3 import PART_BYTES, S3BlobStore
 from tests.support.blobs import Clock, leftovers, overwrite_blob, read_blob
+from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 
@@ -125,6 +126,15 @@ async def test_the_sweep_removes_old_leftovers_only(blob_store: BlobStore, clock
     await crashed.finish()
     abandoned = blob_store.new_spool()  # died midway through the body
     await abandoned.write(os.urandom(PART_BYTES + 1))
+    if isinstance(blob_store, S3BlobStore):
+        s3 = blob_store
+
+        async def first_part_sent() -> bool:
+            listed = await s3.client.list_multipart_uploads(Bucket=s3.bucket, Prefix=s3.prefix)
+            return bool(listed.get("Uploads")) and not any(s3.part_dir.iterdir())
+
+        await wait_until(first_part_sent, timeout=30)
+        await abandoned.write(b"the next part, still being filled")
     asked: list[str] = []
 
     async def referenced(batch: list[str]) -> set[str]:
@@ -134,7 +144,9 @@ async def test_the_sweep_removes_old_leftovers_only(blob_store: BlobStore, clock
     assert await blob_store.sweep(max_age_seconds=3600, referenced=referenced) == []
     clock.advance(7200)
     removed = await blob_store.sweep(max_age_seconds=3600, referenced=referenced)
-    assert len(removed) == 3
+    # The local store: two spool files and the blob. S3: the temp object, the blob, the
+    # abandoned multipart upload and the part file its writer was filling.
+    assert len(removed) == (4 if isinstance(blob_store, S3BlobStore) else 3), removed
     assert sorted(asked) == sorted([kept, orphan])  # only stale blobs are looked up
     assert await blob_store.exists(blob_store.key_for(kept))
     assert not await blob_store.exists(blob_store.key_for(orphan))

@@ -42,7 +42,7 @@ class Clock:
 
 async def leftovers(store: BlobStore) -> list[str]:
     """What an upload or a collection left outside the committed blobs: spool and set-aside
-    files, temp objects and multipart uploads in progress."""
+    files, local part files, temp objects and multipart uploads in progress."""
     if isinstance(store, LocalBlobStore):
         return sorted(p.name for p in store.tmp_dir.iterdir())
     from app.storage.s3 import S3BlobStore
@@ -54,4 +54,5 @@ async def leftovers(store: BlobStore) -> list[str]:
     return sorted(
         [str(o["Key"]) for o in listed.get("Contents", [])]
         + [f"{u['Key']}?uploadId={u['UploadId']}" for u in uploads.get("Uploads", [])]
+        + [str(path) for path in store.part_dir.iterdir()]
     )
