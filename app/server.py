@@ -25,6 +25,7 @@ from typing import Any
 
 import httptools
 import uvicorn
+from prometheus_client import multiprocess as prometheus_multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -352,13 +353,11 @@ class GatewaySupervisor(Multiprocess):
 
     @contextlib.contextmanager
     def _forgetting_exited(self) -> Iterator[None]:
-        from prometheus_client import multiprocess
-
         before = {p.pid for p in self.processes}
         yield
         for pid in before - {p.pid for p in self.processes}:
             if pid is not None:
-                multiprocess.mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+                prometheus_multiprocess.mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
 
 
 def run(config: GatewayConfig) -> None:
