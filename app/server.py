@@ -9,15 +9,23 @@ bounds per connection; the body idle timeout lives in `app.api.timeouts` as ASGI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import resource
+import shutil
+import socket
+import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import httptools
 import uvicorn
+from prometheus_client import multiprocess as prometheus_multiprocess
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -61,9 +69,17 @@ class ConnectionLimits:
 class GatewayConfig(uvicorn.Config):
     """uvicorn's Config carrying the connection limits to every worker's protocol instances."""
 
-    def __init__(self, app: Any, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        limits: ConnectionLimits,
+        metrics_dir: Path | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, http=GuardedHttpToolsProtocol, **kwargs)
         self.limits = limits
+        self.metrics_dir = metrics_dir
 
 
 class _HeadRefused(Exception):
@@ -281,14 +297,76 @@ def build_config(
         port=port,
         workers=workers,
         proxy_headers=False,
+        metrics_dir=settings.metrics_dir,
         **kwargs,
     )
 
 
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def multiprocess_metrics(configured: Path | None) -> Iterator[Path]:
+    """The directory every worker writes its metric files to, empty, named to the workers
+    through PROMETHEUS_MULTIPROC_DIR; emptied (and removed if made here) at exit."""
+    if configured is None:
+        path, made = Path(tempfile.mkdtemp(prefix="filegate-metrics-")), True
+    else:
+        path, made = configured, not configured.exists()
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _clear_metric_files(path)  # a previous server's files would be counted as ours
+    previous = os.environ.get(METRICS_DIR_VARIABLE)
+    os.environ[METRICS_DIR_VARIABLE] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(METRICS_DIR_VARIABLE, None)
+        else:
+            os.environ[METRICS_DIR_VARIABLE] = previous
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _clear_metric_files(path)
+
+
+def _clear_metric_files(path: Path) -> None:
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+class GatewaySupervisor(Multiprocess):
+    """uvicorn's worker supervisor; a worker it replaces or retires takes its live gauges
+    (those of `live*` multiprocess modes) out of /metrics."""
+
+    def __init__(self, config: GatewayConfig, sockets: list[socket.socket], metrics_dir: Path):
+        super().__init__(config, sockets)
+        self.metrics_dir = metrics_dir
+
+    def keep_subprocess_alive(self) -> None:
+        with self._forgetting_exited():
+            super().keep_subprocess_alive()
+
+    def handle_signals(self) -> None:  # SIGHUP replaces every worker, SIGTTOU retires one
+        with self._forgetting_exited():
+            super().handle_signals()
+
+    @contextlib.contextmanager
+    def _forgetting_exited(self) -> Iterator[None]:
+        before = {p.pid for p in self.processes}
+        yield
+        for pid in before - {p.pid for p in self.processes}:
+            if pid is not None:
+                prometheus_multiprocess.mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+
+
 def run(config: GatewayConfig) -> None:
-    """Serve until stopped: in this process, or in `config.workers` worker processes."""
+    """Serve until stopped: in this process, or in `config.workers` worker processes that
+    share one /metrics through prometheus_client's multiprocess mode."""
     if config.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        with multiprocess_metrics(config.metrics_dir) as metrics_dir:
+            log.info("metrics of %d workers collected through %s", config.workers, metrics_dir)
+            GatewaySupervisor(config, [config.bind_socket()], metrics_dir).run()
         return
     server = uvicorn.Server(config)
     server.run()

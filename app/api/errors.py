@@ -15,7 +15,9 @@ from starlette.routing import BaseRoute, Match
 from app.api.schemas import ErrorBody
 from app.core.errors import (
     AuthenticationFailed,
+    BlobCorrupt,
     GatewayError,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -23,6 +25,7 @@ from app.core.errors import (
     ProviderError,
     RateLimited,
     ServiceUnavailable,
+    StorageUnavailable,
     UnsupportedMediaType,
 )
 from app.core.logging import log_context
@@ -129,6 +132,10 @@ async def error_response(request: Request, exc: GatewayError) -> JSONResponse:
     """The one rendering of an error: its envelope and headers, after auditing a refusal."""
     if isinstance(exc, ProviderError):
         log.warning("provider error: %s (%s)", exc.error_code, exc.provider)
+    if isinstance(exc, InsufficientStorage | StorageUnavailable | BlobCorrupt):
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.metrics.blob_store_errors.labels(exc.error_code).inc()
     await _audit_refusal(request, exc)
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 

@@ -20,8 +20,11 @@ def authorize(scope: Scope) -> Callable[[Request], Awaitable[CallContext]]:
 
     async def dependency(request: Request) -> CallContext:
         principal: Principal | None = request.state.principal
+        runtime: Runtime = request.app.state.runtime
         if principal is None:
-            if request.state.credential_presented:
+            presented = request.state.credential_presented
+            runtime.metrics.auth_refusals.labels("invalid" if presented else "missing").inc()
+            if presented:
                 raise AuthenticationFailed(
                     request.state.auth_problem or "The API key is invalid, expired or revoked."
                 )
@@ -30,7 +33,6 @@ def authorize(scope: Scope) -> Callable[[Request], Awaitable[CallContext]]:
             )
         if scope not in principal.scopes and Scope.ADMIN not in principal.scopes:
             raise PermissionDenied(f"This credential lacks the '{scope}' scope.")
-        runtime: Runtime = request.app.state.runtime
         limit = principal.rate_limit_per_minute or runtime.settings.default_rate_limit_per_minute
         if limit:
             decision = await runtime.rate_limiter.hit(

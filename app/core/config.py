@@ -125,6 +125,9 @@ class Settings(BaseSettings):
 
     docs_enabled: bool = True
     metrics_token: SecretStr | None = None
+    # Where `serve --workers N` (N > 1) keeps the workers' metric files; a private temporary
+    # directory when unset. One server per directory: it is emptied at start and at exit.
+    metrics_dir: Path | None = None
     cors_origins: Annotated[list[str], NoDecode] = []
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "text"

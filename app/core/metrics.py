@@ -1,8 +1,20 @@
-"""Prometheus metrics of the gateway, on a registry owned by one app instance."""
+"""Prometheus metrics of the gateway, on a registry owned by one app instance.
+
+Under several server workers (`PROMETHEUS_MULTIPROC_DIR` set, see `app.server`) every process
+writes its values to that directory and /metrics collects all of them. A gauge then needs a
+`multiprocess_mode`: `mostrecent` for a reading of shared state (the database, the last
+reconciliation), which every process would report alike, so a sum would count it once per
+worker; `livemax` for what each process sees for itself (its breaker), where the worst view of a
+live worker is the fleet's. Labels are bounded sets (providers, outcomes, states, job kinds,
+route templates); the replica a series comes from is the scrape target's `instance` label.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -12,6 +24,8 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # prometheus_client picks its value store from this variable when it is first imported.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.uploads = Counter(
             "filegate_uploads_total",
             "Upload requests by provider and outcome (created, deduplicated, failed).",
@@ -26,6 +40,25 @@ class GatewayMetrics:
         self.upload_bytes = Counter(
             "filegate_upload_bytes_total",
             "Bytes received in accepted upload bodies.",
+            registry=self.registry,
+        )
+        self.auth_refusals = Counter(
+            "filegate_auth_refusals_total",
+            "Requests refused for want of a valid credential (missing, invalid).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.blob_store_errors = Counter(
+            "filegate_blob_store_errors_total",
+            "Requests the blob store failed, by error code (insufficient_storage, "
+            "storage_unavailable, blob_corrupt).",
+            ["code"],
+            registry=self.registry,
+        )
+        self.oldest_pending_file_age = Gauge(
+            "filegate_oldest_pending_file_age_seconds",
+            "Age of the oldest file waiting for a provider to take it (read at each scrape).",
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.provider_calls = Counter(
@@ -52,11 +85,13 @@ class GatewayMetrics:
             "filegate_jobs",
             "Jobs in the durable queue by state.",
             ["state"],
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.oldest_job_age = Gauge(
             "filegate_oldest_queued_job_age_seconds",
             "Age of the oldest due queued job.",
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.job_runs = Counter(
@@ -94,6 +129,7 @@ class GatewayMetrics:
             "filegate_reconcile_foreign_files",
             "Provider files of another deployment (or none) seen by the last reconciliation.",
             ["provider"],
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.reconcile_deletions_capped = Counter(
@@ -106,12 +142,14 @@ class GatewayMetrics:
             "filegate_reconcile_deletions_held",
             "Orphan deletions the last reconciliation held back at its cap (alert when > 0).",
             ["provider"],
+            multiprocess_mode="mostrecent",
             registry=self.registry,
         )
         self.breaker_state = Gauge(
             "filegate_breaker_state",
             "Circuit breaker state per provider (0 closed, 1 half-open, 2 open).",
             ["provider"],
+            multiprocess_mode="livemax",
             registry=self.registry,
         )
         self.breaker_transitions = Counter(
@@ -126,6 +164,14 @@ class GatewayMetrics:
             ["provider", "operation"],
             registry=self.registry,
         )
+
+    def render(self) -> bytes:
+        """The text exposition: this process's series, or those of every worker process."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
 
     def observe_provider_call(
         self, provider: str, operation: str, outcome: str, seconds: float

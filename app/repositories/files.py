@@ -15,6 +15,7 @@ from app.core.db import utcnow
 from app.models import (
     Blob,
     File,
+    FileStatus,
     LifecycleEvent,
     ProviderCopy,
     ProviderCopyStatus,
@@ -248,6 +249,12 @@ class FileRepository:
             .execution_options(populate_existing=True)
         )
         return (await self.session.execute(stmt)).scalars().all()
+
+    async def oldest_pending(self) -> datetime | None:
+        """When the oldest file still waiting for a provider was accepted."""
+        stmt = select(func.min(File.created_at)).where(File.status == FileStatus.PENDING)
+        value = await self.session.scalar(stmt)
+        return value if isinstance(value, datetime) else None
 
     async def placed_on(self, provider: str) -> tuple[int, int]:
         """(copies, bytes) live on a provider, counting every tenant's copy."""

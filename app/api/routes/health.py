@@ -7,12 +7,13 @@ import hmac
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from app.api.deps import RuntimeDep
 from app.api.schemas import Liveness, ProbeStatus, Readiness
 from app.core.errors import AuthenticationFailed
+from app.services.metrics import refresh_on_scrape
 
 router = APIRouter(prefix="/health", tags=["health"])
 PROBE_TIMEOUT = 3.0
@@ -99,4 +100,7 @@ async def _metrics_allowed(request: Request, rt: RuntimeDep) -> None:
     dependencies=[Depends(_metrics_allowed)],
 )
 async def metrics(rt: RuntimeDep) -> Response:
-    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    await refresh_on_scrape(sessionmaker=rt.sessionmaker, metrics=rt.metrics, database=rt.database)
+    # Under several workers this reads every worker's files: off the event loop.
+    body = await asyncio.to_thread(rt.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
