@@ -20,7 +20,7 @@ async def get_file(*, session: AsyncSession, ctx: CallContext, file_id: str) -> 
         tenant_id=ctx.principal.tenant_id, file_id=file_id
     )
     if found is None:
-        raise not_found(file_id)
+        raise not_found()
     return FileView(*found)
 
 
@@ -31,7 +31,7 @@ async def read_file(*, session: AsyncSession, ctx: CallContext, file_id: str) ->
         tenant_id=ctx.principal.tenant_id, file_id=file_id
     )
     if found is None:
-        raise not_found(file_id)
+        raise not_found()
     return FileView(*found)
 
 

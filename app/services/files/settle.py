@@ -150,7 +150,7 @@ async def answer(
 ) -> FileView:
     """A request's answer once settled: the file, or the error that ended it."""
     if settled is Settled.WITHDRAWN:
-        raise withdrawn or not_found(file.id)
+        raise withdrawn or not_found()
     if settled is Settled.REFUSED:
         raise outcome.first_error
     copies = (await FileRepository(session).copies_for([file.id]))[file.id]

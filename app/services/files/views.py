@@ -33,7 +33,7 @@ def check_id(file_id: str) -> None:
         )
 
 
-def not_found(file_id: str) -> NotFound:
+def not_found() -> NotFound:
     # Identical for a missing id and for another tenant's id.
     return NotFound("No such File object.", param="id")
 
