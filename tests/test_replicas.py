@@ -484,6 +484,51 @@ async def test_a_revoked_key_is_refused_by_every_replica_within_the_cache_bound(
     cluster.assert_sound()
 
 
+async def test_a_sweep_keeps_a_leftover_blob_that_an_upload_on_another_replica_reuses(
+    cluster: Cluster, store: S3BlobStore
+) -> None:
+    _, token = await cluster.tenant_key()
+    data = b"stored by a replica that died before committing the row\n" * 100
+    # What a replica killed between storing a blob and committing its row leaves behind.
+    spool = store.new_spool()
+    await spool.write(data)
+    stored = await store.commit(spool, sha256=await spool.finish())
+    head = await store.client.head_object(Bucket=store.bucket, Key=stored.storage_key)
+    stored_at = float(head["LastModified"].timestamp())
+
+    async def store_clock_moved_on() -> bool:  # object times have a resolution of a second
+        return time.time() > stored_at + 2
+
+    await eventually(store_clock_moved_on, timeout=5, what="the next second")
+    engine = create_async_engine(cluster.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session, cluster.client(1, token) as other:
+            registry = FileRepository(session)
+            answers: list[httpx.Response] = []
+
+            async def referenced(sha256s: list[str]) -> set[str]:
+                live = await registry.blobs_with_rows(sha256s)
+                # the same bytes arrive on another replica between the sweep's two looks
+                answers.append(await upload(other, data))
+                return live
+
+            clock = Clock()
+            clock.advance(stored_at + 1 + LEFTOVER_MAX_AGE - time.time())  # only it is old
+            async with S3BlobStore.connect(cluster.location, clock=clock) as sweeper:
+                await sweeper.sweep(max_age_seconds=LEFTOVER_MAX_AGE, referenced=referenced)
+    finally:
+        await engine.dispose()
+    [created] = answers
+    assert created.status_code == 200, created.text
+    assert await store.exists(stored.storage_key)
+    async with cluster.client(0, token) as first:
+        got = await first.get(f"/v1/files/{created.json()['id']}/content")
+        assert got.status_code == 200 and got.content == data
+        assert (await first.delete(f"/v1/files/{created.json()['id']}")).status_code == 200
+    assert await leftovers(store) == []
+    cluster.assert_sound()
+
+
 def multipart_head(boundary: str, *, purpose: str, filename: str, content_type: str) -> bytes:
     return (
         f"--{boundary}\r\n"
