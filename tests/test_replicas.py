@@ -160,10 +160,6 @@ async def blob_objects(store: S3BlobStore) -> list[str]:
     return sorted(str(o["Key"]) for o in listed.get("Contents", []))
 
 
-def upload_fields(purpose: str, provider: str | None) -> dict[str, str]:
-    return {"purpose": purpose, **({"provider": provider} if provider else {})}
-
-
 async def upload(
     client: httpx.AsyncClient,
     data: bytes,
@@ -174,7 +170,7 @@ async def upload(
 ) -> httpx.Response:
     return await client.post(
         "/v1/files",
-        data=upload_fields("file-extract", provider),
+        data={"purpose": "file-extract", **({"provider": provider} if provider else {})},
         files={"file": (filename, data, content_type)},
     )
 
@@ -552,6 +548,99 @@ async def multipart_uploads_with_parts(store: S3BlobStore) -> int:
         )
         held += bool(parts.get("Parts"))
     return held
+
+
+async def part_times(store: S3BlobStore) -> list[float]:
+    """When each part of the (one) multipart upload under the temp area was stored."""
+    listed = await store.client.list_multipart_uploads(
+        Bucket=store.bucket, Prefix=f"{store.prefix}tmp/"
+    )
+    times: list[float] = []
+    for entry in listed.get("Uploads", []):
+        parts = await store.client.list_parts(
+            Bucket=store.bucket, Key=entry["Key"], UploadId=entry["UploadId"]
+        )
+        times += [float(part["LastModified"].timestamp()) for part in parts.get("Parts", [])]
+    return sorted(times)
+
+
+async def test_a_sweep_leaves_alone_an_upload_still_streaming_into_another_replica(
+    cluster: Cluster, store: S3BlobStore
+) -> None:
+    _, token = await cluster.tenant_key()
+    boundary = f"replicas{secrets.token_hex(8)}"
+    chunk = secrets.token_bytes(MiB)
+    total = 2 * PART_BYTES + 3 * MiB
+    allowed = PART_BYTES + MiB  # bytes the client may send so far
+    more = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield multipart_head(
+            boundary, purpose="file-extract", filename="slow.txt", content_type="text/plain"
+        )
+        sent = 0
+        while sent < total:
+            while sent >= allowed:
+                more.clear()
+                await more.wait()
+            yield chunk
+            sent += len(chunk)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    async with cluster.client(1, token) as slow:
+        streaming = asyncio.create_task(
+            slow.post(
+                "/v1/files",
+                content=body(),
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )
+        )
+        try:
+
+            def parts(n: int) -> Callable[[], Awaitable[bool]]:
+                async def stored() -> bool:
+                    assert not streaming.done(), streaming.result().text
+                    return len(await part_times(store)) >= n
+
+                return stored
+
+            await eventually(parts(1), timeout=30, what="the first part in the store")
+            [first] = await part_times(store)
+
+            async def next_second() -> bool:  # object times have a resolution of a second
+                return time.time() > first + 2
+
+            await eventually(next_second, timeout=5, what="the next second")
+            allowed = 2 * PART_BYTES + MiB
+            more.set()
+            await eventually(parts(2), timeout=30, what="the second part in the store")
+            # Another replica's sweep, to which the upload began long ago but is still moving.
+            clock = Clock()
+            clock.advance(first + 1 + LEFTOVER_MAX_AGE - time.time())
+            engine = create_async_engine(cluster.database_url)
+            try:
+                async with (
+                    S3BlobStore.connect(cluster.location, clock=clock) as sweeper,
+                    create_sessionmaker(engine)() as session,
+                ):
+                    removed = await sweeper.sweep(
+                        max_age_seconds=LEFTOVER_MAX_AGE,
+                        referenced=FileRepository(session).blobs_with_rows,
+                    )
+            finally:
+                await engine.dispose()
+            assert not [r for r in removed if "?uploadId=" in r], removed
+        finally:
+            allowed = total
+            more.set()
+        created = await streaming
+        assert created.status_code == 200, created.text
+        got = await slow.get(f"/v1/files/{created.json()['id']}/content")
+        assert got.status_code == 200 and len(got.content) == total
+        assert got.content == chunk * (total // MiB)
+        assert (await slow.delete(f"/v1/files/{created.json()['id']}")).status_code == 200
+    assert await leftovers(store) == []
+    cluster.assert_sound()
 
 
 async def test_a_replica_killed_mid_upload_loses_nothing_accepted_and_the_sweep_cleans_up(

@@ -342,9 +342,26 @@ class S3BlobStore(BlobStore):
         with _unavailable():
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._tmp("")):
                 for upload in page.get("Uploads", []):
-                    if _before(upload.get("Initiated"), cutoff):
-                        found.append((str(upload["Key"]), str(upload["UploadId"])))
+                    key, upload_id = str(upload["Key"]), str(upload["UploadId"])
+                    if _before(upload.get("Initiated"), cutoff) and await self._idle(
+                        key, upload_id, cutoff
+                    ):
+                        found.append((key, upload_id))
         return found
+
+    async def _idle(self, key: str, upload_id: str, cutoff: float) -> bool:
+        """No part stored since `cutoff`: an upload that began long ago may still be streaming
+        into another replica (its start time never changes; its parts' times do)."""
+        paginator = self.client.get_paginator("list_parts")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                if not all(_before(p.get("LastModified"), cutoff) for p in page.get("Parts", [])):
+                    return False
+        except ClientError as exc:
+            if _missing(exc):  # completed or aborted meanwhile
+                return False
+            raise
+        return True
 
     async def _still_old(self, key: str, cutoff: float) -> bool:
         head = await self._head(key)
