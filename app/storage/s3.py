@@ -357,15 +357,9 @@ class S3BlobStore(BlobStore):
         if not isinstance(spool, S3Spool) or spool._store is not self:
             raise TypeError("an S3 blob store commits only its own spools")
         key = self.key_for(sha256)
-        head = await self._head(key)
-        stored_ok = (
-            head is not None
-            and int(head.get("ContentLength", -1)) == spool.size
-            and head.get("Metadata", {}).get(SHA_META) == sha256
-        )
-        if not stored_ok:
-            # A missing blob, or one that does not say it holds these bytes, is replaced.
-            await self._copy(spool.key, key, sha256=sha256)
+        # Copied over a stored blob too: its fresh LastModified keeps another replica's
+        # age-based sweep off a blob about to be referenced (and bit rot is replaced).
+        await self._copy(spool.key, key, sha256=sha256)
         await self._delete(spool.key)
         spool._taken = True
         return StoredBlob(sha256=sha256, size=spool.size, storage_key=key)
@@ -438,12 +432,34 @@ class S3BlobStore(BlobStore):
         with _unavailable():
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._tmp("")):
                 for upload in page.get("Uploads", []):
-                    if _before(upload.get("Initiated"), cutoff):
-                        found.append((str(upload["Key"]), str(upload["UploadId"])))
+                    key, upload_id = str(upload["Key"]), str(upload["UploadId"])
+                    if _before(upload.get("Initiated"), cutoff) and await self._idle(
+                        key, upload_id, cutoff
+                    ):
+                        found.append((key, upload_id))
         return found
 
+    async def _idle(self, key: str, upload_id: str, cutoff: float) -> bool:
+        """No part stored since `cutoff`: an upload that began long ago may still be streaming
+        into another replica (its start time never changes; its parts' times do)."""
+        paginator = self.client.get_paginator("list_parts")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                if not all(_before(p.get("LastModified"), cutoff) for p in page.get("Parts", [])):
+                    return False
+        except ClientError as exc:
+            if _missing(exc):  # completed or aborted meanwhile
+                return False
+            raise
+        return True
+
+    async def _still_old(self, key: str, cutoff: float) -> bool:
+        head = await self._head(key)
+        return head is not None and _before(head.get("LastModified"), cutoff)
+
     async def sweep(self, *, max_age_seconds: float, referenced: Referenced) -> list[str]:
-        # By age only: another replica may be writing or committing right now.
+        # By age only: another replica may be writing or committing right now (a commit
+        # rewrites a blob it reuses, and each removal looks at the age once more first).
         cutoff = self._clock() - max_age_seconds
         spools = [e["Key"] async for e in self._listed(self._tmp("")) if _old(e, cutoff)]
         blobs = [e["Key"] async for e in self._listed(f"{self.prefix}blobs/") if _old(e, cutoff)]
@@ -465,6 +481,8 @@ class S3BlobStore(BlobStore):
                     await self._copy(key, target, sha256=sha)
                     await self._delete(key)
                     continue
+            if not await self._still_old(key, cutoff):  # a commit reused it since the listing
+                continue
             await self._delete(key)
             removed.append(f"s3://{self.bucket}/{key}")
         for path in await to_thread.run_sync(self._stale_parts, cutoff):
