@@ -110,9 +110,7 @@ class NotifyListener:
         lost = False
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.conninfo, autocommit=True, connect_timeout=self.connect_timeout
-                ) as conn:
+                async with await self._connect() as conn:
                     await conn.execute(f"LISTEN {JOBS_CHANNEL}")
                     self.connection = conn
                     self.connections += 1
@@ -134,6 +132,21 @@ class NotifyListener:
             # Jittered, so that processes cut off together do not all come back at once.
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _connect(self) -> psycopg.AsyncConnection[object]:
+        """A new connection; cancelled meanwhile (at shutdown), the attempt is let finish and
+        what it made is closed, so no connection is left to the garbage collector."""
+        attempt = asyncio.ensure_future(
+            psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True, connect_timeout=self.connect_timeout
+            )
+        )
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await (await attempt).close()
+            raise
 
     async def _listen(self, conn: psycopg.AsyncConnection[object]) -> None:
         while True:
