@@ -17,11 +17,17 @@ async def renewing(
 ) -> AsyncIterator[None]:
     """Call `renew` every lease/3 seconds while the block runs; it returns False once the
     lease is no longer ours (renewing stops). A failed renewal is retried at the next beat:
-    the work goes on, and a lease that lapses meanwhile is taken over as it should be."""
+    the work goes on, and a lease that lapses meanwhile is taken over as it should be.
+
+    When the block ends, a renewal in flight is let finish rather than cancelled: cancelled
+    midway, its database connection would be dropped unreturned."""
+    done = asyncio.Event()
 
     async def beat() -> None:
         while True:
-            await asyncio.sleep(lease_seconds / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), lease_seconds / 3)
+                return
             try:
                 kept = await renew()
             except Exception as exc:
@@ -35,6 +41,9 @@ async def renewing(
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        done.set()
+        try:
             await task
+        except asyncio.CancelledError:
+            task.cancel()  # this block itself was cancelled while waiting: stop at once
+            raise

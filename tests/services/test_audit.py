@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from app.core.config import Settings
+from app.core.db import create_engine, create_sessionmaker
 from app.models import AuditEvent
 from app.services.audit import RefusalThrottle, bounded
 from tests.conftest import Gateway, started_gateway
@@ -74,7 +75,15 @@ async def test_anonymous_summaries_are_written_at_shutdown(
             for _ in range(4):
                 await anon.get("/v1/files")
         assert [r.action for r in await _rows(gateway)] == ["GET /v1/files"]
-    rows = await _rows(gateway)
+    # The gateway is gone with its engine: read what it wrote through an engine of our own.
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            rows = list(
+                (await session.execute(select(AuditEvent).order_by(AuditEvent.id))).scalars()
+            )
+    finally:
+        await engine.dispose()
     assert [r.action for r in rows] == ["GET /v1/files", "refusals.throttled"]
     assert rows[1].detail is not None and rows[1].detail.startswith("3 more")
 
