@@ -344,9 +344,50 @@ class ProviderSandbox(ABC):
         """Keep a new file."""
         self.files[file.id] = file
 
-    @abstractmethod
+    prefix: str  # the files endpoint, relative to the sandbox mount
+
     def routes(self) -> list[Route]:
-        """The provider's API routes, relative to the sandbox mount."""
+        """Upload, list, retrieve (for Z.ai, in its Java SDK only), content and delete."""
+        p = self.prefix
+        return [
+            self.route(p, "upload", self.upload, "POST"),
+            self.route(p, "list", self.list_files, "GET"),
+            self.route(p + "/{file_id}", "retrieve", self.retrieve, "GET"),
+            self.route(p + "/{file_id}", "delete", self.delete, "DELETE"),
+            self.route(p + "/{file_id}/content", "content", self.content, "GET"),
+        ]
+
+    @abstractmethod
+    async def upload(self, request: Request, form: FormData) -> Response: ...
+
+    @abstractmethod
+    async def list_files(self, request: Request, form: FormData) -> Response: ...
+
+    @abstractmethod
+    async def delete(self, request: Request, form: FormData) -> Response: ...
+
+    @abstractmethod
+    async def content(self, request: Request, form: FormData) -> Response: ...
+
+    @abstractmethod
+    def respond(
+        self, payload: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> Response:
+        """A JSON answer with the provider's content type and headers."""
+
+    @abstractmethod
+    def not_found(self, file_id: str) -> Response:
+        """The provider's answer for an unknown file id."""
+
+    @abstractmethod
+    def file_object(self, f: StoredFile) -> dict[str, Any]:
+        """A stored file as the provider's file object."""
+
+    async def retrieve(self, request: Request, form: FormData) -> Response:
+        """GET files/{id} (for Z.ai, present in the Java SDK only)."""
+        file_id = request.path_params["file_id"]
+        f = self.lookup(file_id)
+        return self.respond(self.file_object(f)) if f else self.not_found(file_id)
 
     @abstractmethod
     def check_auth(self, request: Request) -> Response | None:

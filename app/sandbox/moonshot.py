@@ -10,7 +10,6 @@ from typing import Any
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from app.sandbox.core import (
     Operation,
@@ -52,17 +51,6 @@ class MoonshotSandbox(ProviderSandbox):
         """Forget everything, including the xid counter."""
         super().reset()
         self._xid_counter = secrets.randbelow(1 << 24)
-
-    def routes(self) -> list[Route]:
-        """Upload, list, retrieve, content and delete."""
-        p = self.prefix
-        return [
-            self.route(p, "upload", self.upload, "POST"),
-            self.route(p, "list", self.list_files, "GET"),
-            self.route(p + "/{file_id}", "retrieve", self.retrieve, "GET"),
-            self.route(p + "/{file_id}", "delete", self.delete, "DELETE"),
-            self.route(p + "/{file_id}/content", "content", self.content, "GET"),
-        ]
 
     def new_id(self, created_at: int) -> str:
         """An xid: 4-byte time, 5 random bytes, 3-byte counter, base32hex, 20 chars."""
@@ -211,12 +199,6 @@ class MoonshotSandbox(ProviderSandbox):
             # An unknown cursor yields an empty page so SDK auto-pagination stops.
             files = files[ids.index(after) + 1 :] if after in ids else []
         return self.respond({"object": "list", "data": [self.file_object(f) for f in files]})
-
-    async def retrieve(self, request: Request, form: FormData) -> Response:
-        """GET /v1/files/{id}."""
-        file_id = request.path_params["file_id"]
-        f = self.lookup(file_id)
-        return self.respond(self.file_object(f)) if f else self.not_found(file_id)
 
     async def content(self, request: Request, form: FormData) -> Response:
         """GET /v1/files/{id}/content: extracted-text JSON for file-extract, raw bytes otherwise."""

@@ -9,7 +9,6 @@ from typing import Any
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from app.sandbox.core import (
     Operation,
@@ -47,17 +46,6 @@ class ZaiSandbox(ProviderSandbox):
 
     name = "zai"
     prefix = "/zai/api/paas/v4/files"
-
-    def routes(self) -> list[Route]:
-        """Upload, list, retrieve (Java SDK only), content and delete."""
-        p = self.prefix
-        return [
-            self.route(p, "upload", self.upload, "POST"),
-            self.route(p, "list", self.list_files, "GET"),
-            self.route(p + "/{file_id}", "retrieve", self.retrieve, "GET"),
-            self.route(p + "/{file_id}", "delete", self.delete, "DELETE"),
-            self.route(p + "/{file_id}/content", "content", self.content, "GET"),
-        ]
 
     def respond(
         self, payload: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -111,8 +99,7 @@ class ZaiSandbox(ProviderSandbox):
         """Unknown path or method: 'API does not exist'."""
         return self.error(status, "1222", "The API does not exist.")
 
-    @staticmethod
-    def file_object(f: StoredFile) -> dict[str, Any]:
+    def file_object(self, f: StoredFile) -> dict[str, Any]:
         """Exactly the six documented fields."""
         return {
             "id": f.id,
@@ -197,12 +184,6 @@ class ZaiSandbox(ProviderSandbox):
                 "has_more": len(files) > limit,
             }
         )
-
-    async def retrieve(self, request: Request, form: FormData) -> Response:
-        """GET /files/{id} (present in the Java SDK only)."""
-        file_id = request.path_params["file_id"]
-        f = self.lookup(file_id)
-        return self.respond(self.file_object(f)) if f else self.not_found(file_id)
 
     async def content(self, request: Request, form: FormData) -> Response:
         """GET /files/{id}/content: raw bytes for batch, extracted-text JSON for file-extract."""

@@ -8,7 +8,7 @@ from app.auth.principal import CallContext
 from app.core.errors import InvalidRequest
 from app.models import ProviderCopyStatus
 from app.services.files.queries import get_file
-from app.services.files.settle import Attempt, Placer, answer
+from app.services.files.settle import Attempt, Placer
 from app.services.files.views import FileView
 
 
@@ -25,7 +25,7 @@ async def replicate(
     targets = placer.providers.targets(
         purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
     )
-    outcome, settled = await placer.place_and_settle(
+    return await placer.place_and_answer(
         session=session,
         ctx=ctx,
         file=file,
@@ -33,4 +33,3 @@ async def replicate(
         provider=provider,
         attempt=Attempt.COPY,
     )
-    return await answer(session=session, file=file, outcome=outcome, settled=settled)

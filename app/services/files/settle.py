@@ -93,6 +93,35 @@ class Placer:
         )
         return outcome, settled
 
+    async def place_and_answer(
+        self,
+        *,
+        session: AsyncSession,
+        ctx: CallContext,
+        file: File,
+        targets: Sequence[Target],
+        provider: str,
+        attempt: Attempt,
+        intent: queue.Intent | None = None,
+        withdrawn: GatewayError | None = None,
+    ) -> FileView:
+        """Place a file and answer a request with it: pending when providers are only failing
+        for now. With `intent` (a just-claimed file) the request holds the placement job's
+        lease meanwhile, and the job ends with the outcome (done, or itself the retry of a
+        deferred placement). A delete that wins the race answers 404, or `withdrawn`."""
+        outcome, settled = await self.place_and_settle(
+            session=session,
+            ctx=ctx,
+            file=file,
+            targets=targets,
+            provider=provider,
+            attempt=attempt,
+            intent=intent,
+        )
+        return await answer(
+            session=session, file=file, outcome=outcome, settled=settled, withdrawn=withdrawn
+        )
+
 
 async def settle(
     *,

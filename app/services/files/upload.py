@@ -23,7 +23,7 @@ from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
 from app.services import audit, lifecycle
 from app.services.files.retire import expire_file
-from app.services.files.settle import Attempt, Placer, answer
+from app.services.files.settle import Attempt, Placer
 from app.services.files.views import CreateResult, FileView, IncomingUpload, new_file_id
 
 SETTLE_POLL_SECONDS = 0.1
@@ -97,13 +97,13 @@ async def create_file(
                 continue  # a concurrent twin won the unique index: judge against it
             file, intent = claimed
             # Placement (its own units of work, the provider call outside any), then settled.
-            view = await _place_new(
+            view = await placer.place_and_answer(
                 session=session,
-                placer=placer,
                 ctx=ctx,
                 file=file,
                 targets=targets,
                 provider=provider,
+                attempt=Attempt.UPLOAD,
                 intent=intent,
             )
             placer.metrics.uploads.labels(_placed_on(view), "created").inc()
@@ -213,36 +213,6 @@ async def _check_quota(*, repo: FileRepository, tenant: Tenant, size: int) -> No
         )
 
 
-async def _place_new(
-    *,
-    session: AsyncSession,
-    placer: Placer,
-    ctx: CallContext,
-    file: File,
-    targets: Sequence[Target],
-    provider: str,
-    attempt: Attempt = Attempt.UPLOAD,
-    intent: queue.Intent | None = None,
-    withdrawn: GatewayError | None = None,
-) -> FileView:
-    """Place a file and answer with it; pending when providers are only failing for now. With
-    `intent` (a just-claimed file) the request holds the placement job's lease meanwhile, and
-    the job ends with the outcome (done, or itself the retry of a deferred placement). A
-    delete that wins the race answers 404, or `withdrawn` when given."""
-    outcome, settled = await placer.place_and_settle(
-        session=session,
-        ctx=ctx,
-        file=file,
-        targets=targets,
-        provider=provider,
-        attempt=attempt,
-        intent=intent,
-    )
-    return await answer(
-        session=session, file=file, outcome=outcome, settled=settled, withdrawn=withdrawn
-    )
-
-
 async def _deduplicated(
     *,
     session: AsyncSession,
@@ -283,9 +253,8 @@ async def _deduplicated(
     ):
         # An explicit provider is honoured, and a file that ended in error gets another try.
         await session.commit()
-        view = await _place_new(
+        view = await placer.place_and_answer(
             session=session,
-            placer=placer,
             ctx=ctx,
             file=current,
             targets=targets,
