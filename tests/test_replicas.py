@@ -26,7 +26,8 @@ from app.core.migrations import sync_url
 from app.repositories.files import FileRepository
 from app.storage.s3 import PART_BYTES, S3BlobStore, S3Location
 from tests.conftest import REDIS_URL, S3_BUCKET, TEST_SECRET, _truncate
-from tests.support.blobs import Clock, leftovers
+from tests.support.blobs import leftovers
+from tests.support.clock import FakeClock
 from tests.support.processes import (
     ServerProcess,
     gateway_env,
@@ -35,6 +36,7 @@ from tests.support.processes import (
     start_sandbox,
 )
 from tests.support.seaweed import ObjectStore
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -52,16 +54,6 @@ def rows(url: str, sql: str, **params: object) -> list[dict[str, Any]]:
         engine.dispose()
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout: float, what: str, every: float = 0.1
-) -> None:
-    """Poll `check` until it holds; fail naming `what` once `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(every)
-
-
 @dataclass
 class Cluster:
     """Three replicas of one deployment, and what they share."""
@@ -74,10 +66,10 @@ class Cluster:
     admin_token: str
     parts: Path  # the part files of the tests' own S3BlobStore, apart from every replica's
 
-    def store(self, clock: Clock | None = None) -> AbstractAsyncContextManager[S3BlobStore]:
+    def store(self, clock: FakeClock | None = None) -> AbstractAsyncContextManager[S3BlobStore]:
         """The replicas' object store, seen by the test itself (on `clock`, if given)."""
         return S3BlobStore.connect(
-            self.location, part_dir=self.parts, clock=clock if clock is not None else time.time
+            self.location, part_dir=self.parts, clock=clock.time if clock is not None else time.time
         )
 
     def client(self, index: int, token: str | None = None) -> httpx.AsyncClient:
@@ -133,7 +125,7 @@ class Cluster:
                     return False
             return True
 
-        await eventually(seen, timeout=10, what=f"every replica to see {provider} {state}")
+        await wait_until(seen, timeout=10, what=f"every replica to see {provider} {state}")
 
     def last_job_id(self) -> int:
         return int(rows(self.database_url, "SELECT coalesce(max(id), 0) AS n FROM jobs")[0]["n"])
@@ -383,7 +375,7 @@ async def test_a_pending_file_is_placed_once_by_whichever_worker_takes_its_job(
                 resp = await second.get(f"/v1/files/{file_id}")
                 return bool(resp.json()["status"] == "processed")
 
-            await eventually(placed, timeout=20, what="the pending file to be placed")
+            await wait_until(placed, timeout=20, what="the pending file to be placed")
     finally:
         await cluster.force_breaker(0, "moonshot", "reset")
     [job] = cluster.jobs(file_id=file_id)
@@ -426,7 +418,7 @@ async def test_no_job_runs_twice_across_the_workers_of_all_replicas(cluster: Clu
                 )
                 return all(g.json()["status"] == "processed" for g in got)
 
-            await eventually(all_placed, timeout=30, what="every pending file to be placed")
+            await wait_until(all_placed, timeout=30, what="every pending file to be placed")
         finally:
             await cluster.force_breaker(0, "moonshot", "reset")
     finally:
@@ -444,7 +436,7 @@ async def test_no_job_runs_twice_across_the_workers_of_all_replicas(cluster: Clu
         done = [j for j in cluster.jobs(since=periodic_since) if j["state"] == "done"]
         return set(PERIODIC) <= {j["dedupe_key"] for j in done}
 
-    await eventually(periodic_done, timeout=45, what="a run of every periodic job", every=0.5)
+    await wait_until(periodic_done, timeout=45, what="a run of every periodic job", every=0.5)
     others = cluster.jobs(since=periodic_since)
     finished = [j for j in others if j["state"] == "done"]
     assert {j["kind"] for j in finished} >= {"expire", "health_sweep", "reconcile", "check_file"}
@@ -504,7 +496,7 @@ async def test_a_sweep_keeps_a_leftover_blob_that_an_upload_on_another_replica_r
     async def store_clock_moved_on() -> bool:  # object times have a resolution of a second
         return time.time() > stored_at + 2
 
-    await eventually(store_clock_moved_on, timeout=5, what="the next second")
+    await wait_until(store_clock_moved_on, timeout=5, what="the next second")
     engine = create_async_engine(cluster.database_url)
     try:
         async with create_sessionmaker(engine)() as session, cluster.client(1, token) as other:
@@ -517,10 +509,10 @@ async def test_a_sweep_keeps_a_leftover_blob_that_an_upload_on_another_replica_r
                 answers.append(await upload(other, data))
                 return live
 
-            clock = Clock()
+            clock = FakeClock()
             clock.advance(stored_at + 1 + LEFTOVER_MAX_AGE - time.time())  # only it is old
             async with S3BlobStore.connect(
-                cluster.location, part_dir=cluster.parts, clock=clock
+                cluster.location, part_dir=cluster.parts, clock=clock.time
             ) as sweeper:
                 await sweeper.sweep(max_age_seconds=LEFTOVER_MAX_AGE, referenced=referenced)
     finally:
@@ -625,24 +617,24 @@ async def test_a_sweep_leaves_alone_an_upload_still_streaming_into_another_repli
 
                 return stored
 
-            await eventually(parts(1), timeout=30, what="the first part in the store")
+            await wait_until(parts(1), timeout=30, what="the first part in the store")
             [first] = await part_times(store, besides=earlier)
 
             async def next_second() -> bool:  # object times have a resolution of a second
                 return time.time() > first + 2
 
-            await eventually(next_second, timeout=5, what="the next second")
+            await wait_until(next_second, timeout=5, what="the next second")
             allowed = 2 * PART_BYTES + 2 * MiB
             more.set()
-            await eventually(parts(2), timeout=30, what="the second part in the store")
+            await wait_until(parts(2), timeout=30, what="the second part in the store")
             # Another replica's sweep, to which the upload began long ago but is still moving.
-            clock = Clock()
+            clock = FakeClock()
             clock.advance(first + 1 + LEFTOVER_MAX_AGE - time.time())
             engine = create_async_engine(cluster.database_url)
             try:
                 async with (
                     S3BlobStore.connect(
-                        cluster.location, part_dir=cluster.parts, clock=clock
+                        cluster.location, part_dir=cluster.parts, clock=clock.time
                     ) as sweeper,
                     create_sessionmaker(engine)() as session,
                 ):
@@ -720,7 +712,7 @@ async def test_a_replica_killed_mid_upload_loses_nothing_accepted_and_the_sweep_
                 assert not big.done(), big.result().text
                 return await multipart_uploads_with_parts(store) > 0
 
-            await eventually(part_stored, timeout=30, what="a multipart upload part in the store")
+            await wait_until(part_stored, timeout=30, what="a multipart upload part in the store")
             victim.kill()  # SIGKILL: no shutdown, no clean-up of any kind
             victim.wait(15)
             stall.set()
@@ -738,13 +730,13 @@ async def test_a_replica_killed_mid_upload_loses_nothing_accepted_and_the_sweep_
             got = [await survivor.get(f"/v1/files/{f}") for f in accepted]
             return all(g.json()["status"] == "processed" for g in got)
 
-        await eventually(all_processed, timeout=30, what="the pending file to be placed")
+        await wait_until(all_processed, timeout=30, what="the pending file to be placed")
         for file_id, data in accepted.items():
             got = await survivor.get(f"/v1/files/{file_id}/content")
             assert got.status_code == 200 and got.content == data
 
         # The sweep every replica runs, as it will see things once they are old enough.
-        clock = Clock()
+        clock = FakeClock()
         clock.advance(LEFTOVER_MAX_AGE + 60)
         engine = create_async_engine(cluster.database_url)
         try:

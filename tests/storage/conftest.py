@@ -11,21 +11,16 @@ import pytest
 from app.storage.blobs import BlobStore, LocalBlobStore
 from app.storage.s3 import S3BlobStore, S3Location
 from tests.conftest import S3_BUCKET
-from tests.support.blobs import Clock
+from tests.support.clock import FakeClock
 from tests.support.seaweed import ObjectStore
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture(params=["local", "s3"])
 async def blob_store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[BlobStore]:
     if request.param == "local":
-        local = LocalBlobStore(tmp_path / "data", clock=clock)
+        local = LocalBlobStore(tmp_path / "data", clock=clock.time)
         local.prepare()
         yield local
         return
@@ -38,5 +33,5 @@ async def blob_store(
         secret_access_key=object_store.secret_access_key,
         prefix=f"t-{secrets.token_hex(6)}/",  # one test's objects apart from every other's
     )
-    async with S3BlobStore.connect(location, part_dir=tmp_path / "parts", clock=clock) as s3:
+    async with S3BlobStore.connect(location, part_dir=tmp_path / "parts", clock=clock.time) as s3:
         yield s3

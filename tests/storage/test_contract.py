@@ -11,7 +11,8 @@ import pytest
 
 from app.storage.blobs import BlobMissing, BlobStore
 from app.storage.s3 import PART_BYTES, S3BlobStore
-from tests.support.blobs import Clock, leftovers, overwrite_blob, read_blob
+from tests.support.blobs import leftovers, overwrite_blob, read_blob
+from tests.support.clock import FakeClock
 from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
@@ -118,7 +119,9 @@ async def test_concurrent_writers_of_the_same_bytes_end_as_one_readable_blob(
     assert await leftovers(blob_store) == []
 
 
-async def test_the_sweep_removes_old_leftovers_only(blob_store: BlobStore, clock: Clock) -> None:
+async def test_the_sweep_removes_old_leftovers_only(
+    blob_store: BlobStore, clock: FakeClock
+) -> None:
     kept = await put(blob_store, b"referenced")
     orphan = await put(blob_store, b"orphan")
     crashed = blob_store.new_spool()  # its writer died before committing
@@ -155,7 +158,7 @@ async def test_the_sweep_removes_old_leftovers_only(blob_store: BlobStore, clock
 
 
 async def test_the_sweep_restores_a_blob_whose_deletion_never_committed(
-    blob_store: BlobStore, clock: Clock
+    blob_store: BlobStore, clock: FakeClock
 ) -> None:
     live = await put(blob_store, b"row still there")
     gone = await put(blob_store, b"row deleted")

@@ -3,8 +3,6 @@ bit rot, through whatever the store keeps its bytes in."""
 
 from __future__ import annotations
 
-import time
-
 from app.storage.blobs import BlobStore, LocalBlobStore
 
 
@@ -25,19 +23,6 @@ async def overwrite_blob(store: BlobStore, storage_key: str, data: bytes) -> Non
     await store.client.put_object(
         Bucket=store.bucket, Key=storage_key, Body=data, Metadata=head.get("Metadata", {})
     )
-
-
-class Clock:
-    """Wall-clock seconds that a test moves forward by hand."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 async def leftovers(store: BlobStore) -> list[str]:

@@ -27,6 +27,10 @@ class FakeClock(Clock):
     def now(self) -> datetime:
         return self._now
 
+    def time(self) -> float:
+        """Wall-clock seconds, for components that read `time.time()` (object ages)."""
+        return self._now.timestamp()
+
     def advance(self, seconds: float) -> None:
         self._monotonic += seconds
         self._now += timedelta(seconds=seconds)

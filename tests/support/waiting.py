@@ -10,11 +10,14 @@ from collections.abc import Awaitable, Callable
 Check = Callable[[], bool | Awaitable[bool]]
 
 
-async def wait_until(check: Check, *, timeout: float = 5.0, every: float = 0.05) -> None:
-    """Return as soon as `check()` holds; fail the test if it does not within `timeout`."""
+async def wait_until(
+    check: Check, *, timeout: float = 5.0, every: float = 0.05, what: str = "the condition"
+) -> None:
+    """Return as soon as `check()` holds; fail the test, naming `what`, if it does not
+    within `timeout`."""
     deadline = time.monotonic() + timeout
     while not await _holds(check):
-        assert time.monotonic() < deadline, f"condition not reached within {timeout:g}s"
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout:g}s"
         await asyncio.sleep(every)
 
 
