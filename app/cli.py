@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     except _CLICK_ERROR as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a group named alone: its help
             exc.show()  # type: ignore[attr-defined]
-            sys.exit(0)
+            sys.exit(getattr(exc, "exit_code", 2))
         message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
         where = getattr(getattr(exc, "ctx", None), "command_path", "filegate")
         typer.echo(f"error: {message} (see: {where} --help)", err=True)
