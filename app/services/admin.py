@@ -309,7 +309,7 @@ async def check_file(
     file_id: str,
 ) -> dict[str, Any]:
     """Run a file's health check now, for any tenant's file (operators only)."""
-    file = await FileRepository(session).refresh(file_id)
+    file = await FileRepository(session).refresh(checked_file_id(file_id))
     if file is None or file.deleted_at is not None:
         raise NotFound(f"No such File object: {file_id}", param="id")
     report = await health.check_file(
