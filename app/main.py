@@ -90,7 +90,19 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM_CLOCK)
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "PUT"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
-            expose_headers=["X-Request-ID", "ETag", "Content-Range", "Idempotent-Replayed"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "Idempotency-Key",
+                "Repr-Digest",
+            ],
+            expose_headers=[
+                "X-Request-ID",
+                "ETag",
+                "Content-Range",
+                "Idempotent-Replayed",
+                "Filegate-Dedup",
+            ],
         )
     return app

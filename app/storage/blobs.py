@@ -69,9 +69,12 @@ class BlobReader(ABC):
     size: int
 
     @abstractmethod
-    def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The bytes from `start` up to (not including) `end`, in bounded chunks; each call
-        reads afresh, so a retried provider upload sends the blob again from its start."""
+    def chunks(
+        self, start: int = 0, end: int | None = None, *, size: int = READ_CHUNK
+    ) -> AsyncIterator[bytes]:
+        """The bytes from `start` up to (not including) `end`, in chunks of at most `size`;
+        each call reads afresh, so a retried provider upload sends the blob again from its
+        start."""
 
     @abstractmethod
     async def aclose(self) -> None: ...
@@ -233,14 +236,16 @@ class _LocalReader(BlobReader):
         self._fd: int | None = fd
         self.size = size
 
-    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def chunks(
+        self, start: int = 0, end: int | None = None, *, size: int = READ_CHUNK
+    ) -> AsyncIterator[bytes]:
         stop = self.size if end is None else min(end, self.size)
         offset = start
         while offset < stop:
             fd = self._fd
             if fd is None:
                 raise ValueError("the blob reader is closed")
-            chunk = await to_thread.run_sync(os.pread, fd, min(READ_CHUNK, stop - offset), offset)
+            chunk = await to_thread.run_sync(os.pread, fd, min(size, stop - offset), offset)
             if not chunk:
                 raise OSError(errno.EIO, "the blob ended before its recorded size")
             offset += len(chunk)
