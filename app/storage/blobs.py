@@ -303,15 +303,10 @@ class LocalBlobStore(BlobStore):
         target = self.local_path(key)
 
         def _place() -> None:
-            # The spool was fsynced by finish(); a stored copy is kept only if its bytes hash right.
-            try:
-                if _file_sha256(target) == sha256:
-                    # A fresh mtime keeps the age-based sweeper off a blob about to be referenced.
-                    os.utime(target)
-                    spool.path.unlink(missing_ok=True)
-                    return
-            except FileNotFoundError:
-                pass
+            # The spool was fsynced by finish(). It replaces a stored copy too, without reading
+            # it: the same work whether or not anyone (another tenant) holds these bytes, and
+            # a copy gone bad is replaced with bytes that hash right; readers of the old copy
+            # keep their open descriptor. The fresh mtime keeps the age-based sweeper off it.
             with disk_errors():
                 private_dir(target.parent)
                 os.replace(spool.path, target)

@@ -189,16 +189,21 @@ async def upload_file(
             return None
         provider = _provider(rt, fields)
         expires_at = _expires_at(fields)
-        replay = await idem.begin(_fingerprint(sha256, purpose, provider, fields))
-        claimed = True
-        if replay is not None:
-            return replay
+        existing = await file_service.find_declared(
+            session=session, ctx=ctx, sha256=sha256, purpose=purpose
+        )
+        if existing is None:
+            return None
+        if not claimed:
+            claimed = True
+            replay = await idem.begin(_fingerprint(sha256, purpose, provider, fields))
+            if replay is not None:
+                return replay
         result = await file_service.reuse_declared(
             session=session,
             placer=rt.placer,
             ctx=ctx,
-            sha256=sha256,
-            purpose=purpose,
+            file=existing,
             provider=provider,
             expires_at=expires_at,
         )

@@ -30,32 +30,39 @@ from app.services.files.views import CreateResult, FileView, IncomingUpload, new
 SETTLE_POLL_SECONDS = 0.1
 
 
+async def find_declared(
+    *, session: AsyncSession, ctx: CallContext, sha256: str, purpose: str
+) -> File | None:
+    """The tenant's live, unexpired file of a declared digest and purpose, read only.
+
+    Only the tenant's own rows are looked at, with the same query whoever else holds the
+    bytes, so a miss is the same miss whether or not another tenant has them."""
+    async with unit_of_work(session):
+        existing = await FileRepository(session).find_duplicate(
+            tenant_id=ctx.principal.tenant_id,
+            sha256=sha256,
+            purposes=spellings(canonical(purpose)),
+        )
+    if existing is None or (existing.expires_at and existing.expires_at <= utcnow()):
+        return None  # an expired twin is expired by create_file, once the body is in
+    return existing
+
+
 async def reuse_declared(
     *,
     session: AsyncSession,
     placer: Placer,
     ctx: CallContext,
-    sha256: str,
-    purpose: str,
+    file: File,
     provider: str,
     expires_at: datetime | None = None,
 ) -> CreateResult | None:
-    """A declared digest's answer before any byte of the body: the tenant's live file of
-    these bytes and purpose, or None (then the body is read and create_file decides).
-
-    Only the tenant's own rows are looked at, with the same query whoever else holds the
-    bytes, so a miss is the same miss whether or not another tenant has them."""
-    purpose = canonical(purpose)
-    async with unit_of_work(session):
-        existing = await FileRepository(session).find_duplicate(
-            tenant_id=ctx.principal.tenant_id, sha256=sha256, purposes=spellings(purpose)
-        )
-    if existing is None or (existing.expires_at and existing.expires_at <= utcnow()):
-        return None  # an expired twin is expired by create_file, once the body is in
+    """Answer with the file find_declared found before any byte of the body, as a dedup hit
+    of create_file would; None when it is gone meanwhile (then the body is read)."""
     try:
         # The bytes are the existing file's, and so are its name and size.
         targets = placer.providers.targets(
-            purpose=purpose, filename=existing.filename, size=existing.bytes, requested=provider
+            purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
         )
     except GatewayError:
         return None  # the full upload gives the refusal, judged on what it sends
@@ -63,7 +70,7 @@ async def reuse_declared(
         session=session,
         placer=placer,
         ctx=ctx,
-        file=existing,
+        file=file,
         provider=provider,
         targets=targets,
         expires_at=expires_at,
@@ -192,7 +199,7 @@ async def _claim(
     if blob is not None:
         await session.refresh(blob)
     if blob is not None and blob.corrupt_at is not None:
-        # commit() verified the stored bytes and replaced them if they failed their hash.
+        # commit() replaced the stored bytes with these, which hash right.
         blob.corrupt_at = None
         blob.corrupt_reason = None
     now = utcnow()
