@@ -58,14 +58,14 @@ async def test_sdk_round_trip(sdk: openai.AsyncOpenAI, purpose: str) -> None:
     assert created.object == "file"
     assert created.bytes == len(payload)
     assert created.filename == "notes.txt"
-    assert created.purpose == purpose
+    assert str(created.purpose) == "file-extract"  # an OpenAI alias is stored as what it names
     assert created.status == "processed"
 
     listed = [f.id async for f in sdk.files.list()]
     assert listed == [created.id]  # terminates, and the tenant sees exactly its own file
 
     got = await sdk.files.retrieve(created.id)
-    assert got.id == created.id and got.bytes == len(payload) and got.purpose == purpose
+    assert got.id == created.id and got.bytes == len(payload) and str(got.purpose) == "file-extract"
 
     content = await sdk.files.content(created.id)
     assert content.read() == payload
