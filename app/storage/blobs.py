@@ -9,7 +9,7 @@ import os
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -71,7 +71,7 @@ class BlobReader(ABC):
     @abstractmethod
     def chunks(
         self, start: int = 0, end: int | None = None, *, size: int = READ_CHUNK
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         """The bytes from `start` up to (not including) `end`, in chunks of at most `size`;
         each call reads afresh, so a retried provider upload sends the blob again from its
         start."""
@@ -238,7 +238,7 @@ class _LocalReader(BlobReader):
 
     async def chunks(
         self, start: int = 0, end: int | None = None, *, size: int = READ_CHUNK
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         stop = self.size if end is None else min(end, self.size)
         offset = start
         while offset < stop:

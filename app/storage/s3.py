@@ -21,7 +21,7 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -242,7 +242,7 @@ class _S3Reader(BlobReader):
 
     async def chunks(
         self, start: int = 0, end: int | None = None, *, size: int = READ_CHUNK
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         if self._closed:
             raise ValueError("the blob reader is closed")
         stop = self.size if end is None else min(end, self.size)

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.context import Bench
-from bench.measure import timed
+from bench.measure import timed, tree_cpu
 from bench.payloads import DIRECT_KEY, FILENAME, PURPOSE, SIZE, MiB, upload, write_random
 from bench.processes import Processes, child_env, free_port, wait_ready
 from bench.report import verdict
@@ -91,16 +91,19 @@ def download_phase(b: Bench, procs: Processes, work: Path, *, runs: int) -> None
         gateway_url = f"{b.gw_files}/{body['id']}/content"
         static_url = f"{static.base_url}/{FILENAME}"
         times: dict[str, list[float]] = {"gateway": [], "static": []}
+        cpu: dict[str, list[float]] = {"gateway": [], "static": []}
         for i in range(runs + 1):  # the first pair warms the page cache and is not counted
-            for name, url, headers in (
-                ("gateway", gateway_url, b.auth),
-                ("static", static_url, {}),
+            for name, server, url, headers in (
+                ("gateway", b.gateway, gateway_url, b.auth),
+                ("static", static, static_url, {}),
             ):
+                before = tree_cpu(server.ps)
                 seconds, got = timed(partial(_download, url, headers))
                 if got != SIZE:
                     raise RuntimeError(f"{name} sent {got} of {SIZE} bytes")
                 if i:
                     times[name].append(seconds)
+                    cpu[name].append(tree_cpu(server.ps) - before)
         gateway_s = statistics.median(times["gateway"])
         static_s = statistics.median(times["static"])
         speed = static_s / gateway_s
@@ -111,6 +114,11 @@ def download_phase(b: Bench, procs: Processes, work: Path, *, runs: int) -> None
             f"{speed:.2f}x speed",
             f">= {SPEED_GOAL:g}x",
             verdict(speed >= SPEED_GOAL),
+        )
+        b.report.notes.append(
+            f"download server CPU per {SIZE // MiB} MiB (median): gateway "
+            f"{statistics.median(cpu['gateway']):.3f}s, http.server "
+            f"{statistics.median(cpu['static']):.3f}s"
         )
 
         direct_files = f"{b.sandbox.base_url}/sandbox/moonshot/v1/files"
