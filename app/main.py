@@ -12,7 +12,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app.api import errors, openapi
 from app.api.edge import EdgeMiddleware
 from app.api.intake import MULTIPART_OVERHEAD_BYTES
-from app.api.middleware import RequestContextMiddleware
+from app.api.middleware import ExpectContinueMiddleware, RequestContextMiddleware
 from app.api.routes import admin, files, health
 from app.api.timeouts import BodyIdleTimeoutMiddleware
 from app.auth.identify import IdentifyMiddleware
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM_CLOCK)
     app.add_middleware(BodyIdleTimeoutMiddleware, idle_seconds=settings.body_idle_timeout_seconds)
     app.add_middleware(IdentifyMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(ExpectContinueMiddleware)
     Instrumentator(
         registry=metrics.registry,
         excluded_handlers=["/metrics"],

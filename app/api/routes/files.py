@@ -210,11 +210,7 @@ async def upload_file(
         return await _answer(idem, result) if result is not None else None
 
     if (early := await reuse(query, declared)) is not None:
-        if request.headers.get("expect", "").lower() == "100-continue":
-            # The body was never asked for: a connection kept open would read it as the next
-            # request, so say it closes and the client need not send it at all.
-            early.headers["Connection"] = "close"
-        return early
+        return early  # the body is never asked for (so it closes, see ExpectContinueMiddleware)
     async with receive_upload(
         body=request.stream(),
         content_type=content_type,
