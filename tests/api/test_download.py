@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,24 +16,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from app.api.download import DOWNLOAD_CHUNK, BlobResponse
-from app.core.config import Settings
 from app.storage.blobs import BlobReader, LocalBlobStore
-from tests.api.test_files_on_s3 import on_s3
-from tests.conftest import Gateway, started_gateway
-from tests.support.seaweed import ObjectStore
+from tests.conftest import Gateway
 
 DATA = os.urandom(3 * DOWNLOAD_CHUNK + 17)
-
-
-@pytest.fixture(params=["local", "s3"])
-async def store_gateway(
-    request: pytest.FixtureRequest, settings: Settings, sandbox_reset: str
-) -> AsyncIterator[Gateway]:
-    if request.param == "s3":
-        store: ObjectStore = request.getfixturevalue("object_store")
-        settings = on_s3(settings, store)
-    async with started_gateway(settings, sandbox_reset) as gateway:
-        yield gateway
 
 
 async def test_large_downloads_keep_ranges_etag_and_304(store_gateway: Gateway) -> None:
