@@ -180,12 +180,13 @@ async def upload_file(
     declared = digest.repr_digest(request.headers.getlist(digest.HEADER))
     query = _query_fields(request)
     claimed = False  # whether the Idempotency-Key is this request's already
+    missed: set[tuple[str, str]] = set()  # (sha256, purpose) looked up in vain
 
     async def reuse(fields: dict[str, str], sha256: str | None) -> JSONResponse | None:
         """The tenant's file of the declared bytes, answered before they are read; else None."""
         nonlocal claimed
         purpose = fields.get("purpose")
-        if sha256 is None or not purpose:
+        if sha256 is None or not purpose or (sha256, purpose) in missed:
             return None
         provider = _provider(rt, fields)
         expires_at = _expires_at(fields)
@@ -193,6 +194,7 @@ async def upload_file(
             session=session, ctx=ctx, sha256=sha256, purpose=purpose
         )
         if existing is None:
+            missed.add((sha256, purpose))
             return None
         if not claimed:
             claimed = True
