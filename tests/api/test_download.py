@@ -15,6 +15,7 @@ import pytest
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
+from app.api.digest import repr_digest
 from app.api.download import DOWNLOAD_CHUNK, BlobResponse
 from app.storage.blobs import BlobReader, LocalBlobStore
 from tests.conftest import Gateway
@@ -36,12 +37,14 @@ async def test_large_downloads_keep_ranges_etag_and_304(store_gateway: Gateway) 
         whole = await client.get(url)
         assert whole.status_code == 200 and whole.content == DATA
         assert whole.headers["etag"] == etag
+        assert repr_digest([whole.headers["repr-digest"]]) == hashlib.sha256(DATA).hexdigest()
         assert whole.headers["content-length"] == str(len(DATA))
 
         start, end = DOWNLOAD_CHUNK - 5, 2 * DOWNLOAD_CHUNK + 5  # across two read boundaries
         part = await client.get(url, headers={"Range": f"bytes={start}-{end}"})
         assert part.status_code == 206 and part.content == DATA[start : end + 1]
         assert part.headers["content-range"] == f"bytes {start}-{end}/{len(DATA)}"
+        assert part.headers["repr-digest"] == whole.headers["repr-digest"]  # of the whole file
 
         tail = await client.get(url, headers={"Range": "bytes=-20"})
         assert tail.status_code == 206 and tail.content == DATA[-20:]

@@ -393,6 +393,7 @@ async def download_content(
         etag = f'"{file.sha256}"'
         headers = {
             "ETag": etag,
+            digest.HEADER: digest.repr_digest_of(file.sha256),
             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(file.filename)}",
             "Cache-Control": "private, max-age=0, must-revalidate",
             # The bytes are the tenant's, never a page of ours: no sniffing, no scripts, no frames.
