@@ -69,6 +69,10 @@ DEDUP_DOC = {
     "answer is that file; `miss`: a new file",
     "schema": {"type": "string", "enum": ["hit", "miss"]},
 }
+REPR_DIGEST_DOC = {
+    "description": "RFC 9530 digest of the whole file, `sha-256=:<base64>:`",
+    "schema": {"type": "string"},
+}
 EXPIRES_MIN_SECONDS = 3600
 EXPIRES_MAX_SECONDS = 30 * 24 * 3600
 
@@ -373,10 +377,12 @@ async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) 
         200: {
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
             "description": "The file's bytes, with the Content-Type it was uploaded with",
+            "headers": {digest.HEADER: REPR_DIGEST_DOC},
         },
         206: {
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
             "description": "Partial content for a Range request",
+            "headers": {digest.HEADER: REPR_DIGEST_DOC},
         },
         304: {"description": "Not modified: If-None-Match carried the current ETag"},
         **responses(*AUTH_ERRORS, NotFound, RangeNotSatisfiable, BlobCorrupt),
