@@ -12,7 +12,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app.api import errors, openapi
 from app.api.edge import EdgeMiddleware
 from app.api.intake import MULTIPART_OVERHEAD_BYTES
-from app.api.middleware import RequestContextMiddleware
+from app.api.middleware import ExpectContinueMiddleware, RequestContextMiddleware
 from app.api.routes import admin, files, health, usage
 from app.api.timeouts import BodyIdleTimeoutMiddleware
 from app.auth.identify import IdentifyMiddleware
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM_CLOCK)
     app.add_middleware(BodyIdleTimeoutMiddleware, idle_seconds=settings.body_idle_timeout_seconds)
     app.add_middleware(IdentifyMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(ExpectContinueMiddleware)
     Instrumentator(
         registry=metrics.registry,
         excluded_handlers=["/metrics"],
@@ -91,7 +92,20 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM_CLOCK)
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "PUT"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
-            expose_headers=["X-Request-ID", "ETag", "Content-Range", "Idempotent-Replayed"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "Idempotency-Key",
+                "Repr-Digest",
+            ],
+            expose_headers=[
+                "X-Request-ID",
+                "ETag",
+                "Content-Range",
+                "Idempotent-Replayed",
+                "Filegate-Dedup",
+                "Repr-Digest",
+            ],
         )
     return app

@@ -38,6 +38,9 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
    PostgreSQL database (as in 10) vs one, the same load from two load processes either all
    on one replica or one per replica (the aim is >= 1.6x where CPUs allow; the CPU count and
    the CPU the gateways and the whole machine used are printed beside it);
+15. a 100 MiB download through the gateway vs `python -m http.server` serving the same file;
+16. a dedup hit with a declared digest (`Repr-Digest`, `Expect: 100-continue`, so the body is
+   never sent) vs the same 100 MiB uploaded straight to the sandbox;
 
 and prints a table (also written to bench-results/latest.txt).  Timings are medians of
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
@@ -45,7 +48,8 @@ REPS runs (time.perf_counter).  Payloads are streamed from temp files written on
 Options: --reps N, --size BYTES, --rps-requests N, --rps-concurrency C, --load-procs K,
 --fallback-pairs N, --hang-runs N, --hang-concurrency K, --recovery-files N,
 --auth-requests N, --queue-runs N, --wakeup-runs N, --objectstore-runs N, --replica-uploads
-N, --phases core,fallback,hang,resilience,auth,queue,wakeup,objectstore,replicas (a subset),
+N, --download-runs N, --phases
+core,fallback,hang,resilience,auth,queue,wakeup,objectstore,replicas,download (a subset),
 --profile (cProfile inside the gateway per phase, written under bench-results/profile/).
 """
 
@@ -91,6 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--replica-uploads", type=int, default=400, help="4 KiB uploads per replicas run"
+    )
+    parser.add_argument(
+        "--download-runs", type=int, default=3, help="100 MiB downloads and declared hits timed"
     )
     parser.add_argument(
         "--phases",

@@ -14,6 +14,7 @@ from bench.payloads import UPLOAD_TIMEOUT, csv_base
 from bench.phases import PHASES
 from bench.phases.auth import auth_phase
 from bench.phases.core import core_phases
+from bench.phases.download import download_phase
 from bench.phases.fallback import fallback_phase
 from bench.phases.hang import hang_phase
 from bench.phases.objectstore import objectstore_phase
@@ -122,6 +123,8 @@ def run(
                 uploads=args.replica_uploads,
                 requests=args.rps_requests,
             )
+        if "download" in phases:
+            download_phase(b, procs, work, runs=args.download_runs)
         b.reset("moonshot")
         b.reset("zai")
 

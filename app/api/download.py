@@ -6,8 +6,10 @@ closed when the response ends, however it ends.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from datetime import datetime
 from email.utils import format_datetime
 
@@ -19,6 +21,9 @@ from app.core.errors import RangeNotSatisfiable
 from app.storage.blobs import BlobReader
 
 Ranges = list[tuple[int, int]]  # [start, end) pairs
+# Few large reads and sends: per-chunk costs (a thread hop, a trip through the middleware)
+# stay small beside the copying.
+DOWNLOAD_CHUNK = 1024 * 1024
 
 
 def byte_ranges(value: str | None, size: int) -> Ranges:
@@ -85,17 +90,20 @@ class BlobResponse(StreamingResponse):
             _nothing() if head else body, status_code=status, headers=merged, media_type=media_type
         )
 
-    async def _span(self, start: int, end: int) -> AsyncIterator[bytes]:
-        async for chunk in self._reader.chunks(start, end):
-            yield chunk
+    async def _span(self, start: int, end: int) -> AsyncGenerator[bytes]:
+        chunks = self._reader.chunks(start, end, size=DOWNLOAD_CHUNK)
+        async with contextlib.aclosing(_read_ahead(chunks)) as ahead:
+            async for chunk in ahead:
+                yield chunk
 
     async def _multipart(
         self, parts: list[bytes], ranges: Ranges, closing: bytes
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         for header, (start, end) in zip(parts, ranges, strict=True):
             yield header
-            async for chunk in self._reader.chunks(start, end):
-                yield chunk
+            async with contextlib.aclosing(self._span(start, end)) as span:
+                async for chunk in span:
+                    yield chunk
             yield b"\r\n"
         yield closing
 
@@ -103,9 +111,29 @@ class BlobResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
+            # A response cut short leaves its body mid-read: end it (and the read ahead in a
+            # thread) before the blob's descriptor closes under it.
+            if isinstance(self.body_iterator, AsyncGenerator):
+                await self.body_iterator.aclose()
             await self._reader.aclose()
 
 
-async def _nothing() -> AsyncIterator[bytes]:
+async def _read_ahead(chunks: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
+    """`chunks`, each read while the one before it is being sent: the wait for a reader
+    thread overlaps the socket write instead of adding to it."""
+    ahead: asyncio.Future[bytes | None] = asyncio.ensure_future(anext(chunks, None))
+    try:
+        while (chunk := await ahead) is not None:
+            ahead = asyncio.ensure_future(anext(chunks, None))
+            yield chunk
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+        with contextlib.suppress(BaseException):  # its outcome no longer matters
+            await ahead
+        await chunks.aclose()
+
+
+async def _nothing() -> AsyncGenerator[bytes]:
     return
     yield  # an async generator with no items

@@ -1,7 +1,9 @@
 """Streaming multipart intake: hash and spool the file part as it arrives, in bounded memory.
 
 The spool is owned here: `receive_upload` yields the upload and removes its spool when the
-request is done with it, whatever happened (a blob store commit has moved it by then)."""
+request is done with it, whatever happened (a blob store commit has moved it by then). When
+the file part begins, before any of its bytes, a hook sees what is known by then (the fields
+before it, the filename, the declared digest) and may answer in place of the upload."""
 
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ import asyncio
 import contextlib
 import re
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypeVar
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app.api import digest
 from app.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from app.services.files import IncomingUpload
 from app.storage.blobs import BlobStore, Spool
@@ -24,6 +29,8 @@ MAX_FIELD_BYTES = 1024
 MAX_HEADER_BYTES = 8 * 1024
 MAX_FILENAME_CHARS = 255
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
+
+T = TypeVar("T")
 
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 token
@@ -74,6 +81,20 @@ def validate_filename(raw: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class FileStart:
+    """What is known when the file part begins, before its bytes: the fields sent before it,
+    the part's name and type, and the SHA-256 the client declared (header or field)."""
+
+    filename: str
+    content_type: str
+    fields: dict[str, str]
+    declared_sha256: str | None
+
+
+OnFileStart = Callable[[FileStart], Awaitable[T | None]]
+
+
 class _PartState:
     def __init__(self) -> None:
         self.headers: dict[str, str] = {}
@@ -97,11 +118,14 @@ class MultipartIntake:
         max_file_bytes: int,
         max_parts: int,
         text_fields: frozenset[str],
+        declared_sha256: str | None = None,
     ) -> None:
         self.blob_store = blob_store
         self.max_file_bytes = max_file_bytes
         self.max_parts = max_parts
-        self.text_fields = text_fields
+        self.text_fields = text_fields | {digest.FIELD}
+        self.declared_sha256 = declared_sha256
+        self.file_start: FileStart | None = None  # set as the file part begins, until taken
         self.fields: dict[str, str] = {}
         self.parts = 0
         self.part: _PartState | None = None
@@ -192,6 +216,12 @@ class MultipartIntake:
                 self._fail(exc)
                 return
             self.spool = self.blob_store.new_spool()
+            self.file_start = FileStart(
+                filename=self.filename,
+                content_type=self.file_content_type,
+                fields=dict(self.fields),
+                declared_sha256=self.declared_sha256,
+            )
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self.part
@@ -240,6 +270,24 @@ class MultipartIntake:
                 )
                 return
             self.fields[part.name] = value.strip()
+            if part.name == digest.FIELD:
+                self._declare(self.fields[part.name])
+
+    def _declare(self, value: str) -> None:
+        """The `sha256` field: it must come before the file part and agree with the header."""
+        if self.file_seen:
+            self._fail(
+                InvalidRequest(
+                    f"The '{digest.FIELD}' field must come before the 'file' part.",
+                    param=digest.FIELD,
+                    code="invalid_digest",
+                )
+            )
+            return
+        try:
+            self.declared_sha256 = digest.agreed(self.declared_sha256, digest.hex_digest(value))
+        except InvalidRequest as exc:
+            self._fail(exc)
 
     def _on_end(self) -> None:
         self.finished = True
@@ -280,6 +328,8 @@ class MultipartIntake:
         if self.file_size == 0:
             raise InvalidRequest("The file is empty.", param="file")
         sha256 = await self.spool.finish()
+        if self.declared_sha256 is not None and sha256 != self.declared_sha256:
+            raise digest.mismatch(declared=self.declared_sha256, received=sha256)
         return IncomingUpload(
             spool=self.spool,
             sha256=sha256,
@@ -320,14 +370,22 @@ async def receive_upload(
     max_file_bytes: int,
     max_parts: int,
     text_fields: frozenset[str],
-) -> AsyncIterator[IncomingUpload]:
-    """Stream a multipart body into a spool, yield it, and leave nothing on disk afterwards."""
+    declared_sha256: str | None = None,
+    on_file_start: OnFileStart[T] | None = None,
+) -> AsyncIterator[IncomingUpload | T]:
+    """Stream a multipart body into a spool, yield it, and leave nothing on disk afterwards.
+
+    `on_file_start` runs once, as the file part begins: an answer it returns is yielded
+    instead, and the rest of the body is left unread. The bytes are checked against the
+    declared digest (the `Repr-Digest` value, or the `sha256` field) before they are
+    yielded: a mismatch is a 400 and the spool goes."""
     intake = MultipartIntake(
         blob_store=blob_store,
         boundary=multipart_boundary(content_type),
         max_file_bytes=max_file_bytes,
         max_parts=max_parts,
         text_fields=text_fields,
+        declared_sha256=declared_sha256,
     )
     max_body = max_file_bytes + MULTIPART_OVERHEAD_BYTES
     received = 0
@@ -341,6 +399,11 @@ async def receive_upload(
                         param="file",
                     )
                 await intake.feed(chunk)
+                if intake.file_start is not None and on_file_start is not None:
+                    start, intake.file_start = intake.file_start, None
+                    if (answer := await on_file_start(start)) is not None:
+                        yield answer
+                        return
         yield await intake.finish()
     finally:
         await intake.discard()

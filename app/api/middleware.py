@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: request ids, echoed on every answer."""
+"""Pure-ASGI middleware: request ids, echoed on every answer; answers that spare an
+`Expect: 100-continue` client its body say the connection closes."""
 
 from __future__ import annotations
 
@@ -54,6 +55,38 @@ class RequestContextMiddleware:
                     return
                 response = await unexpected_response(Request(scope), exc)
                 await response(scope, receive, send_with_id)
+
+
+class ExpectContinueMiddleware:
+    """An answer given before the body of an `Expect: 100-continue` request was asked for
+    (a dedup hit from a declared digest, a refusal from the headers) says `Connection: close`:
+    the client then need not send the body at all, where a connection kept open would have
+    to read it, or take it for the next request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or b"100-continue" not in _expectations(scope):
+            await self.app(scope, receive, send)
+            return
+        asked = False
+
+        async def receive_noted() -> Message:
+            nonlocal asked
+            asked = True  # the server sends 100 Continue on the first receive
+            return await receive()
+
+        async def send_noted(message: Message) -> None:
+            if message["type"] == "http.response.start" and not asked:
+                MutableHeaders(scope=message)["Connection"] = "close"
+            await send(message)
+
+        await self.app(scope, receive_noted, send_noted)
+
+
+def _expectations(scope: Scope) -> list[bytes]:
+    return [value.strip().lower() for name, value in scope["headers"] if name == b"expect"]
 
 
 def _log_late_failure(scope: Scope, exc: Exception) -> None:

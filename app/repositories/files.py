@@ -92,18 +92,24 @@ class FileRepository:
         ).scalar_one_or_none()
         return file if file is not None and file.deleted_at is None else None
 
-    async def find_duplicate(self, *, tenant_id: str, sha256: str, purpose: str) -> File | None:
+    async def find_duplicate(
+        self, *, tenant_id: str, sha256: str, purposes: Sequence[str]
+    ) -> File | None:
+        """The tenant's live file of these bytes under any of `purposes` (the spellings of one
+        purpose), the oldest if rows from before aliases were merged hold several."""
         stmt = (
             select(File)
             .where(
                 File.tenant_id == tenant_id,
                 File.sha256 == sha256,
-                File.purpose == purpose,
+                File.purpose.in_(purposes),
                 File.deleted_at.is_(None),
             )
+            .order_by(File.created_at.asc(), File.id.asc())
+            .limit(1)
             .execution_options(populate_existing=True)
         )
-        return (await self.session.execute(stmt)).scalar_one_or_none()
+        return (await self.session.execute(stmt)).scalars().first()
 
     async def list_page(
         self,
@@ -111,7 +117,7 @@ class FileRepository:
         tenant_id: str,
         limit: int,
         ascending: bool,
-        purpose: str | None,
+        purposes: Sequence[str] | None,
         after: tuple[datetime, str] | None,
     ) -> Sequence[File]:
         stmt = select(File).where(
@@ -119,8 +125,8 @@ class FileRepository:
             File.deleted_at.is_(None),
             or_(File.expires_at.is_(None), File.expires_at > utcnow()),
         )
-        if purpose is not None:
-            stmt = stmt.where(File.purpose == purpose)
+        if purposes is not None:
+            stmt = stmt.where(File.purpose.in_(purposes))
         if after is not None:
             created, fid = after
             if ascending:

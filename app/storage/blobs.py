@@ -9,7 +9,7 @@ import os
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -69,9 +69,12 @@ class BlobReader(ABC):
     size: int
 
     @abstractmethod
-    def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The bytes from `start` up to (not including) `end`, in bounded chunks; each call
-        reads afresh, so a retried provider upload sends the blob again from its start."""
+    def chunks(
+        self, start: int = 0, end: int | None = None, *, size: int = READ_CHUNK
+    ) -> AsyncGenerator[bytes]:
+        """The bytes from `start` up to (not including) `end`, in chunks of at most `size`;
+        each call reads afresh, so a retried provider upload sends the blob again from its
+        start."""
 
     @abstractmethod
     async def aclose(self) -> None: ...
@@ -233,14 +236,16 @@ class _LocalReader(BlobReader):
         self._fd: int | None = fd
         self.size = size
 
-    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def chunks(
+        self, start: int = 0, end: int | None = None, *, size: int = READ_CHUNK
+    ) -> AsyncGenerator[bytes]:
         stop = self.size if end is None else min(end, self.size)
         offset = start
         while offset < stop:
             fd = self._fd
             if fd is None:
                 raise ValueError("the blob reader is closed")
-            chunk = await to_thread.run_sync(os.pread, fd, min(READ_CHUNK, stop - offset), offset)
+            chunk = await to_thread.run_sync(os.pread, fd, min(size, stop - offset), offset)
             if not chunk:
                 raise OSError(errno.EIO, "the blob ended before its recorded size")
             offset += len(chunk)
@@ -298,15 +303,10 @@ class LocalBlobStore(BlobStore):
         target = self.local_path(key)
 
         def _place() -> None:
-            # The spool was fsynced by finish(); a stored copy is kept only if its bytes hash right.
-            try:
-                if _file_sha256(target) == sha256:
-                    # A fresh mtime keeps the age-based sweeper off a blob about to be referenced.
-                    os.utime(target)
-                    spool.path.unlink(missing_ok=True)
-                    return
-            except FileNotFoundError:
-                pass
+            # The spool was fsynced by finish(). It replaces a stored copy too, without reading
+            # it: the same work whether or not anyone (another tenant) holds these bytes, and
+            # a copy gone bad is replaced with bytes that hash right; readers of the old copy
+            # keep their open descriptor. The fresh mtime keeps the age-based sweeper off it.
             with disk_errors():
                 private_dir(target.parent)
                 os.replace(spool.path, target)

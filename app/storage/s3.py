@@ -21,7 +21,7 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -240,7 +240,9 @@ class _S3Reader(BlobReader):
         self.size = size
         self._closed = False
 
-    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def chunks(
+        self, start: int = 0, end: int | None = None, *, size: int = READ_CHUNK
+    ) -> AsyncGenerator[bytes]:
         if self._closed:
             raise ValueError("the blob reader is closed")
         stop = self.size if end is None else min(end, self.size)
@@ -259,7 +261,7 @@ class _S3Reader(BlobReader):
         received = 0
         try:
             with _unavailable():
-                async for chunk in body.iter_chunks(READ_CHUNK):
+                async for chunk in body.iter_chunks(size):
                     received += len(chunk)
                     yield chunk
         finally:

@@ -379,3 +379,82 @@ async def test_405_allows_every_method_of_the_path(client: httpx.AsyncClient) ->
     assert set(resp.headers["allow"].split(", ")) == {"GET", "DELETE"}
     content = await client.post(f"/v1/files/{file_id}/content")
     assert set(content.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
+async def _with_expiry(client: httpx.AsyncClient, seconds: int | None) -> httpx.Response:
+    data = {"purpose": "file-extract"}
+    if seconds is not None:
+        data |= {"expires_after[anchor]": "created_at", "expires_after[seconds]": str(seconds)}
+    return await client.post(
+        "/v1/files", data=data, files={"file": ("report.txt", TEXT, "text/plain")}
+    )
+
+
+async def test_the_dedup_header_says_hit_or_miss_and_a_hit_keeps_the_first_filename(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    first = await upload(client)
+    assert first.headers["filegate-dedup"] == "miss"
+    again = await upload(client, filename="renamed.txt", content_type="application/pdf")
+    assert again.headers["filegate-dedup"] == "hit"
+    assert again.json()["id"] == first.json()["id"]
+    assert again.json()["filename"] == "report.txt"
+    download = await client.get(f"/v1/files/{first.json()['id']}/content")
+    assert "report.txt" in download.headers["content-disposition"]
+    assert download.headers["content-type"].startswith("text/plain")
+
+
+async def test_a_hit_never_clears_or_shortens_an_expiry_and_may_lengthen_it(
+    client: httpx.AsyncClient,
+) -> None:
+    first = (await _with_expiry(client, 7200)).json()
+    assert first["expires_at"] is not None
+    without = (await _with_expiry(client, None)).json()
+    assert without["id"] == first["id"] and without["expires_at"] == first["expires_at"]
+    shorter = (await _with_expiry(client, 3600)).json()
+    assert shorter["expires_at"] == first["expires_at"]
+    longer = (await _with_expiry(client, 86400)).json()
+    assert longer["id"] == first["id"] and longer["expires_at"] >= first["expires_at"] + 3600
+    kept = await client.get(f"/v1/files/{first['id']}")
+    assert kept.json()["expires_at"] == longer["expires_at"]
+
+
+async def test_a_hit_on_a_file_that_never_expires_keeps_it_so(client: httpx.AsyncClient) -> None:
+    first = (await _with_expiry(client, None)).json()
+    hit = (await _with_expiry(client, 3600)).json()
+    assert hit["id"] == first["id"] and hit["expires_at"] is None
+
+
+async def test_openai_purpose_aliases_dedup_and_list_as_file_extract(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    first = await upload(client, purpose="assistants")
+    assert first.status_code == 200, first.text
+    assert first.json()["purpose"] == "file-extract"
+    for purpose in ("user_data", "file-extract"):
+        again = await upload(client, purpose=purpose)
+        assert again.json()["id"] == first.json()["id"], purpose
+        assert again.headers["filegate-dedup"] == "hit"
+    assert await count(gateway, File) == 1
+    for purpose in ("assistants", "user_data", "file-extract"):
+        listed = await client.get("/v1/files", params={"purpose": purpose})
+        assert [f["id"] for f in listed.json()["data"]] == [first.json()["id"]], purpose
+    assert (await client.get("/v1/files", params={"purpose": "batch"})).json()["data"] == []
+    extracted = await client.get(f"/v1/files/{first.json()['id']}/extract")
+    assert extracted.status_code == 200, extracted.text
+
+
+async def test_rows_stored_under_an_alias_are_still_found_by_every_spelling(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    """Files stored before aliases were merged keep their alias and still deduplicate."""
+    first = (await upload(client)).json()
+    async with gateway.runtime.sessionmaker() as session:
+        row = await session.get(File, first["id"])
+        assert row is not None
+        row.purpose = "assistants"
+        await session.commit()
+    again = await upload(client, purpose="user_data")
+    assert again.json()["id"] == first["id"]
+    listed = await client.get("/v1/files", params={"purpose": "file-extract"})
+    assert [f["id"] for f in listed.json()["data"]] == [first["id"]]

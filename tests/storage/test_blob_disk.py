@@ -104,3 +104,20 @@ async def test_a_blob_cut_short_on_disk_fails_its_read(store: LocalBlobStore) ->
         store.local_path(store.key_for(sha)).write_bytes(b"0123")
         with pytest.raises(OSError):
             [c async for c in reader.chunks()]
+
+
+async def test_a_commit_over_a_stored_blob_replaces_it_unread(store: LocalBlobStore) -> None:
+    """Whether the bytes are stored already (perhaps another tenant's upload) or not, a commit
+    does the same: the spool takes the blob's place, and the stored copy is never read."""
+    data = b"shared bytes " * 100
+    sha = await _commit(store, data)
+    path = store.local_path(store.key_for(sha))
+    path.chmod(0o200)  # unreadable: a commit that read it would fail
+    spool = store.new_spool()
+    await spool.write(data)
+    await spool.finish()
+    spooled = spool.path.stat().st_ino
+    await store.commit(spool, sha256=sha)
+    assert path.stat().st_ino == spooled
+    assert path.read_bytes() == data
+    assert list(store.tmp_dir.iterdir()) == []

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import uvicorn
+
+from tests.support.waiting import wait_until
 
 
 def free_port() -> int:
@@ -51,3 +54,23 @@ def serve_config_in_thread(config: uvicorn.Config) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@asynccontextmanager
+async def serve_started_app(app: Any, settings: Any) -> AsyncIterator[tuple[str, int]]:
+    """Serve an app whose lifespan already runs in this event loop on a loopback port, with
+    the gateway's own server protocol; yields (host, port) and stops it afterwards."""
+    from app.server import build_config
+
+    config = build_config(settings, app=app, port=free_port(), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started or task.done(), timeout=10, what="the server start")
+    if task.done():
+        await task
+        raise RuntimeError("test server did not start")
+    try:
+        yield "127.0.0.1", config.port
+    finally:
+        server.should_exit = True
+        await task

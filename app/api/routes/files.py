@@ -10,11 +10,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from app.api import digest
 from app.api.deps import FileId, ReadSessionDep, RuntimeDep, SessionDep
 from app.api.download import BlobResponse, byte_ranges
 from app.api.errors import responses
-from app.api.idempotency import Idempotent
-from app.api.intake import media_type, receive_upload
+from app.api.idempotency import IdempotencyScope, Idempotent
+from app.api.intake import media_type, multipart_boundary, receive_upload
 from app.api.schemas import (
     Extracted,
     FileDeleted,
@@ -44,7 +45,9 @@ from app.core.errors import (
 )
 from app.core.provider_names import Provider
 from app.models import FileStatus
+from app.runtime import Runtime
 from app.services import files as file_service
+from app.services.files import IncomingUpload
 from app.services.idempotency import request_digest
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -60,10 +63,44 @@ PROVIDER_ERRORS = (
 UPLOAD_FIELDS = frozenset(
     {"purpose", "provider", "expires_after[anchor]", "expires_after[seconds]"}
 )
+DEDUP_HEADER = "Filegate-Dedup"
+DEDUP_DOC = {
+    "description": "`hit`: the tenant already held these bytes with this purpose and the "
+    "answer is that file; `miss`: a new file",
+    "schema": {"type": "string", "enum": ["hit", "miss"]},
+}
+REPR_DIGEST_DOC = {
+    "description": "RFC 9530 digest of the whole file, `sha-256=:<base64>:`",
+    "schema": {"type": "string"},
+}
 EXPIRES_MIN_SECONDS = 3600
 EXPIRES_MAX_SECONDS = 30 * 24 * 3600
 
 UPLOAD_BODY = {
+    "parameters": [
+        {
+            "name": digest.HEADER,
+            "in": "header",
+            "required": False,
+            "description": "RFC 9530 digest of the file part's bytes, `sha-256=:<base64>:`; "
+            "other algorithms are ignored, a malformed value is 400 invalid_digest",
+            "schema": {
+                "type": "string",
+                "example": "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
+            },
+        },
+        *(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": "The form field of this name, given before the body (must "
+                "agree with the form's if both are sent)",
+                "schema": {"type": "string"},
+            }
+            for name in ("purpose", "provider", "expires_after[anchor]", "expires_after[seconds]")
+        ),
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -84,6 +121,13 @@ UPLOAD_BODY = {
                             "enum": ["auto", *Provider],
                             "default": "auto",
                         },
+                        "sha256": {
+                            "type": "string",
+                            "pattern": "^[0-9a-fA-F]{64}$",
+                            "description": "The file's SHA-256 in hex, declared before the "
+                            "file part: a hit answers without reading the file's bytes; the "
+                            "bytes must match (else 400 digest_mismatch)",
+                        },
                         "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
                         "expires_after[seconds]": {
                             "type": "integer",
@@ -94,7 +138,7 @@ UPLOAD_BODY = {
                 }
             }
         },
-    }
+    },
 }
 
 
@@ -104,14 +148,28 @@ UPLOAD_BODY = {
     summary="Upload a file",
     description=(
         "Streams the multipart body to disk while hashing it. The same bytes with the same "
-        "purpose return the tenant's existing file (same id) without a second provider upload."
+        "purpose (an alias counts as the purpose it names) return the tenant's existing file "
+        f"(same id, its first filename) without a second provider upload; `{DEDUP_HEADER}` "
+        "says `hit` or `miss`. A hit never shortens or clears the file's expiry: a later "
+        "`expires_after` lengthens it, none leaves it. A SHA-256 declared before the bytes "
+        f"(`{digest.HEADER}: sha-256=:<base64>:`, or a hex `sha256` field before the file "
+        "part) lets a hit answer without reading them: with the header, `purpose` in the query "
+        "string and `Expect: 100-continue`, the body is never sent. Declared digests are "
+        "checked against the bytes received: a mismatch is `400 digest_mismatch` and nothing "
+        "is stored. Every text field may also be given in the query string."
     ),
     openapi_extra=UPLOAD_BODY,
     responses={
+        200: {
+            "model": FileObject,
+            "description": "The file, live on a provider",
+            "headers": {DEDUP_HEADER: DEDUP_DOC},
+        },
         202: {
             "model": FileObject,
             "description": "Accepted as pending: no allowed provider can take it right now; "
             "the gateway places it later by itself (poll GET /v1/files/{id})",
+            "headers": {DEDUP_HEADER: DEDUP_DOC},
         },
         **responses(
             *AUTH_ERRORS, PayloadTooLarge, UnsupportedMediaType, Conflict, *PROVIDER_ERRORS
@@ -121,30 +179,67 @@ UPLOAD_BODY = {
 async def upload_file(
     request: Request, ctx: WriteCtx, idem: Idempotent, session: SessionDep, rt: RuntimeDep
 ) -> JSONResponse:
+    content_type = request.headers.get("content-type")
+    multipart_boundary(content_type)  # a body that is not multipart is refused before anything
+    declared = digest.repr_digest(request.headers.getlist(digest.HEADER))
+    query = _query_fields(request)
+    claimed = False  # whether the Idempotency-Key is this request's already
+    missed: set[tuple[str, str]] = set()  # (sha256, purpose) looked up in vain
+
+    async def reuse(fields: dict[str, str], sha256: str | None) -> JSONResponse | None:
+        """The tenant's file of the declared bytes, answered before they are read; else None."""
+        nonlocal claimed
+        purpose = fields.get("purpose")
+        if sha256 is None or not purpose or (sha256, purpose) in missed:
+            return None
+        provider = _provider(rt, fields)
+        expires_at = _expires_at(fields)
+        existing = await file_service.find_declared(
+            session=session, ctx=ctx, sha256=sha256, purpose=purpose
+        )
+        if existing is None:
+            missed.add((sha256, purpose))
+            return None
+        if not claimed:
+            claimed = True
+            replay = await idem.begin(_fingerprint(sha256, purpose, provider, fields))
+            if replay is not None:
+                return replay
+        result = await file_service.reuse_declared(
+            session=session,
+            placer=rt.placer,
+            ctx=ctx,
+            file=existing,
+            provider=provider,
+            expires_at=expires_at,
+        )
+        return await _answer(idem, result) if result is not None else None
+
+    if (early := await reuse(query, declared)) is not None:
+        return early  # the body is never asked for (so it closes, see ExpectContinueMiddleware)
     async with receive_upload(
         body=request.stream(),
-        content_type=request.headers.get("content-type"),
+        content_type=content_type,
         blob_store=rt.blob_store,
         max_file_bytes=rt.settings.max_upload_bytes,
         max_parts=rt.settings.max_multipart_parts,
         text_fields=UPLOAD_FIELDS,
-    ) as upload:
-        purpose = upload.fields.get("purpose")
+        declared_sha256=declared,
+        on_file_start=lambda start: reuse(_merged(query, start.fields), start.declared_sha256),
+    ) as received:
+        if not isinstance(received, IncomingUpload):
+            return received
+        upload = received
+        fields = _merged(query, upload.fields)
+        purpose = fields.get("purpose")
         if not purpose:
             raise InvalidRequest("The 'purpose' field is required.", param="purpose")
-        provider = (upload.fields.get("provider") or "auto").lower()
-        rt.providers.check_provider_known(provider)
-        expires_at = _expires_at(upload.fields)
-        # Hash of the bytes plus canonical fields: a retry with a new boundary still matches.
-        fingerprint = request_digest(
-            route="POST /v1/files",
-            sha256=upload.sha256,
-            purpose=purpose,
-            provider=provider,
-            expires=upload.fields.get("expires_after[seconds]"),
-        )
-        if (replay := await idem.begin(fingerprint)) is not None:
-            return replay
+        provider = _provider(rt, fields)
+        expires_at = _expires_at(fields)
+        if not claimed:
+            replay = await idem.begin(_fingerprint(upload.sha256, purpose, provider, fields))
+            if replay is not None:
+                return replay
         result = await file_service.create_file(
             session=session,
             placer=rt.placer,
@@ -154,9 +249,53 @@ async def upload_file(
             provider=provider,
             expires_at=expires_at,
         )
-        pending = result.view.file.status in (FileStatus.PENDING, FileStatus.UPLOADED)
-        response = await idem.answer(202 if pending else 200, FileObject.of(result.view))
-        return _with_retry_after(response, result.view.retry_after)
+        return await _answer(idem, result)
+
+
+def _provider(rt: Runtime, fields: dict[str, str]) -> str:
+    provider = (fields.get("provider") or "auto").lower()
+    rt.providers.check_provider_known(provider)
+    return provider
+
+
+def _fingerprint(sha256: str, purpose: str, provider: str, fields: dict[str, str]) -> str:
+    """Hash of the bytes plus canonical fields: a retry with a new boundary still matches."""
+    return request_digest(
+        route="POST /v1/files",
+        sha256=sha256,
+        purpose=purpose,
+        provider=provider,
+        expires=fields.get("expires_after[seconds]"),
+    )
+
+
+async def _answer(idem: IdempotencyScope, result: file_service.CreateResult) -> JSONResponse:
+    pending = result.view.file.status in (FileStatus.PENDING, FileStatus.UPLOADED)
+    response = await idem.answer(202 if pending else 200, FileObject.of(result.view))
+    response.headers[DEDUP_HEADER] = "miss" if result.created else "hit"
+    return _with_retry_after(response, result.view.retry_after)
+
+
+def _query_fields(request: Request) -> dict[str, str]:
+    """The upload's text fields given in the query string (known before the body)."""
+    fields: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in UPLOAD_FIELDS:
+            continue
+        if name in fields:
+            raise InvalidRequest(f"The '{name}' field is given twice.", param=name)
+        fields[name] = value.strip()
+    return fields
+
+
+def _merged(query: dict[str, str], form: dict[str, str]) -> dict[str, str]:
+    """Query and form fields together; a field given in both must say the same."""
+    for name in query.keys() & form.keys():
+        if query[name] != form[name]:
+            raise InvalidRequest(
+                f"The '{name}' field differs between the query string and the form.", param=name
+            )
+    return {**form, **query}
 
 
 def _with_retry_after(response: JSONResponse, retry_after: float | None) -> JSONResponse:
@@ -238,10 +377,12 @@ async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) 
         200: {
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
             "description": "The file's bytes, with the Content-Type it was uploaded with",
+            "headers": {digest.HEADER: REPR_DIGEST_DOC},
         },
         206: {
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
             "description": "Partial content for a Range request",
+            "headers": {digest.HEADER: REPR_DIGEST_DOC},
         },
         304: {"description": "Not modified: If-None-Match carried the current ETag"},
         **responses(*AUTH_ERRORS, NotFound, RangeNotSatisfiable, BlobCorrupt),
@@ -258,6 +399,7 @@ async def download_content(
         etag = f'"{file.sha256}"'
         headers = {
             "ETag": etag,
+            digest.HEADER: digest.repr_digest_of(file.sha256),
             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(file.filename)}",
             "Cache-Control": "private, max-age=0, must-revalidate",
             # The bytes are the tenant's, never a page of ours: no sniffing, no scripts, no frames.

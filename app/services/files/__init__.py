@@ -6,7 +6,7 @@ from app.services.files.copies import replicate
 from app.services.files.extract import extract
 from app.services.files.queries import events, get_file, list_files, open_content, read_file
 from app.services.files.retire import collect_blob, delete_file, expire_file, remove_copy
-from app.services.files.upload import create_file
+from app.services.files.upload import create_file, find_declared, reuse_declared
 from app.services.files.views import (
     CreateResult,
     FilePage,
@@ -27,6 +27,7 @@ __all__ = [
     "events",
     "expire_file",
     "extract",
+    "find_declared",
     "get_file",
     "list_files",
     "new_file_id",
@@ -34,5 +35,6 @@ __all__ = [
     "read_file",
     "remove_copy",
     "replicate",
+    "reuse_declared",
     "valid_file_id",
 ]

@@ -7,12 +7,13 @@ import json
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
+from app.core import purposes
 from app.core.errors import InvalidRequest, ProviderUnavailable
 from app.models import ProviderCopyStatus
 from app.providers.hub import ProviderHub
 from app.services.files.queries import get_file
 
-EXTRACTABLE = frozenset({"file-extract"})
+EXTRACTABLE = frozenset(purposes.spellings(purposes.FILE_EXTRACT))
 
 
 async def extract(
@@ -20,10 +21,7 @@ async def extract(
 ) -> tuple[str, dict[str, object]]:
     """The provider's extracted text for a file-extract file, fetched once then cached."""
     view = await get_file(session=session, ctx=ctx, file_id=file_id)
-    if view.file.purpose not in EXTRACTABLE and view.file.purpose not in {
-        "assistants",
-        "user_data",
-    }:
+    if view.file.purpose not in EXTRACTABLE:
         raise InvalidRequest(
             f"Extraction is only available for files uploaded with purpose 'file-extract' "
             f"(this one is '{view.file.purpose}').",

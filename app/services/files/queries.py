@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
+from app.core import purposes
 from app.core.errors import BlobCorrupt, InvalidRequest, NotFound
 from app.models import LifecycleEvent
 from app.repositories.files import FileRepository
@@ -54,7 +55,7 @@ async def list_files(
         tenant_id=ctx.principal.tenant_id,
         limit=limit + 1,
         ascending=order == "asc",
-        purpose=purpose,
+        purposes=purposes.spellings(purpose) if purpose is not None else None,
         after=cursor,
     )
     page = list(rows[:limit])

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import CallContext
 from app.core.db import unit_of_work, utcnow
 from app.core.errors import GatewayError, QuotaExceeded, UploadConflict
+from app.core.purposes import canonical, spellings
 from app.jobs import queue
 from app.jobs.queue import JobKind
 from app.models import File, FileStatus, JobState, ProviderCopyStatus, Tenant
@@ -27,6 +28,54 @@ from app.services.files.settle import Attempt, Placer
 from app.services.files.views import CreateResult, FileView, IncomingUpload, new_file_id
 
 SETTLE_POLL_SECONDS = 0.1
+
+
+async def find_declared(
+    *, session: AsyncSession, ctx: CallContext, sha256: str, purpose: str
+) -> File | None:
+    """The tenant's live, unexpired file of a declared digest and purpose, read only.
+
+    Only the tenant's own rows are looked at, with the same query whoever else holds the
+    bytes, so a miss is the same miss whether or not another tenant has them."""
+    async with unit_of_work(session):
+        existing = await FileRepository(session).find_duplicate(
+            tenant_id=ctx.principal.tenant_id,
+            sha256=sha256,
+            purposes=spellings(canonical(purpose)),
+        )
+    if existing is None or (existing.expires_at and existing.expires_at <= utcnow()):
+        return None  # an expired twin is expired by create_file, once the body is in
+    return existing
+
+
+async def reuse_declared(
+    *,
+    session: AsyncSession,
+    placer: Placer,
+    ctx: CallContext,
+    file: File,
+    provider: str,
+    expires_at: datetime | None = None,
+) -> CreateResult | None:
+    """Answer with the file find_declared found before any byte of the body, as a dedup hit
+    of create_file would; None when it is gone meanwhile (then the body is read)."""
+    try:
+        # The bytes are the existing file's, and so are its name and size.
+        targets = placer.providers.targets(
+            purpose=file.purpose, filename=file.filename, size=file.bytes, requested=provider
+        )
+    except GatewayError:
+        return None  # the full upload gives the refusal, judged on what it sends
+    view = await _deduplicated(
+        session=session,
+        placer=placer,
+        ctx=ctx,
+        file=file,
+        provider=provider,
+        targets=targets,
+        expires_at=expires_at,
+    )
+    return CreateResult(view, created=False) if view is not None else None
 
 
 async def create_file(
@@ -44,7 +93,9 @@ async def create_file(
     The units of work read top to bottom: look for the tenant's identical file; then either
     answer with it, confirmed live under its row lock, or claim (blob, file row and the
     placement job this request runs itself), place and settle. A twin deleted meanwhile makes
-    this a new file; a twin that wins the claim is judged against."""
+    this a new file; a twin that wins the claim is judged against. An alias of a purpose is
+    stored as the purpose it names."""
+    purpose = canonical(purpose)
     try:
         targets = placer.providers.targets(
             purpose=purpose, filename=upload.filename, size=upload.size, requested=provider
@@ -54,7 +105,9 @@ async def create_file(
         for _ in range(3):
             async with unit_of_work(session):  # does the tenant hold these bytes already?
                 existing = await repo.find_duplicate(
-                    tenant_id=ctx.principal.tenant_id, sha256=upload.sha256, purpose=purpose
+                    tenant_id=ctx.principal.tenant_id,
+                    sha256=upload.sha256,
+                    purposes=spellings(purpose),
                 )
             if existing is not None and existing.expires_at and existing.expires_at <= utcnow():
                 await expire_file(
@@ -146,7 +199,7 @@ async def _claim(
     if blob is not None:
         await session.refresh(blob)
     if blob is not None and blob.corrupt_at is not None:
-        # commit() verified the stored bytes and replaced them if they failed their hash.
+        # commit() replaced the stored bytes with these, which hash right.
         blob.corrupt_at = None
         blob.corrupt_reason = None
     now = utcnow()
@@ -242,8 +295,15 @@ async def _deduplicated(
     if current is None:
         return None
     placer.metrics.dedup_hits.inc()
-    if current.expires_at is not None and (expires_at is None or expires_at > current.expires_at):
-        # One file serves every upload of it: it lives as long as the longest-lived request.
+    if expires_at is None and placer.settings.default_retention_seconds:
+        expires_at = utcnow() + timedelta(seconds=placer.settings.default_retention_seconds)
+    if (
+        current.expires_at is not None
+        and expires_at is not None
+        and expires_at > current.expires_at
+    ):
+        # One file serves every upload of it: a hit may lengthen its life, never shorten or
+        # clear it, and an upload that asks for no expiry leaves the file's as it is.
         current.expires_at = expires_at
     copies = (await repo.copies_for([current.id]))[current.id]
     live_on = {c.provider for c in copies if c.status == ProviderCopyStatus.ACTIVE}
