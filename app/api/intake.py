@@ -97,8 +97,12 @@ class MultipartIntake:
         max_file_bytes: int,
         max_parts: int,
         text_fields: frozenset[str],
+        file_field: str = "file",
+        filename_required: bool = True,
     ) -> None:
         self.blob_store = blob_store
+        self.file_field = file_field
+        self.filename_required = filename_required
         self.max_file_bytes = max_file_bytes
         self.max_parts = max_parts
         self.text_fields = text_fields
@@ -172,12 +176,14 @@ class MultipartIntake:
             self._fail(InvalidRequest("Each multipart part needs Content-Disposition: form-data."))
             return
         part.name = _utf8(params[b"name"])
-        if part.name == "file":
+        if part.name == self.file_field:
             if self.file_seen:
-                self._fail(InvalidRequest("Send exactly one 'file' part.", param="file"))
+                self._fail(InvalidRequest(f"Send exactly one '{part.name}' part.", param=part.name))
                 return
             self.file_seen = True
             raw_name = params.get(b"filename")
+            if raw_name is None and not self.filename_required:
+                raw_name = part.name.encode()
             if raw_name is None:
                 self._fail(InvalidRequest("The 'file' part needs a filename.", param="file"))
                 return
@@ -198,7 +204,7 @@ class MultipartIntake:
         if part is None or self.error is not None:
             return
         n = end - start
-        if part.name == "file" and self.spool is not None:
+        if part.name == self.file_field and self.spool is not None:
             self.file_size += n
             if self.file_size > self.max_file_bytes:
                 self._fail(
@@ -218,7 +224,7 @@ class MultipartIntake:
 
     def _on_part_end(self) -> None:
         part = self.part
-        if part is None or part.name is None or part.name == "file":
+        if part is None or part.name is None or part.name == self.file_field:
             return
         if part.name in self.text_fields:
             try:
@@ -274,11 +280,12 @@ class MultipartIntake:
     async def finish(self) -> IncomingUpload:
         if not self.finished:
             raise InvalidRequest("The multipart body is truncated (no closing boundary).")
+        field = self.file_field
         if self.spool is None or self.filename is None:
-            raise InvalidRequest("The request has no 'file' part.", param="file")
+            raise InvalidRequest(f"The request has no '{field}' part.", param=field)
         await self._flush(wait=True)
         if self.file_size == 0:
-            raise InvalidRequest("The file is empty.", param="file")
+            raise InvalidRequest(f"The {field} is empty.", param=field)
         sha256 = await self.spool.finish()
         return IncomingUpload(
             spool=self.spool,
@@ -320,14 +327,19 @@ async def receive_upload(
     max_file_bytes: int,
     max_parts: int,
     text_fields: frozenset[str],
+    file_field: str = "file",
+    filename_required: bool = True,
 ) -> AsyncIterator[IncomingUpload]:
-    """Stream a multipart body into a spool, yield it, and leave nothing on disk afterwards."""
+    """Stream a multipart body into a spool, yield it, and leave nothing on disk afterwards;
+    the bytes are the `file_field` part (`data` for an upload's part, which needs no name)."""
     intake = MultipartIntake(
         blob_store=blob_store,
         boundary=multipart_boundary(content_type),
         max_file_bytes=max_file_bytes,
         max_parts=max_parts,
         text_fields=text_fields,
+        file_field=file_field,
+        filename_required=filename_required,
     )
     max_body = max_file_bytes + MULTIPART_OVERHEAD_BYTES
     received = 0
