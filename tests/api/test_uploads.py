@@ -10,12 +10,17 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from app.core.config import Settings
 from app.models import Upload, UploadPart
 from app.services.uploads import PART_MAX_BYTES
 from app.storage.blobs import LocalBlobStore
+from app.storage.s3 import PART_BYTES
 from tests.api.test_files import upload as upload_file
-from tests.conftest import Gateway
+from tests.api.test_files_on_s3 import objects, on_s3, s3_store
+from tests.conftest import Gateway, started_gateway
+from tests.support.blobs import leftovers, read_blob
 from tests.support.clock import FakeClock
+from tests.support.seaweed import ObjectStore
 
 MiB = 1024 * 1024
 
@@ -339,3 +344,26 @@ async def test_parts_are_bounded_by_the_gateways_limit_at_the_edge(
         headers={"Content-Type": "multipart/form-data; boundary=b"},
     )
     assert error(resp, 413)
+
+
+async def test_parts_on_the_object_store_complete_into_a_file_and_are_collected(
+    settings: Settings, object_store: ObjectStore, sandbox_reset: str
+) -> None:
+    content = os.urandom(PART_BYTES + MiB + 5)  # the first part is a multipart spool on S3
+    cut = PART_BYTES + 3
+    async with started_gateway(on_s3(settings, object_store), sandbox_reset) as gateway:
+        store = s3_store(gateway)
+        async with gateway.client(await gateway.key()) as client:
+            upload_id = (await create(client, len(content)))["id"]
+            second = await part(client, upload_id, content[cut:])
+            first = await part(client, upload_id, content[:cut])
+            assert len([k for k in await objects(store) if "parts/" in k]) == 2
+            resp = await complete(client, upload_id, [first, second])
+            assert resp.status_code == 200, resp.text
+            file = resp.json()["file"]
+            assert file["sha256"] == hashlib.sha256(content).hexdigest()
+            got = await client.get(f"/v1/files/{file['id']}/content")
+            assert got.status_code == 200 and got.content == content
+        assert [k for k in await objects(store) if "parts/" in k] == []
+        assert await leftovers(store) == []
+        assert await read_blob(store, store.key_for(file["sha256"])) == content
