@@ -19,6 +19,7 @@ from bench.phases.hang import hang_phase
 from bench.phases.objectstore import objectstore_phase
 from bench.phases.queue import queue_phase
 from bench.phases.resilience import resilience_phase
+from bench.phases.uploads import uploads_phase
 from bench.phases.wakeup import wakeup_phase
 from bench.processes import (
     GATEWAY_MODULE,
@@ -112,6 +113,8 @@ def run(
             wakeup_phase(b, procs, work, runs=args.wakeup_runs)
         if "objectstore" in phases:
             objectstore_phase(b, procs, work, runs=args.objectstore_runs)
+        if "uploads" in phases:
+            uploads_phase(b, work, runs=args.uploads_runs)
         b.reset("moonshot")
         b.reset("zai")
 

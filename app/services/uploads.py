@@ -9,6 +9,7 @@ by the periodic `expire_uploads` job."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from anyio import to_thread
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext, system_context
@@ -31,7 +33,7 @@ from app.services import audit, lifecycle
 from app.services import files as file_service
 from app.services.files import FileView, IncomingUpload
 from app.services.files.settle import Placer
-from app.storage.blobs import BlobMissing, BlobStore
+from app.storage.blobs import BlobMissing, BlobStore, Spool
 
 log = logging.getLogger("filegate.uploads")
 
@@ -41,6 +43,7 @@ UPLOAD_LIFETIME = timedelta(hours=1)
 MAX_PARTS = 10_000
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 COLLECT_BATCH = 100
+JOIN_BLOCK_BYTES = 4 * MiB
 
 
 def _new_id(prefix: str) -> str:
@@ -186,23 +189,22 @@ async def complete_upload(
         plan = _Assembly.of(upload)
     blob_store = placer.blob_store
     spool = blob_store.new_spool()
-    md5_digest = hashlib.md5(usedforsecurity=False) if md5 is not None else None
+    joined = _Joined(spool, md5=md5 is not None)
     try:
         for part in parts:
             try:
                 async with await blob_store.open_part(part.storage_key) as reader:
                     async for chunk in reader.chunks():
-                        if md5_digest is not None:
-                            md5_digest.update(chunk)
-                        await spool.write(chunk)
+                        await joined.add(chunk)
             except BlobMissing:
                 raise Conflict(
                     "A part of this upload is gone: the upload was cancelled or expired meanwhile.",
                     param="part_ids",
                     code="upload_not_pending",
                 ) from None
+        md5_hex = await joined.finish()
         sha256 = await spool.finish()
-        if md5_digest is not None and md5 is not None and md5_digest.hexdigest() != md5.lower():
+        if md5 is not None and md5_hex != md5.lower():
             raise InvalidRequest(
                 "The md5 given does not match the md5 of the parts, in the order given.",
                 param="md5",
@@ -224,6 +226,8 @@ async def complete_upload(
             expires_at=plan.file_expires_at(clock.now()),
         )
     finally:
+        with contextlib.suppress(Exception):  # a write still in flight ends before the discard
+            await joined.settle()
         await spool.discard()
     async with unit_of_work(session):
         upload = await _locked(repo, ctx=ctx, upload_id=upload_id)
@@ -300,6 +304,49 @@ async def _collect_quietly(
         await collect_parts(session=session, blob_store=blob_store, clock=clock, upload=upload)
     except (GatewayError, OSError) as exc:
         log.warning("parts of %s left for the collection job: %s", upload.id, type(exc).__name__)
+
+
+class _Joined:
+    """The parts' bytes on their way into the spool: gathered into large writes, one in flight
+    while the next is read (memory: two blocks), md5 taken in the writer's thread."""
+
+    def __init__(self, spool: Spool, *, md5: bool) -> None:
+        self._spool = spool
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
+        self._block: list[bytes] = []
+        self._block_bytes = 0
+        self._writing: asyncio.Future[None] | None = None
+
+    async def add(self, chunk: bytes) -> None:
+        self._block.append(chunk)
+        self._block_bytes += len(chunk)
+        if self._block_bytes >= JOIN_BLOCK_BYTES:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        await self.settle()
+        if self._block:
+            block = b"".join(self._block)
+            self._block.clear()
+            self._block_bytes = 0
+            self._writing = asyncio.ensure_future(self._write(block))
+
+    async def _write(self, block: bytes) -> None:
+        if self._md5 is not None:
+            await to_thread.run_sync(self._md5.update, block)
+        await self._spool.write(block)
+
+    async def settle(self) -> None:
+        """Wait for the write in flight (errors included: the caller is failing already)."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            await writing
+
+    async def finish(self) -> str | None:
+        """Write what is left; the md5 of everything, if asked for."""
+        await self._flush()
+        await self.settle()
+        return self._md5.hexdigest() if self._md5 is not None else None
 
 
 @dataclass(frozen=True)
