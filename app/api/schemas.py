@@ -320,7 +320,7 @@ class CreateUploadRequest(BaseModel):
 
 class CompleteUploadRequest(BaseModel):
     part_ids: list[Annotated[str, Field(max_length=64)]] = Field(
-        min_length=1, max_length=10_000, examples=[["part_3Zk9qLmN2xYb7cVd1eFg4hJp"]]
+        min_length=1, max_length=2_000, examples=[["part_3Zk9qLmN2xYb7cVd1eFg4hJp"]]
     )
     md5: str | None = Field(
         default=None,

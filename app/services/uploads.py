@@ -40,7 +40,7 @@ log = logging.getLogger("filegate.uploads")
 MiB = 1024 * 1024
 PART_MAX_BYTES = 64 * MiB  # OpenAI's limit for one part
 UPLOAD_LIFETIME = timedelta(hours=1)
-MAX_PARTS = 10_000
+MAX_PARTS = 2_000  # their ids must fit one completion's JSON body
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 COLLECT_BATCH = 100
 JOIN_BLOCK_BYTES = 4 * MiB

@@ -158,7 +158,13 @@ async def add_part(
     "upload's `file`), accepted as any upload is: dedup, quota and placement apply. The parts "
     "must add up to the upload's `bytes`; `md5`, when given, must match the whole.",
     responses=responses(
-        *AUTH_ERRORS, NotFound, Conflict, QuotaExceeded, UnsupportedPurpose, ProviderUnavailable
+        *AUTH_ERRORS,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        QuotaExceeded,
+        UnsupportedPurpose,
+        ProviderUnavailable,
     ),
 )
 async def complete_upload(
