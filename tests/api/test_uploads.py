@@ -210,6 +210,9 @@ async def test_create_refuses_what_no_file_could_be(
     assert error(await post(bytes=too_big), 413)["param"] == "bytes"
     assert error(await post(bytes=0), 400)["param"] == "bytes"
     assert error(await post(purpose="nonsense"), 400)["param"] == "purpose"
+    # Within the gateway's limit, but over what any provider takes for the purpose (20 MiB).
+    over = error(await post(purpose="code-interpreter", bytes=30 * MiB), 400)
+    assert over["code"] == "unsupported_purpose"
     assert error(await post(filename="../etc/passwd"), 400)["param"] == "filename"
     assert error(await post(mime_type="not a type"), 400)["param"] == "mime_type"
     assert error(await post(expires_after={"anchor": "created_at", "seconds": 5}), 400)
