@@ -112,10 +112,12 @@ async def part_limit(
     *, session: AsyncSession, clock: Clock, ctx: CallContext, upload_id: str
 ) -> int:
     """The largest part the pending upload takes now (before its bytes are read); 4xx when
-    it takes none."""
+    it takes none. A read, no lock: the part is checked again under the lock once received."""
+    repo = UploadRepository(session)
     async with unit_of_work(session):
-        repo = UploadRepository(session)
-        upload = await _pending(session, repo, ctx=ctx, upload_id=upload_id, now=clock.now())
+        upload = await _readable(repo, ctx=ctx, upload_id=upload_id)
+        if upload.status != UploadStatus.PENDING or upload.expires_at <= clock.now():
+            upload = await _pending(session, repo, ctx=ctx, upload_id=upload_id, now=clock.now())
         count, stored = await repo.part_usage(upload.id)
     if count >= MAX_PARTS:
         raise InvalidRequest(
@@ -410,13 +412,19 @@ async def _chosen_parts(
     return chosen
 
 
-async def _locked(repo: UploadRepository, *, ctx: CallContext, upload_id: str) -> Upload:
+async def _readable(
+    repo: UploadRepository, *, ctx: CallContext, upload_id: str, lock: bool = False
+) -> Upload:
     if not valid_upload_id(upload_id):
         raise not_found()
-    upload = await repo.get(tenant_id=ctx.principal.tenant_id, upload_id=upload_id, lock=True)
+    upload = await repo.get(tenant_id=ctx.principal.tenant_id, upload_id=upload_id, lock=lock)
     if upload is None:
         raise not_found()
     return upload
+
+
+async def _locked(repo: UploadRepository, *, ctx: CallContext, upload_id: str) -> Upload:
+    return await _readable(repo, ctx=ctx, upload_id=upload_id, lock=True)
 
 
 async def _pending(
