@@ -199,11 +199,7 @@ async def complete_upload(
                     async for chunk in reader.chunks():
                         await joined.add(chunk)
             except BlobMissing:
-                raise Conflict(
-                    "A part of this upload is gone: the upload was cancelled or expired meanwhile.",
-                    param="part_ids",
-                    code="upload_not_pending",
-                ) from None
+                raise await _part_gone(repo, ctx=ctx, upload_id=upload_id, part=part) from None
         md5_hex = await joined.finish()
         sha256 = await spool.finish()
         if md5 is not None and md5_hex != md5.lower():
@@ -444,6 +440,21 @@ async def _pending(
     if upload.status != UploadStatus.PENDING:
         raise _not_pending(upload)
     return upload
+
+
+async def _part_gone(
+    repo: UploadRepository, *, ctx: CallContext, upload_id: str, part: UploadPart
+) -> GatewayError:
+    """Why a part's bytes were not found: the upload finished meanwhile, or they were lost."""
+    upload = await _readable(repo, ctx=ctx, upload_id=upload_id)
+    if upload.status != UploadStatus.PENDING:
+        return _not_pending(upload)
+    return Conflict(
+        f"Part '{part.id}' is no longer stored: send that part again and complete the upload "
+        "with the new part's id.",
+        param="part_ids",
+        code="part_missing",
+    )
 
 
 def _expire(session: AsyncSession, upload: Upload, *, ctx: CallContext) -> None:

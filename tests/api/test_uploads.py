@@ -370,3 +370,21 @@ async def test_parts_on_the_object_store_complete_into_a_file_and_are_collected(
         assert [k for k in await objects(store) if "parts/" in k] == []
         assert await leftovers(store) == []
         assert await read_blob(store, store.key_for(file["sha256"])) == content
+
+
+async def test_a_part_lost_from_the_store_is_named_and_sent_again(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    upload_id = (await create(client, 6))["id"]
+    first = await part(client, upload_id, b"abc")
+    lost = await part(client, upload_id, b"def")
+    store = gateway.runtime.blob_store
+    assert isinstance(store, LocalBlobStore)
+    (store.parts_dir / upload_id / lost).unlink()  # a disk lost it behind the gateway's back
+    gone = error(await complete(client, upload_id, [first, lost]), 409)
+    assert gone["code"] == "part_missing" and lost in gone["message"]
+    again = await part(client, upload_id, b"def")
+    resp = await complete(client, upload_id, [first, again])
+    assert resp.status_code == 200, resp.text
+    got = await client.get(f"/v1/files/{resp.json()['file']['id']}/content")
+    assert got.content == b"abcdef"
