@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.core.config import Settings
-from app.models import Upload, UploadPart
+from app.models import AuditEvent, Upload, UploadPart
 from app.services.uploads import PART_MAX_BYTES
 from app.storage.blobs import LocalBlobStore
 from app.storage.s3 import PART_BYTES
@@ -296,6 +296,22 @@ async def test_a_finished_upload_takes_no_parts_and_is_not_finished_twice(
     assert error(await add_part(client, cancelled_id, b"abc"), 409)["code"] == "upload_cancelled"
     assert error(await complete(client, cancelled_id, [kept]), 409)["code"] == "upload_cancelled"
     assert error(await client.post(f"/v1/uploads/{cancelled_id}/cancel"), 409)
+    async with gateway.runtime.sessionmaker() as session:
+        audited = (
+            await session.execute(
+                select(AuditEvent.resource, AuditEvent.action).where(
+                    AuditEvent.action.like("upload.%"), AuditEvent.outcome == "success"
+                )
+            )
+        ).all()
+    assert sorted(audited) == sorted(
+        [
+            (upload_id, "upload.create"),
+            (upload_id, "upload.complete"),
+            (cancelled_id, "upload.create"),
+            (cancelled_id, "upload.cancel"),
+        ]
+    )
 
 
 async def test_an_upload_expires_an_hour_after_creation(
