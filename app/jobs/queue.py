@@ -48,6 +48,11 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
+def payload_text(payload: dict[str, Any]) -> str:
+    """How a job's payload is stored: JSON with sorted keys (what a payload filter matches)."""
+    return json.dumps(payload, sort_keys=True)
+
+
 async def enqueue(
     *,
     session: AsyncSession,
@@ -66,7 +71,7 @@ async def enqueue(
     run_after = utcnow() + timedelta(seconds=delay_seconds)
     added = await repo.enqueue(
         kind=kind,
-        payload=json.dumps(payload, sort_keys=True),
+        payload=payload_text(payload),
         dedupe_key=dedupe_key,
         run_after=run_after,
         max_attempts=max_attempts,
@@ -82,6 +87,15 @@ async def _announce(session: AsyncSession, *, kind: str) -> None:
     """Idle workers wake when the caller commits: other processes' by NOTIFY, ours directly."""
     await JobRepository(session).announce_due(kind=kind)
     wake_after_commit(session)
+
+
+async def requeue(*, session: AsyncSession, job_id: int) -> Job | None:
+    """Put a finished job back in the queue with fresh attempts, due now: like a new job, it
+    wakes idle workers when the caller commits."""
+    job = await JobRepository(session).requeue(job_id)
+    if job is not None:
+        await _announce(session, kind=job.kind)
+    return job
 
 
 async def expedite_placements(*, session: AsyncSession, provider: str) -> int:
@@ -122,7 +136,7 @@ async def begin_intent(
     """Record, in the caller's unit of work, the job the caller is about to run itself."""
     job = await JobRepository(session).add_claimed(
         kind=kind,
-        payload=json.dumps(payload, sort_keys=True),
+        payload=payload_text(payload),
         dedupe_key=dedupe_key,
         owner=owner,
         lease_seconds=lease_seconds,

@@ -9,5 +9,6 @@ PHASES = (
     "queue",
     "wakeup",
     "objectstore",
+    "replicas",
     "uploads",
 )
