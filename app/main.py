@@ -13,7 +13,7 @@ from app.api import errors, openapi
 from app.api.edge import EdgeMiddleware
 from app.api.intake import MULTIPART_OVERHEAD_BYTES
 from app.api.middleware import ExpectContinueMiddleware, RequestContextMiddleware
-from app.api.routes import admin, files, health, usage
+from app.api.routes import admin, files, health, uploads, usage
 from app.api.timeouts import BodyIdleTimeoutMiddleware
 from app.auth.identify import IdentifyMiddleware
 from app.core.clock import SYSTEM_CLOCK, Clock
@@ -23,6 +23,7 @@ from app.core.metrics import GatewayMetrics
 from app.jobs.worker import running_workers
 from app.runtime import build_runtime
 from app.services.sandbox import recheck_on_start
+from app.services.uploads import PART_MAX_BYTES
 
 DESCRIPTION = """\
 One OpenAI-compatible Files API in front of Moonshot (Kimi) and Z.ai (GLM).
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM_CLOCK)
     openapi.install(app)
     app.include_router(files.router)
     app.include_router(usage.router)
+    app.include_router(uploads.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(health.metrics_router)
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM_CLOCK)
         EdgeMiddleware,
         upload_limit=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         body_limit=settings.json_body_limit,
+        part_limit=min(PART_MAX_BYTES, settings.max_upload_bytes) + MULTIPART_OVERHEAD_BYTES,
     )
     app.add_middleware(BodyIdleTimeoutMiddleware, idle_seconds=settings.body_idle_timeout_seconds)
     app.add_middleware(IdentifyMiddleware)

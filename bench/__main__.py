@@ -41,16 +41,15 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
 15. a 100 MiB download through the gateway vs `python -m http.server` serving the same file;
 16. a dedup hit with a declared digest (`Repr-Digest`, `Expect: 100-continue`, so the body is
    never sent) vs the same 100 MiB uploaded straight to the sandbox;
+17. resumable uploads: a 100 MiB file through the Uploads API in 8 parts sent one after
+   another (create, parts, complete) vs the same file as one ordinary upload;
 
 and prints a table (also written to bench-results/latest.txt).  Timings are medians of
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
 
-Options: --reps N, --size BYTES, --rps-requests N, --rps-concurrency C, --load-procs K,
---fallback-pairs N, --hang-runs N, --hang-concurrency K, --recovery-files N,
---auth-requests N, --queue-runs N, --wakeup-runs N, --objectstore-runs N, --replica-uploads
-N, --download-runs N, --phases
-core,fallback,hang,resilience,auth,queue,wakeup,objectstore,replicas,download (a subset),
---profile (cProfile inside the gateway per phase, written under bench-results/profile/).
+Options (`python -m bench --help`): --reps N and a count per phase (runs, requests, files),
+--phases (a comma-separated subset of bench.phases.PHASES, in that order), --profile (cProfile
+inside the gateway per phase, written under bench-results/profile/).
 """
 
 from __future__ import annotations
@@ -98,6 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--download-runs", type=int, default=3, help="100 MiB downloads and declared hits timed"
+    )
+    parser.add_argument(
+        "--uploads-runs", type=int, default=3, help="100 MiB files per way (Uploads API, whole)"
     )
     parser.add_argument(
         "--phases",

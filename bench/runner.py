@@ -21,6 +21,7 @@ from bench.phases.objectstore import objectstore_phase
 from bench.phases.queue import queue_phase
 from bench.phases.replicas import replicas_phase
 from bench.phases.resilience import resilience_phase
+from bench.phases.uploads import uploads_phase
 from bench.phases.wakeup import wakeup_phase
 from bench.processes import (
     GATEWAY_MODULE,
@@ -125,6 +126,8 @@ def run(
             )
         if "download" in phases:
             download_phase(b, procs, work, runs=args.download_runs)
+        if "uploads" in phases:
+            uploads_phase(b, work, runs=args.uploads_runs)
         b.reset("moonshot")
         b.reset("zai")
 

@@ -38,6 +38,8 @@ TABLES = (
     "idempotency_keys",
     "jobs",
     "audit_events",
+    "upload_parts",
+    "uploads",
     "lifecycle_events",
     "provider_copies",
     "files",

@@ -439,3 +439,55 @@ class Readiness(BaseModel):
 
 class Liveness(BaseModel):
     status: Literal["ok"] = "ok"
+
+
+class UploadExpiresAfter(BaseModel):
+    """When the completed file expires, as OpenAI's `expires_after` says it."""
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=30 * 24 * 3600)
+    model_config = {"extra": "forbid"}
+
+
+class CreateUploadRequest(BaseModel):
+    filename: str = Field(min_length=1, max_length=255, examples=["report.pdf"])
+    purpose: str = Field(min_length=1, max_length=40, examples=["file-extract"])
+    bytes: int = Field(gt=0, examples=[209715200], description="The whole file's size")
+    mime_type: str = Field(min_length=1, max_length=255, examples=["application/pdf"])
+    expires_after: UploadExpiresAfter | None = None
+    model_config = {"extra": "forbid"}
+
+
+class CompleteUploadRequest(BaseModel):
+    part_ids: list[Annotated[str, Field(max_length=64)]] = Field(
+        min_length=1, max_length=2_000, examples=[["part_3Zk9qLmN2xYb7cVd1eFg4hJp"]]
+    )
+    md5: str | None = Field(
+        default=None,
+        pattern="^[0-9a-fA-F]{32}$",
+        description="Hex md5 of the whole file, checked when given",
+    )
+    model_config = {"extra": "forbid"}
+
+
+class UploadObject(BaseModel):
+    """OpenAI's Upload object; `file` is the file it became, once completed."""
+
+    id: str = Field(examples=["upload_3Zk9qLmN2xYb7cVd1eFg4hJp"])
+    object: Literal["upload"] = "upload"
+    bytes: int
+    created_at: UnixSeconds
+    expires_at: UnixSeconds
+    filename: str
+    purpose: str
+    status: Literal["pending", "completed", "cancelled", "expired"]
+    file: FileObject | None = None
+    model_config = ConfigDict(from_attributes=True)
+
+
+class UploadPartObject(BaseModel):
+    id: str = Field(examples=["part_3Zk9qLmN2xYb7cVd1eFg4hJp"])
+    object: Literal["upload.part"] = "upload.part"
+    created_at: UnixSeconds
+    upload_id: str
+    model_config = ConfigDict(from_attributes=True)

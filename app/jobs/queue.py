@@ -34,6 +34,7 @@ class JobKind(StrEnum):
     HEALTH_SWEEP = "health_sweep"
     SWEEP_STORAGE = "sweep_storage"
     PURGE_JOBS = "purge_jobs"
+    EXPIRE_UPLOADS = "expire_uploads"
 
 
 KINDS = frozenset(JobKind)

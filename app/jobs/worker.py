@@ -107,6 +107,7 @@ class Worker:
         s = self.rt.settings
         periodic: list[tuple[str, dict[str, object], str, float]] = [
             (JobKind.EXPIRE, {}, "expire", s.expiry_interval_seconds),
+            (JobKind.EXPIRE_UPLOADS, {}, "expire_uploads", s.expiry_interval_seconds),
             (JobKind.HEALTH_SWEEP, {}, "health_sweep", s.health_check_interval_seconds),
             (JobKind.SWEEP_STORAGE, {}, "sweep_storage", s.storage_sweep_interval_seconds),
             (JobKind.PURGE_JOBS, {}, "purge_jobs", PURGE_JOBS_EVERY_SECONDS),
