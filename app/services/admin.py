@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from app.providers.breaker_board import BreakerBoard
     from app.providers.breakers import BreakerSnapshot
     from app.providers.hub import ProviderHub
+    from app.services.capacity import Capacity
     from app.storage.blobs import BlobStore
 
 
@@ -100,14 +101,16 @@ async def check_file(
 
 
 async def provider_overview(
-    *, session: AsyncSession, providers: ProviderHub
+    *, session: AsyncSession, providers: ProviderHub, capacity: Capacity
 ) -> list[dict[str, Any]]:
-    """Each provider's mode, breaker and what the gateway has placed there against its quota."""
+    """Each provider's mode, breaker, and usage against its account caps."""
     repo = FileRepository(session)
     out = []
     for name in providers.order:
         adapter = providers.adapter(name)
         files, used = await repo.placed_on(name)
+        usages = await capacity.overview(session, name)
+        account = [u.cap for u in usages if u.cap.natives is None]
         out.append(
             {
                 "provider": name,
@@ -115,8 +118,19 @@ async def provider_overview(
                 "breaker": await adapter.breaker_snapshot(),
                 "files": files,
                 "bytes": used,
-                "quota_files": adapter.account_max_files,
-                "quota_bytes": adapter.account_max_bytes,
+                "quota_files": account[0].max_files if account else None,
+                "quota_bytes": account[0].max_bytes if account else None,
+                "usage": [
+                    {
+                        "purpose_class": u.cap.purpose_class,
+                        "files": u.files,
+                        "bytes": u.bytes,
+                        "max_files": u.cap.max_files,
+                        "max_bytes": u.cap.max_bytes,
+                        "foreign_files": u.foreign_files,
+                    }
+                    for u in usages
+                ],
             }
         )
     return out

@@ -58,8 +58,9 @@ PROVIDER_ERRORS = (
     ProviderUnavailable,
 )
 UPLOAD_FIELDS = frozenset(
-    {"purpose", "provider", "expires_after[anchor]", "expires_after[seconds]"}
+    {"purpose", "provider", "pin", "expires_after[anchor]", "expires_after[seconds]"}
 )
+PIN_VALUES = {"true": True, "false": False}
 EXPIRES_MIN_SECONDS = 3600
 EXPIRES_MAX_SECONDS = 30 * 24 * 3600
 
@@ -83,6 +84,13 @@ UPLOAD_BODY = {
                             "type": "string",
                             "enum": ["auto", *Provider],
                             "default": "auto",
+                        },
+                        "pin": {
+                            "type": "string",
+                            "enum": ["true", "false"],
+                            "default": "false",
+                            "description": "true: the file's provider copies are never "
+                            "evicted to make room (see POST /v1/files/{id}/pin)",
                         },
                         "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
                         "expires_after[seconds]": {
@@ -135,6 +143,7 @@ async def upload_file(
         provider = (upload.fields.get("provider") or "auto").lower()
         rt.providers.check_provider_known(provider)
         expires_at = _expires_at(upload.fields)
+        pin = _pin(upload.fields)
         # Hash of the bytes plus canonical fields: a retry with a new boundary still matches.
         fingerprint = request_digest(
             route="POST /v1/files",
@@ -142,6 +151,7 @@ async def upload_file(
             purpose=purpose,
             provider=provider,
             expires=upload.fields.get("expires_after[seconds]"),
+            pin=pin,
         )
         if (replay := await idem.begin(fingerprint)) is not None:
             return replay
@@ -153,6 +163,7 @@ async def upload_file(
             purpose=purpose,
             provider=provider,
             expires_at=expires_at,
+            pin=pin,
         )
         pending = result.view.file.status in (FileStatus.PENDING, FileStatus.UPLOADED)
         response = await idem.answer(202 if pending else 200, FileObject.of(result.view))
@@ -164,6 +175,13 @@ def _with_retry_after(response: JSONResponse, retry_after: float | None) -> JSON
     if response.status_code == 202 and retry_after:
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return response
+
+
+def _pin(fields: dict[str, str]) -> bool:
+    value = fields.get("pin", "false").lower()
+    if value not in PIN_VALUES:
+        raise InvalidRequest("pin must be 'true' or 'false'.", param="pin")
+    return PIN_VALUES[value]
 
 
 def _expires_at(fields: dict[str, str]) -> datetime | None:
@@ -312,14 +330,15 @@ def _etags(value: str | None) -> set[str]:
     "/{file_id}/extract",
     response_model=Extracted,
     summary="Extracted text of a file-extract file",
-    description="Asks the provider holding the file for its extracted text once, then caches it.",
+    description="Asks the provider holding the file for its extracted text once, then caches it; "
+    "a file whose provider copies were evicted to make room is placed again first.",
     responses=responses(*AUTH_ERRORS, NotFound, *PROVIDER_ERRORS),
 )
 async def extract_text(
     file_id: FileId, ctx: ReadCtx, session: SessionDep, rt: RuntimeDep
 ) -> Extracted:
     provider, parsed = await file_service.extract(
-        session=session, providers=rt.providers, ctx=ctx, file_id=file_id
+        session=session, placer=rt.placer, ctx=ctx, file_id=file_id
     )
     return Extracted(
         id=file_id,
@@ -359,9 +378,11 @@ async def delete_file(
 @router.post(
     "/{file_id}/providers",
     response_model=FileObject,
-    summary="Copy a file to another provider",
-    description="Places a copy from the canonical blob; 202 when the provider cannot take it now "
-    "and the gateway will finish the copy by itself.",
+    summary="Copy a file to another provider, or ensure a live copy",
+    description="Places a copy from the canonical blob on the named provider (`auto`: ensures a "
+    "copy on any provider), also when an earlier copy was evicted to make room: the answer "
+    "carries the new provider file id. 202 when the provider cannot take it now and the "
+    "gateway will finish the copy by itself.",
     responses={
         202: {"model": FileObject, "description": "Accepted; the copy is placed later"},
         **responses(*AUTH_ERRORS, NotFound, *PROVIDER_ERRORS),
@@ -383,9 +404,36 @@ async def replicate_file(
     view = await file_service.replicate(
         session=session, placer=rt.placer, ctx=ctx, file_id=file_id, provider=body.provider
     )
-    live = any(c.provider == body.provider and c.status == "active" for c in view.copies)
+    live = any(body.provider in ("auto", c.provider) and c.status == "active" for c in view.copies)
     response = await idem.answer(200 if live else 202, FileObject.of(view))
     return _with_retry_after(response, view.retry_after)
+
+
+@router.post(
+    "/{file_id}/pin",
+    response_model=FileObject,
+    summary="Pin a file: its provider copies are never evicted to make room",
+    responses=responses(*AUTH_ERRORS, NotFound),
+)
+async def pin_file(
+    file_id: FileId, ctx: WriteCtx, idem: Idempotent, session: SessionDep
+) -> JSONResponse:
+    fingerprint = request_digest(route="POST /v1/files/{id}/pin", id=file_id)
+    if (replay := await idem.begin(fingerprint)) is not None:
+        return replay
+    view = await file_service.set_pinned(session=session, ctx=ctx, file_id=file_id, pinned=True)
+    return await idem.answer(200, FileObject.of(view))
+
+
+@router.delete(
+    "/{file_id}/pin",
+    response_model=FileObject,
+    summary="Unpin a file: its provider copies may be evicted again (and re-placed on demand)",
+    responses=responses(*AUTH_ERRORS, NotFound),
+)
+async def unpin_file(file_id: FileId, ctx: WriteCtx, session: SessionDep) -> FileObject:
+    view = await file_service.set_pinned(session=session, ctx=ctx, file_id=file_id, pinned=False)
+    return FileObject.of(view)
 
 
 @router.get(

@@ -32,11 +32,13 @@ def _breaker_out(snapshot: BreakerSnapshot) -> BreakerOut:
 @router.get(
     "/providers",
     response_model=ProviderList,
-    summary="Providers: mode, circuit breaker, files and bytes placed against the quota",
+    summary="Providers: mode, circuit breaker, and usage against each account cap",
     responses=responses(*ADMIN_ERRORS),
 )
 async def providers(session: SessionDep, rt: RuntimeDep) -> ProviderList:
-    rows = await admin_service.provider_overview(session=session, providers=rt.providers)
+    rows = await admin_service.provider_overview(
+        session=session, providers=rt.providers, capacity=rt.capacity
+    )
     return ProviderList(
         data=[ProviderOut(**{**row, "breaker": _breaker_out(row["breaker"])}) for row in rows]
     )
