@@ -38,6 +38,9 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
    PostgreSQL database (as in 10) vs one, the same load from two load processes either all
    on one replica or one per replica (the aim is >= 1.6x where CPUs allow; the CPU count and
    the CPU the gateways and the whole machine used are printed beside it);
+15. capacity: 3,000 unique small provider=moonshot uploads through a Moonshot account capped
+   at 1,000 files (a sandbox and gateway of its own, both at the cap): failed uploads (goal 0),
+   copies evicted, and re-placements when the first 100 files' text is asked for;
 
 and prints a table (also written to bench-results/latest.txt).  Timings are medians of
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
@@ -45,7 +48,8 @@ REPS runs (time.perf_counter).  Payloads are streamed from temp files written on
 Options: --reps N, --size BYTES, --rps-requests N, --rps-concurrency C, --load-procs K,
 --fallback-pairs N, --hang-runs N, --hang-concurrency K, --recovery-files N,
 --auth-requests N, --queue-runs N, --wakeup-runs N, --objectstore-runs N, --replica-uploads
-N, --phases core,fallback,hang,resilience,auth,queue,wakeup,objectstore,replicas (a subset),
+N, --capacity-uploads N, --capacity-max-files N, --phases
+core,fallback,hang,resilience,auth,queue,wakeup,objectstore,replicas,capacity (a subset),
 --profile (cProfile inside the gateway per phase, written under bench-results/profile/).
 """
 
@@ -91,6 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--replica-uploads", type=int, default=400, help="4 KiB uploads per replicas run"
+    )
+    parser.add_argument(
+        "--capacity-uploads", type=int, default=3000, help="unique uploads (capacity phase)"
+    )
+    parser.add_argument(
+        "--capacity-max-files", type=int, default=1000, help="the capped moonshot account"
     )
     parser.add_argument(
         "--phases",

@@ -13,6 +13,7 @@ from bench.measure import ForeignLoad
 from bench.payloads import UPLOAD_TIMEOUT, csv_base
 from bench.phases import PHASES
 from bench.phases.auth import auth_phase
+from bench.phases.capacity import capacity_phase
 from bench.phases.core import core_phases
 from bench.phases.fallback import fallback_phase
 from bench.phases.hang import hang_phase
@@ -121,6 +122,14 @@ def run(
                 reps=args.reps,
                 uploads=args.replica_uploads,
                 requests=args.rps_requests,
+            )
+        if "capacity" in phases:
+            capacity_phase(
+                b,
+                procs,
+                work,
+                uploads=args.capacity_uploads,
+                max_files=args.capacity_max_files,
             )
         b.reset("moonshot")
         b.reset("zai")

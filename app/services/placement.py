@@ -202,16 +202,29 @@ async def place(
             full.append((target, cap, False))
             continue
         tried = await _attempt(run, target, outcome)
+        if tried in (Tried.PLACED, Tried.WITHDRAWN):
+            return outcome
         if tried is Tried.FULL and cap is not None:
             full.append((target, cap, True))
-        elif tried in (Tried.PLACED, Tried.WITHDRAWN):
-            return outcome
+        elif tried is Tried.FULL:  # a cap the gateway does not know of: wait for room
+            outcome.errors.append(
+                ProviderAccountFull(
+                    f"{target.provider} says its account is full; the file is placed as soon "
+                    "as room appears.",
+                    provider=target.provider,
+                    retry_after=retry_seconds,
+                )
+            )
+            outcome.deferred = outcome.waiting_for_room = True
+    waiting: list[Cap] = []
     for target, cap, refused in full:
         tried = await _make_room_and_place(run, target, cap, outcome, evict_first=refused)
         if tried in (Tried.PLACED, Tried.WITHDRAWN):
             return outcome
-    if full:
-        usage = await _usage(run, full[0][1])
+        if tried is Tried.FULL:
+            waiting.append(cap)
+    if waiting:
+        usage = await _usage(run, waiting[0])
         outcome.errors.append(waiting_for_room(usage, retry_after=retry_seconds))
         outcome.deferred = outcome.waiting_for_room = True
     return outcome
@@ -227,6 +240,8 @@ async def _make_room_and_place(
 ) -> Tried:
     """Evict until the registry counts room on `cap`, then place; evict once more each time
     the provider still says full (files the registry does not know hold slots there)."""
+    if cap.max_bytes is not None and run.file.bytes > cap.max_bytes:
+        return Tried.FULL  # larger than the whole account: evicting would not help
     uploads = 0
     for _ in range(MAX_EVICTIONS_PER_PLACEMENT):
         if not evict_first and (await _usage(run, cap)).room_for(run.file.bytes):

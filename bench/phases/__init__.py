@@ -10,4 +10,5 @@ PHASES = (
     "wakeup",
     "objectstore",
     "replicas",
+    "capacity",
 )

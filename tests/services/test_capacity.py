@@ -258,3 +258,20 @@ async def test_a_quota_full_answer_evicts_and_reconciliation_counts_foreign_file
     await _upload(client, "m9.txt", b"mine 9\n")
     assert (await own.sandbox_stats("moonshot"))["calls"]["upload"] == calls + 1
     assert (await _copies(own))[ids[1]]["moonshot"].status == "evicted"
+
+
+@pytest.mark.settings(sandbox_url=None, moonshot_max_bytes=40)
+async def test_the_byte_cap_evicts_as_much_as_the_upload_needs(
+    own: Gateway, client: httpx.AsyncClient
+) -> None:
+    small = [(await _upload(client, f"s{n}.txt", b"%014d\n" % n)).json() for n in range(2)]
+    big = await _upload(client, "big.txt", b"x" * 29 + b"\n")
+    assert big.status_code == 200, big.text
+    copies = await _copies(own)
+    assert [copies[b["id"]]["moonshot"].status for b in small] == ["evicted", "evicted"]
+    assert (await own.sandbox_stats("moonshot"))["bytes"] == 30
+    too_big = await _upload(client, "huge.txt", b"y" * 40 + b"\n")
+    assert too_big.status_code == 202  # larger than the whole account: nothing is evicted
+    assert "30 of 40 bytes" in too_big.json()["status_details"]
+    assert (await _copies(own))[big.json()["id"]]["moonshot"].status == "active"
+    await assert_registry_sound(own, reconciled=True)
