@@ -147,6 +147,8 @@ def every_route(*, file_id: str, key_id: str, job_id: int, tenant: str) -> list[
         Call("GET", "/v1/files/{file_id}/events", f"{f}/events"),
         Call("DELETE", "/v1/files/{file_id}", f),
         Call("POST", "/v1/files/{file_id}/providers", f"{f}/providers", json={"provider": "zai"}),
+        Call("POST", "/v1/files/{file_id}/pin", f"{f}/pin"),
+        Call("DELETE", "/v1/files/{file_id}/pin", f"{f}/pin"),
         Call(
             "POST",
             "/admin/keys",

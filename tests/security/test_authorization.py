@@ -21,6 +21,8 @@ WRITE_TEMPLATES = {
     ("POST", "/v1/files"),
     ("DELETE", "/v1/files/{file_id}"),
     ("POST", "/v1/files/{file_id}/providers"),
+    ("POST", "/v1/files/{file_id}/pin"),
+    ("DELETE", "/v1/files/{file_id}/pin"),
 }
 
 
