@@ -275,3 +275,22 @@ async def test_the_byte_cap_evicts_as_much_as_the_upload_needs(
     assert "30 of 40 bytes" in too_big.json()["status_details"]
     assert (await _copies(own))[big.json()["id"]]["moonshot"].status == "active"
     await assert_registry_sound(own, reconciled=True)
+
+
+async def test_pinning_is_recorded_and_a_duplicate_upload_can_pin(
+    client: httpx.AsyncClient,
+) -> None:
+    body = (await _upload(client, "p.txt", b"pin me\n")).json()
+    assert body["pinned"] is False
+    again = await _upload(client, "p.txt", b"pin me\n", pin="true")
+    assert again.json()["id"] == body["id"] and again.json()["pinned"] is True
+    unpinned = await client.delete(f"/v1/files/{body['id']}/pin")
+    assert unpinned.json()["pinned"] is False
+    pinned = await client.post(f"/v1/files/{body['id']}/pin")
+    assert pinned.status_code == 200 and pinned.json()["pinned"] is True
+    assert (await client.get(f"/v1/files/{body['id']}")).json()["pinned"] is True
+    events = (await client.get(f"/v1/files/{body['id']}/events")).json()["data"]
+    reasons = [e["reason"] for e in events if e["provider"] is None]
+    assert [r.split(":")[0] for r in reasons if "pinned" in r] == ["pinned", "unpinned", "pinned"]
+    bad = await _upload(client, "q.txt", b"q\n", pin="yes")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "pin"
