@@ -138,19 +138,31 @@ def worker(
 def sandbox_cmd(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 9000,
+    moonshot_max_files: Annotated[
+        int | None,
+        typer.Option(min=1, help="Files per Moonshot account [FILEGATE_MOONSHOT_MAX_FILES]"),
+    ] = None,
+    zai_max_files: Annotated[
+        int | None,
+        typer.Option(min=1, help="Files per capped Z.ai purpose [FILEGATE_ZAI_MAX_FILES]"),
+    ] = None,
 ) -> None:
     """Serve the provider sandbox alone (paths under /sandbox/moonshot/v1 and /sandbox/zai/...)."""
     import uvicorn
 
     from app.sandbox import create_standalone_app
 
-    _settings()
+    caps = _settings().sandbox_caps()
+    caps["moonshot_max_files"] = moonshot_max_files or caps["moonshot_max_files"]
+    caps["zai_max_files"] = zai_max_files or caps["zai_max_files"]
     typer.echo(f"sandbox on http://{host}:{port}/sandbox/{{moonshot/v1,zai/api/paas/v4}}")
     typer.echo(
         f"point every process at it: FILEGATE_SANDBOX_URL=http://{host}:{port}/sandbox "
         "(control routes answer loopback clients only)"
     )
-    uvicorn.run(create_standalone_app(), host=host, port=port, log_level="warning", log_config=None)
+    uvicorn.run(
+        create_standalone_app(**caps), host=host, port=port, log_level="warning", log_config=None
+    )
 
 
 # The parser's error base class, from whichever click typer runs on (its own copy or click).

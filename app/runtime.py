@@ -28,6 +28,7 @@ from app.providers.pipeline import ProviderConfig
 from app.providers.retry import RetryPolicy
 from app.services import audit
 from app.services.audit import RefusalThrottle
+from app.services.capacity import Capacity
 from app.services.deployment import DeploymentIdentity, DeploymentTagInvalid
 from app.services.files.settle import Placer
 from app.storage.blobs import BlobStore, LocalBlobStore
@@ -62,6 +63,11 @@ class Runtime:
     clock: Clock = SYSTEM_CLOCK
 
     @cached_property
+    def capacity(self) -> Capacity:
+        """The provider accounts' caps and usage corrections, shared by placement and jobs."""
+        return Capacity(settings=self.settings, providers=self.providers, metrics=self.metrics)
+
+    @cached_property
     def placer(self) -> Placer:
         """Placement's collaborators, taken from this runtime's long-lived parts."""
         return Placer(
@@ -71,6 +77,7 @@ class Runtime:
             deployment=self.deployment,
             metrics=self.metrics,
             settings=self.settings,
+            capacity=self.capacity,
         )
 
     @property
@@ -133,7 +140,9 @@ async def build_runtime(
                 raise ConfigError(no_sandbox_message(settings))
             from app.sandbox.server import serve_on_loopback
 
-            sandbox_url = await stack.enter_async_context(serve_on_loopback())
+            sandbox_url = await stack.enter_async_context(
+                serve_on_loopback(**settings.sandbox_caps())
+            )
             in_process = True
             log.info("provider sandbox on %s (loopback only)", sandbox_url)
         async with _build_runtime(

@@ -43,6 +43,9 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
    never sent) vs the same 100 MiB uploaded straight to the sandbox;
 17. resumable uploads: a 100 MiB file through the Uploads API in 8 parts sent one after
    another (create, parts, complete) vs the same file as one ordinary upload;
+18. capacity: 3,000 unique small provider=moonshot uploads through a Moonshot account capped
+   at 1,000 files (a sandbox and gateway of its own, both at the cap): failed uploads (goal 0),
+   copies evicted, and re-placements when the first 100 files' text is asked for;
 
 and prints a table (also written to bench-results/latest.txt).  Timings are medians of
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
@@ -100,6 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--uploads-runs", type=int, default=3, help="100 MiB files per way (Uploads API, whole)"
+    )
+    parser.add_argument(
+        "--capacity-uploads", type=int, default=3000, help="unique uploads (capacity phase)"
+    )
+    parser.add_argument(
+        "--capacity-max-files", type=int, default=1000, help="the capped moonshot account"
     )
     parser.add_argument(
         "--phases",

@@ -13,6 +13,7 @@ from bench.measure import ForeignLoad
 from bench.payloads import UPLOAD_TIMEOUT, csv_base
 from bench.phases import PHASES
 from bench.phases.auth import auth_phase
+from bench.phases.capacity import capacity_phase
 from bench.phases.core import core_phases
 from bench.phases.download import download_phase
 from bench.phases.fallback import fallback_phase
@@ -128,6 +129,14 @@ def run(
             download_phase(b, procs, work, runs=args.download_runs)
         if "uploads" in phases:
             uploads_phase(b, work, runs=args.uploads_runs)
+        if "capacity" in phases:
+            capacity_phase(
+                b,
+                procs,
+                work,
+                uploads=args.capacity_uploads,
+                max_files=args.capacity_max_files,
+            )
         b.reset("moonshot")
         b.reset("zai")
 

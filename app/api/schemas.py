@@ -43,7 +43,11 @@ JsonText = Annotated[dict[str, object], BeforeValidator(_json_object)]
 class ProviderCopyOut(BaseModel):
     provider: str = Field(examples=["moonshot"])
     provider_file_id: str | None = Field(examples=["cnhgqnucp7f5h7jfb3s0"])
-    status: str = Field(examples=["active"])
+    status: str = Field(
+        examples=["active"],
+        description="placing, active, missing, deleting, or evicted (removed from the provider "
+        "to make room; placed again from the stored bytes when needed, with a new id)",
+    )
 
 
 class FileObject(BaseModel):
@@ -62,6 +66,9 @@ class FileObject(BaseModel):
     sha256: str = Field(
         examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
     )
+    pinned: bool = Field(
+        default=False, description="Its provider copies are never evicted to make room"
+    )
     providers: list[ProviderCopyOut]
 
     @classmethod
@@ -77,6 +84,7 @@ class FileObject(BaseModel):
             status_details=f.status_details,
             expires_at=int(f.expires_at.timestamp()) if f.expires_at else None,
             sha256=f.sha256,
+            pinned=bool(f.pinned),
             providers=[
                 ProviderCopyOut(
                     provider=c.provider, provider_file_id=c.provider_file_id, status=c.status
@@ -114,7 +122,10 @@ class Extracted(BaseModel):
 
 
 class ReplicateRequest(BaseModel):
-    provider: Provider = Field(examples=["zai"])
+    provider: Provider | Literal["auto"] = Field(
+        examples=["zai"],
+        description="The provider to hold a copy; auto: any provider (ensure a live copy)",
+    )
     model_config = {"extra": "forbid"}
 
 
@@ -343,14 +354,28 @@ class BreakerOut(BaseModel):
         )
 
 
+class AccountUsageOut(BaseModel):
+    purpose_class: str = Field(
+        examples=["all"], description="'all' (a cap on the whole account) or a native purpose"
+    )
+    files: int = Field(description="Files held there: the registry's copies plus foreign_files")
+    bytes: int
+    max_files: int | None = Field(examples=[1000])
+    max_bytes: int | None = Field(examples=[10737418240])
+    foreign_files: int = Field(
+        description="Files the last reconciliation listed that no copy of this registry names"
+    )
+
+
 class ProviderOut(BaseModel):
     provider: str
     mode: str = Field(examples=["live"], description="live or sandbox")
     breaker: BreakerOut
     files: int = Field(description="Active copies the gateway holds there")
     bytes: int
-    quota_files: int | None = Field(description="The provider's documented account limit")
-    quota_bytes: int | None
+    quota_files: int | None = Field(description="The account's file cap (as configured)")
+    quota_bytes: int | None = Field(description="The account's byte cap (as configured)")
+    usage: list[AccountUsageOut] = Field(description="Usage against each cap of the account")
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> ProviderOut:

@@ -25,6 +25,7 @@ GatewayError
     ├── ProviderNotFound (404)       provider lost the file
     ├── ProviderFileTooLarge (413)
     ├── ProviderQuotaExceeded (507)  provider account full (file count, bytes, balance)
+    │   └── ProviderAccountFull      its file count or bytes cap: eviction can make room
     ├── ProviderRejected (400)       provider refused the request's content
     └── ProviderUnavailable (503)    provider down, 5xx, timeout, connection error
         ├── CircuitOpen (503)        calls are paused while the provider keeps failing
@@ -286,6 +287,10 @@ class ProviderFileTooLarge(ProviderError):
 class ProviderQuotaExceeded(ProviderError):
     status_code = 507
     code = "provider_quota_exceeded"
+
+
+class ProviderAccountFull(ProviderQuotaExceeded):
+    """The account holds as many files (or bytes) as the provider allows: room can be made."""
 
 
 class ProviderRejected(ProviderError):

@@ -43,9 +43,13 @@ KINDS = frozenset(JobKind)
 class RetryLater(Exception):
     """Raised by a job handler when the work should be tried again after a backoff."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, patient: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # Waiting, not failing (a full provider account): the run costs none of its attempts.
+        self.patient = patient
 
 
 def payload_text(payload: dict[str, Any]) -> str:

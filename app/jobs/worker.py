@@ -224,7 +224,7 @@ class Worker:
             if error is None:
                 outcome = JobState.DONE.value
                 kept = await repo.finish(job=job, worker_id=self.worker_id, state=JobState.DONE)
-            elif unknown or job.attempts >= job.max_attempts:
+            elif unknown or (job.attempts >= job.max_attempts and not _patient(error)):
                 outcome = JobState.DEAD.value
                 job.last_error = _describe(error)
                 kept = await repo.finish(
@@ -247,6 +247,7 @@ class Worker:
                         cap=s.job_backoff_max,
                         retry_after=retry_after,
                     ),
+                    refund_attempt=_patient(error),
                 )
             await session.commit()
         if kept and error is not None:
@@ -255,6 +256,10 @@ class Worker:
             else:
                 log.info("job %s (%s) will be retried: %s", job.id, job.kind, _describe(error))
         self.rt.metrics.job_runs.labels(job.kind, outcome if kept else "lost").inc()
+
+
+def _patient(error: BaseException) -> bool:
+    return isinstance(error, RetryLater) and error.patient
 
 
 def _describe(error: BaseException) -> str:

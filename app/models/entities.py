@@ -7,12 +7,14 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -37,6 +39,7 @@ class ProviderCopyStatus(StrEnum):
     DELETING = "deleting"
     DELETED = "deleted"
     MISSING = "missing"
+    EVICTED = "evicted"  # removed from the provider to make room; re-placed from the blob
 
 
 class UploadStatus(StrEnum):
@@ -126,11 +129,16 @@ class File(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A pinned file's provider copies are never evicted to make room.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ProviderCopy(Base):
     __tablename__ = "provider_copies"
-    __table_args__ = (UniqueConstraint("file_id", "provider"),)
+    __table_args__ = (
+        UniqueConstraint("file_id", "provider"),
+        Index("ix_provider_copies_provider_status", "provider", "status"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="RESTRICT"), index=True)
@@ -142,6 +150,8 @@ class ProviderCopy(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     extracted: Mapped[str | None] = mapped_column(Text, default=None)
     checked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When the gateway last needed or handed out this copy: eviction takes the oldest first.
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -154,8 +154,10 @@ class JobRepository:
         state: str,
         error: str | None = None,
         run_after: datetime | None = None,
+        refund_attempt: bool = False,
     ) -> bool:
-        """Record the outcome of our run, fenced by lease owner and attempt number."""
+        """Record the outcome of our run, fenced by lease owner and attempt number;
+        `refund_attempt`: this run does not count against the job's attempts."""
         now = utcnow()
         values: dict[str, object] = {
             "state": state,
@@ -168,6 +170,8 @@ class JobRepository:
             values["finished_at"] = now
         if run_after is not None:
             values["run_after"] = run_after
+        if refund_attempt:
+            values["attempts"] = Job.attempts - 1
         stmt = _ours(job, worker_id).values(**values)
         result = await self.session.execute(stmt)
         return bool(getattr(result, "rowcount", 0))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from app.providers.breakers import BreakerSnapshot
     from app.providers.hub import ProviderHub
     from app.services.files.settle import Placer
+    from app.services.capacity import Capacity
     from app.storage.blobs import BlobStore
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -328,14 +329,16 @@ async def check_file(
 
 
 async def provider_overview(
-    *, session: AsyncSession, providers: ProviderHub
+    *, session: AsyncSession, providers: ProviderHub, capacity: Capacity
 ) -> list[dict[str, Any]]:
-    """Each provider's mode, breaker and what the gateway has placed there against its quota."""
+    """Each provider's mode, breaker, and usage against its account caps."""
     repo = FileRepository(session)
     out = []
     for name in providers.order:
         adapter = providers.adapter(name)
         files, used = await repo.placed_on(name)
+        usages = await capacity.overview(session, name)
+        account = [u.cap for u in usages if u.cap.natives is None]
         out.append(
             {
                 "provider": name,
@@ -343,8 +346,19 @@ async def provider_overview(
                 "breaker": await adapter.breaker_snapshot(),
                 "files": files,
                 "bytes": used,
-                "quota_files": adapter.account_max_files,
-                "quota_bytes": adapter.account_max_bytes,
+                "quota_files": account[0].max_files if account else None,
+                "quota_bytes": account[0].max_bytes if account else None,
+                "usage": [
+                    {
+                        "purpose_class": u.cap.purpose_class,
+                        "files": u.files,
+                        "bytes": u.bytes,
+                        "max_files": u.cap.max_files,
+                        "max_bytes": u.cap.max_bytes,
+                        "foreign_files": u.foreign_files,
+                    }
+                    for u in usages
+                ],
             }
         )
     return out

@@ -41,12 +41,15 @@ COPY_MOVES: Mapping[ProviderCopyStatus | None, frozenset[ProviderCopyStatus]] = 
     None: frozenset({C.PLACING}),
     # The upload landed, the provider refused it, or the file was deleted meanwhile.
     C.PLACING: frozenset({C.ACTIVE, C.FAILED, C.DELETED}),
-    C.ACTIVE: frozenset({C.MISSING, C.DELETING, C.DELETED}),
+    # Evicted: the provider file was deleted to make room; the blob rebuilds it on demand.
+    C.ACTIVE: frozenset({C.MISSING, C.DELETING, C.DELETED, C.EVICTED}),
     # Placed again; or adopted when reconciliation finds the upload that did land.
     C.FAILED: frozenset({C.PLACING, C.ACTIVE}),
     C.MISSING: frozenset({C.PLACING, C.ACTIVE, C.DELETING, C.DELETED}),
     C.DELETING: frozenset({C.DELETED}),
     C.DELETED: frozenset({C.PLACING}),
+    # Re-placed when needed; nothing is left at the provider when its file is deleted.
+    C.EVICTED: frozenset({C.PLACING, C.DELETED}),
 }
 
 UPLOAD_MOVES: Mapping[UploadStatus | None, frozenset[UploadStatus]] = {

@@ -12,4 +12,5 @@ PHASES = (
     "replicas",
     "download",
     "uploads",
+    "capacity",
 )

@@ -595,9 +595,11 @@ async def test_placing_a_file_whose_blob_a_delete_collected_is_withdrawn(
             providers=rt.providers,
             deployment=rt.deployment,
             metrics=rt.metrics,
+            capacity=rt.capacity,
             ctx=system_context(tenant_id=joined.tenant_id, task="test"),
             file=joined,
             targets=targets,
+            retry_seconds=rt.settings.capacity_retry_seconds,
         )
     assert outcome.withdrawn and outcome.placed_on is None
     assert (await gateway.sandbox_stats("zai"))["calls"]["upload"] == 0

@@ -162,6 +162,8 @@ def every_route(
         Call("GET", "/v1/files/{file_id}/events", f"{f}/events"),
         Call("DELETE", "/v1/files/{file_id}", f),
         Call("POST", "/v1/files/{file_id}/providers", f"{f}/providers", json={"provider": "zai"}),
+        Call("POST", "/v1/files/{file_id}/pin", f"{f}/pin"),
+        Call("DELETE", "/v1/files/{file_id}/pin", f"{f}/pin"),
         Call(
             "POST",
             "/v1/uploads",

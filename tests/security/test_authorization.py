@@ -25,6 +25,8 @@ WRITE_TEMPLATES = {
     ("POST", "/v1/uploads/{upload_id}/parts"),
     ("POST", "/v1/uploads/{upload_id}/complete"),
     ("POST", "/v1/uploads/{upload_id}/cancel"),
+    ("POST", "/v1/files/{file_id}/pin"),
+    ("DELETE", "/v1/files/{file_id}/pin"),
 }
 
 

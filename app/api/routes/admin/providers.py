@@ -20,11 +20,13 @@ router = APIRouter(prefix=PREFIX)
 @router.get(
     "/providers",
     response_model=ProviderList,
-    summary="Providers: mode, circuit breaker, files and bytes placed against the quota",
+    summary="Providers: mode, circuit breaker, and usage against each account cap",
     responses=responses(*ADMIN_ERRORS),
 )
 async def providers(session: SessionDep, rt: RuntimeDep) -> ProviderList:
-    rows = await admin_service.provider_overview(session=session, providers=rt.providers)
+    rows = await admin_service.provider_overview(
+        session=session, providers=rt.providers, capacity=rt.capacity
+    )
     return ProviderList(data=[ProviderOut.of(row) for row in rows])
 
 
