@@ -14,7 +14,7 @@ from app.api import errors, openapi
 from app.api.edge import EdgeMiddleware
 from app.api.intake import MULTIPART_OVERHEAD_BYTES
 from app.api.middleware import RequestContextMiddleware
-from app.api.routes import admin, console, files, health
+from app.api.routes import admin, console, files, health, usage
 from app.api.timeouts import BodyIdleTimeoutMiddleware
 from app.auth.identify import IdentifyMiddleware
 from app.core.clock import SYSTEM_CLOCK, Clock
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM_CLOCK)
     if docs:
         api_docs.install(app)
     app.include_router(files.router)
+    app.include_router(usage.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(health.metrics_router)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.auth.scopes import DEFAULT_SCOPES, Scope
 from app.core.provider_names import Provider
+from app.models import LifecycleEvent
+from app.providers.breakers import BreakerSnapshot
+from app.services.admin import FileDetail, FileRecord
 from app.services.files import FileView
+from app.services.tenants import TenantUsage
 
 
 def _unix_seconds(value: object) -> object:
@@ -122,6 +126,16 @@ class FileEvent(BaseModel):
     reason: str = Field(examples=["placed as cnhgqnucp7f5h7jfb3s0"])
     created_at: int
 
+    @classmethod
+    def of(cls, row: LifecycleEvent) -> FileEvent:
+        return cls(
+            provider=row.provider,
+            from_status=row.from_status,
+            to_status=row.to_status,
+            reason=row.reason,
+            created_at=int(row.created_at.timestamp()),
+        )
+
 
 class FileEventList(BaseModel):
     object: Literal["list"] = "list"
@@ -141,11 +155,111 @@ class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    has_more: bool
+    next_cursor: int | None = Field(description="Pass as `cursor` for the next (older) page")
+
+
 class JobSummary(BaseModel):
     object: Literal["jobs.summary"] = "jobs.summary"
     counts: dict[str, int]
     oldest_queued_age_seconds: float | None
     dead_letters: list[JobOut]
+
+
+class AdminCopyOut(BaseModel):
+    provider: str = Field(examples=["moonshot"])
+    status: str = Field(
+        examples=["active"], description="placing, active, failed, deleting, deleted or missing"
+    )
+    provider_file_id: str | None = Field(examples=["cnhgqnucp7f5h7jfb3s0"])
+    last_error: str | None = Field(default=None, examples=[None])
+
+
+class AdminFileOut(BaseModel):
+    """A file of any tenant as operators see it, with every provider copy (history included)."""
+
+    id: str = Field(examples=["file-3Zk9qLmN2xYb7cVd1eFg4hJp"])
+    object: Literal["admin.file"] = "admin.file"
+    tenant: str = Field(examples=["acme"], description="The tenant's name")
+    tenant_id: str
+    filename: str = Field(examples=["report.pdf"])
+    bytes: int
+    purpose: str = Field(examples=["file-extract"])
+    status: str = Field(examples=["processed"])
+    status_details: str | None
+    sha256: str
+    created_at: int = Field(description="Unix seconds")
+    expires_at: int | None
+    deleted_at: int | None
+    copies: list[AdminCopyOut]
+
+    @classmethod
+    def fields_of(cls, record: FileRecord) -> dict[str, Any]:
+        f = record.file
+        return {
+            "id": f.id,
+            "tenant": record.tenant,
+            "tenant_id": f.tenant_id,
+            "filename": f.filename,
+            "bytes": f.bytes,
+            "purpose": f.purpose,
+            "status": f.status,
+            "status_details": f.status_details,
+            "sha256": f.sha256,
+            "created_at": int(f.created_at.timestamp()),
+            "expires_at": int(f.expires_at.timestamp()) if f.expires_at else None,
+            "deleted_at": int(f.deleted_at.timestamp()) if f.deleted_at else None,
+            "copies": [
+                AdminCopyOut(
+                    provider=c.provider,
+                    status=c.status,
+                    provider_file_id=c.provider_file_id,
+                    last_error=c.last_error,
+                )
+                for c in record.copies
+            ],
+        }
+
+    @classmethod
+    def of(cls, record: FileRecord) -> AdminFileOut:
+        return cls.model_validate(cls.fields_of(record))
+
+
+class AdminFileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdminFileOut]
+    has_more: bool
+    next_cursor: str | None = Field(
+        description="A file id: pass it as `cursor` for the next (older) page"
+    )
+
+
+class AdminFileDetail(AdminFileOut):
+    events: list[FileEvent] = Field(description="The file's lifecycle, oldest first")
+
+    @classmethod
+    def of_detail(cls, detail: FileDetail) -> AdminFileDetail:
+        return cls.model_validate(
+            {**cls.fields_of(detail), "events": [FileEvent.of(e) for e in detail.events]}
+        )
+
+
+class Usage(BaseModel):
+    """What the calling key's tenant stores, its quotas, and the key's rate limit."""
+
+    object: Literal["usage"] = "usage"
+    tenant: str = Field(examples=["acme"])
+    tenant_id: str
+    files: int = Field(description="Live files the tenant stores")
+    bytes: int = Field(description="Their total size, each file counted at its full size")
+    max_files: int | None = Field(description="The tenant's file quota (null: none)")
+    max_bytes: int | None = Field(description="The tenant's byte quota (null: none)")
+    rate_limit_per_minute: int | None = Field(
+        description="Requests a minute this credential may make (null: unlimited)"
+    )
 
 
 class CheckReport(BaseModel):
@@ -168,6 +282,17 @@ class TenantOut(BaseModel):
     max_files: int | None
     used_bytes: int
     used_files: int
+
+    @classmethod
+    def of(cls, usage: TenantUsage) -> TenantOut:
+        return cls(
+            id=usage.tenant.id,
+            name=usage.tenant.name,
+            max_bytes=usage.tenant.max_bytes,
+            max_files=usage.tenant.max_files,
+            used_bytes=usage.bytes,
+            used_files=usage.files,
+        )
 
 
 class TenantList(BaseModel):
@@ -206,6 +331,17 @@ class BreakerOut(BaseModel):
     degraded: bool
     retry_after: float | None = None
 
+    @classmethod
+    def of(cls, snapshot: BreakerSnapshot) -> BreakerOut:
+        return cls(
+            state=snapshot.state,
+            failure_count=snapshot.failures,
+            last_error=snapshot.last_error,
+            storage=snapshot.storage,
+            degraded=snapshot.degraded,
+            retry_after=snapshot.retry_after,
+        )
+
 
 class ProviderOut(BaseModel):
     provider: str
@@ -215,6 +351,10 @@ class ProviderOut(BaseModel):
     bytes: int
     quota_files: int | None = Field(description="The provider's documented account limit")
     quota_bytes: int | None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> ProviderOut:
+        return cls(**{**row, "breaker": BreakerOut.of(row["breaker"])})
 
 
 class ProviderList(BaseModel):

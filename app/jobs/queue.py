@@ -47,6 +47,11 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
+def payload_text(payload: dict[str, Any]) -> str:
+    """How a job's payload is stored: JSON with sorted keys (what a payload filter matches)."""
+    return json.dumps(payload, sort_keys=True)
+
+
 async def enqueue(
     *,
     session: AsyncSession,
@@ -65,7 +70,7 @@ async def enqueue(
     run_after = utcnow() + timedelta(seconds=delay_seconds)
     added = await repo.enqueue(
         kind=kind,
-        payload=json.dumps(payload, sort_keys=True),
+        payload=payload_text(payload),
         dedupe_key=dedupe_key,
         run_after=run_after,
         max_attempts=max_attempts,
@@ -121,7 +126,7 @@ async def begin_intent(
     """Record, in the caller's unit of work, the job the caller is about to run itself."""
     job = await JobRepository(session).add_claimed(
         kind=kind,
-        payload=json.dumps(payload, sort_keys=True),
+        payload=payload_text(payload),
         dedupe_key=dedupe_key,
         owner=owner,
         lease_seconds=lease_seconds,

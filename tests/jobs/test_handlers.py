@@ -307,10 +307,10 @@ async def test_dead_letters_are_listed_and_retryable(
     async with gateway.client(admin) as ops:
 
         async def dead() -> bool:
-            return bool((await ops.get("/admin/jobs")).json()["counts"]["dead"])
+            return bool((await ops.get("/admin/jobs/summary")).json()["counts"]["dead"])
 
         await drain_until(gateway, dead)
-        summary = (await ops.get("/admin/jobs")).json()
+        summary = (await ops.get("/admin/jobs/summary")).json()
         assert summary["counts"]["dead"] == 1
         [letter] = summary["dead_letters"]
         assert letter["kind"] == "place" and letter["payload"]["provider"] == "zai"

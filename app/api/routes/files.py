@@ -396,15 +396,4 @@ async def replicate_file(
 )
 async def file_events(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) -> FileEventList:
     rows = await file_service.events(session=session, ctx=ctx, file_id=file_id)
-    return FileEventList(
-        data=[
-            FileEvent(
-                provider=row.provider,
-                from_status=row.from_status,
-                to_status=row.to_status,
-                reason=row.reason,
-                created_at=int(row.created_at.timestamp()),
-            )
-            for row in rows
-        ]
-    )
+    return FileEventList(data=[FileEvent.of(row) for row in rows])
