@@ -10,13 +10,8 @@ from playwright.async_api import expect
 from tests.conftest import ServedGateway
 from tests.support.browser import Browser
 
-
-@pytest.fixture(params=["sqlite"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    template = request.getfixturevalue("sqlite_template")
-    path = tmp_path / "filegate.db"
-    path.write_bytes(Path(template).read_bytes())
-    return f"sqlite+aiosqlite:///{path}"
+# One backend is enough in the browser.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 async def test_swagger_ui_offline_authorize_and_try_it_out_upload(
