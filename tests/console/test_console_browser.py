@@ -3,6 +3,10 @@ key, find a file by sha256, and a hostile filename that stays text."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import httpx
 import pytest
 from playwright.async_api import Page, expect
@@ -182,3 +186,36 @@ async def test_a_hostile_filename_is_shown_as_text(served: ServedGateway, browse
     await browser.shot(page, "hostile-filename")
     assert await page.locator("#view img").count() == 0
     assert browser.dialogs == []
+
+
+async def test_keys_are_created_and_quotas_set_and_the_audit_exported(
+    served: ServedGateway, browser: Browser
+) -> None:
+    admin = await served.key("ops", scopes=("admin",))
+    page = await browser.page()
+    await sign_in(page, served, admin)
+    await page.locator('#nav a[data-view="tenants"]').click()
+    await page.locator("#key-tenant").fill("media-team")
+    await page.locator("#key-name").fill("ingest")
+    await page.locator("#key-create button[type=submit]").click()
+    secret = page.locator("#new-secret code")
+    await expect(secret).to_have_text(re.compile(r"^fg_[a-z0-9]{12}_"))
+    created = await secret.inner_text()
+    async with served.http(created) as http:
+        assert (await http.get("/v1/files")).status_code == 200
+    row = page.locator("#view tr", has_text="media-team")
+    await expect(row.locator(".tenant")).to_have_text("media-team")
+    await row.locator('input[name="max_files"]').fill("7")
+    await row.get_by_role("button", name="Save").click()
+    await expect(page.locator("#notice")).to_have_text("Quota of media-team: done")
+    async with served.http(created) as http:
+        assert (await http.get("/v1/usage")).json()["max_files"] == 7
+    await browser.shot(page, "tenants-and-keys")
+
+    await page.locator('#nav a[data-view="audit"]').click()
+    await expect(page.locator("#view")).to_contain_text("key.create")
+    async with page.expect_download() as download:
+        await page.get_by_role("button", name="Export JSON Lines").click()
+    exported = Path(await (await download.value).path()).read_text().splitlines()
+    actions = {json.loads(line)["action"] for line in exported}
+    assert {"console.sign_in", "key.create", "tenant.quota"} <= actions, actions

@@ -161,3 +161,12 @@ async def test_sign_out_clears_the_cookie_and_is_audited(gateway: Gateway) -> No
 def test_the_session_lifetime_has_a_floor() -> None:
     with pytest.raises(ValidationError, match="console_session_seconds"):
         Settings(console_session_seconds=59)
+
+
+@pytest.mark.settings(env="production")
+async def test_in_production_the_cookie_is_secure(gateway: Gateway) -> None:
+    admin = await gateway.key("ops", scopes=("admin",))
+    async with gateway.client() as c:
+        resp = await _sign_in(c, admin)
+    flags = {part.strip().lower() for part in resp.headers["set-cookie"].split(";")[1:]}
+    assert {"secure", "httponly", "samesite=strict"} <= flags

@@ -143,9 +143,15 @@ async def sign_in(
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_secure(request, rt),
     )
     return response
+
+
+def _secure(request: Request, rt: RuntimeDep) -> bool:
+    # Production runs behind TLS (the gateway itself speaks HTTP and trusts no forwarding
+    # headers), so its cookies are Secure even though the request looks like plain HTTP.
+    return request.url.scheme == "https" or rt.settings.env == "production"
 
 
 def _current(request: Request, ctx: CallContext, rt: RuntimeDep) -> sessions.ConsoleSession:
@@ -180,6 +186,6 @@ async def sign_out(
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_secure(request, rt),
     )
     return response

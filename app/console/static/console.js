@@ -42,7 +42,7 @@ async function api(method, path, body) {
   });
   const text = await resp.text();
   let data = null;
-  if (text && (resp.headers.get("content-type") || "").includes("json")) data = JSON.parse(text);
+  if (text && (resp.headers.get("content-type") || "").startsWith("application/json")) data = JSON.parse(text);
   if (!resp.ok) {
     const error = new ApiError(resp.status, data);
     if (resp.status === 401 && path !== "/console/session") signedOut(error.message);
