@@ -86,6 +86,9 @@ async def test_a_breaker_opens_on_screen_after_a_sandbox_fault(
         assert answer.status_code in (202, 503)
     await expect(state).to_have_text("open", timeout=10_000)  # the view refreshes itself
     await browser.shot(page, "breaker-open")
+    await page.locator('#nav a[data-view="overview"]').click()
+    await expect(page.locator('#view tr[data-transition="moonshot:open"]')).to_have_count(1)
+    await page.locator('#nav a[data-view="breakers"]').click()
 
     await page.locator('#view tr[data-provider="moonshot"] button', has_text="reset").click()
     await expect(state).to_have_text("closed")

@@ -71,7 +71,7 @@ async function act(label, action) {
   }
 }
 
-const when = (seconds) => (seconds ? new Date(seconds * 1000).toISOString().replace(".000", "") : "—");
+const when = (seconds) => (seconds ? new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, "Z") : "—");
 const ago = (seconds) => (seconds ? `${Math.max(0, Math.round(Date.now() / 1000 - seconds))} s` : "—");
 const size = (bytes) => (bytes === null || bytes === undefined ? "—" : `${bytes} B`);
 
@@ -129,9 +129,10 @@ async function overview() {
     api("GET", "/admin/files?status=pending&limit=10").catch(() => ({ data: [] })),
     api("GET", "/admin/audit?outcome=denied&limit=10"),
   ]);
-  const transitions = await api("GET", "/admin/audit?limit=100").then((list) =>
-    list.data.filter((e) => e.action.startsWith("breaker.")).slice(0, 10),
-  );
+  const transitions = providers.data
+    .flatMap((p) => p.breaker.recent_transitions.map((t) => ({ provider: p.provider, ...t })))
+    .sort((a, b) => b.at - a.at)
+    .slice(0, 10);
   return [
     el("h2", {}, "Providers"),
     table(
@@ -146,15 +147,16 @@ async function overview() {
       ],
       providers.data,
     ),
-    el("h3", {}, "Recent breaker actions"),
+    el("h3", {}, "Recent breaker transitions"),
     table(
       [
-        ["When", (e) => e.created_at],
-        ["Action", (e) => e.action],
-        ["Provider", (e) => e.resource],
-        ["By", (e) => e.actor],
+        ["When", (t) => when(t.at)],
+        ["Provider", (t) => t.provider],
+        ["From", (t) => t.from_state],
+        ["To", (t) => t.to_state],
       ],
       transitions,
+      (t) => ({ "data-transition": `${t.provider}:${t.to_state}` }),
     ),
     el("h2", {}, "Jobs"),
     el(
