@@ -88,6 +88,15 @@ async def _announce(session: AsyncSession, *, kind: str) -> None:
     wake_after_commit(session)
 
 
+async def requeue(*, session: AsyncSession, job_id: int) -> Job | None:
+    """Put a finished job back in the queue with fresh attempts, due now: like a new job, it
+    wakes idle workers when the caller commits."""
+    job = await JobRepository(session).requeue(job_id)
+    if job is not None:
+        await _announce(session, kind=job.kind)
+    return job
+
+
 async def expedite_placements(*, session: AsyncSession, provider: str) -> int:
     """Make every queued placement that may go to `provider` due now (its circuit closed)."""
     count = await JobRepository(session).expedite(

@@ -16,6 +16,7 @@ from app.auth.keys import IssuedKey, checked_tenant_name
 from app.auth.principal import CallContext, system_context
 from app.core.db import utcnow
 from app.core.errors import Conflict, InvalidRequest, NotFound
+from app.jobs import queue
 from app.jobs.queue import payload_text
 from app.models import ApiKey, File, Job, JobState, LifecycleEvent, ProviderCopy
 from app.repositories.files import FileRepository
@@ -285,7 +286,7 @@ async def retry_job(*, session: AsyncSession, ctx: CallContext, job_id: int) -> 
     previous = job.state
     try:
         async with session.begin_nested():  # a twin queued meanwhile trips the unique index
-            requeued = await repo.requeue(job_id)
+            requeued = await queue.requeue(session=session, job_id=job_id)
     except IntegrityError:
         raise Conflict(
             f"Another job doing the same work was queued meanwhile; job {job_id} stays {previous}.",
@@ -308,7 +309,7 @@ async def check_file(
     file_id: str,
 ) -> dict[str, Any]:
     """Run a file's health check now, for any tenant's file (operators only)."""
-    file = await FileRepository(session).refresh(file_id)
+    file = await FileRepository(session).refresh(checked_file_id(file_id))
     if file is None or file.deleted_at is not None:
         raise NotFound(f"No such File object: {file_id}", param="id")
     report = await health.check_file(

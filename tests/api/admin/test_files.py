@@ -192,3 +192,19 @@ async def test_tenants_cannot_reach_the_operator_file_routes(gateway: Gateway) -
             resp = await c.request(method, path, json=body)
             assert resp.status_code == 403, (method, path, resp.text)
         assert (await c.get(f"/v1/files/{file['id']}")).status_code == 200
+
+
+async def test_operators_check_any_tenants_file(gateway: Gateway) -> None:
+    acme = await gateway.key("acme")
+    file = await _upload(gateway, acme, b"k,1\n", "k.csv", provider="zai")
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        report = await ops.post(f"/admin/files/{file['id']}/check")
+        assert report.status_code == 200, report.text
+        assert report.json() == {"file_id": file["id"], "blob": "ok", "copies": {"zai": "ok"}}
+        malformed = await ops.post("/admin/files/file-nope/check")
+        assert malformed.status_code == 400 and malformed.json()["error"]["param"] == "file_id"
+        unknown = await ops.post("/admin/files/file-" + "Q" * 24 + "/check")
+        assert unknown.status_code == 404
+    [row] = [r for r in await _audit(gateway, "file.check") if r.actor.startswith("key:")]
+    assert row.actor == f"key:{admin.split('_')[1]}" and row.resource == file["id"]
