@@ -52,3 +52,17 @@ async def test_the_docs_pages_load_their_assets_from_the_gateway(gateway: Gatewa
             for url in assets:
                 resp = await c.get(url)
                 assert resp.status_code == 200 and len(resp.content) > 1000, url
+
+
+async def test_the_docs_pages_may_reach_the_gateway_only(gateway: Gateway) -> None:
+    async with gateway.client() as c:
+        for page in ("/docs", "/redoc"):
+            resp = await c.get(page)
+            directives = dict(
+                d.strip().split(" ", 1) for d in resp.headers["content-security-policy"].split(";")
+            )
+            assert directives["default-src"] == "'self'"
+            assert directives["connect-src"] == "'self'"
+            assert directives["img-src"] == "'self' data:"
+            assert "unsafe" not in directives["script-src"], page
+            assert directives["frame-ancestors"] == "'none'"

@@ -46,3 +46,11 @@ async def test_swagger_ui_offline_authorize_and_try_it_out_upload(
         listed = (await http.get("/v1/files")).json()["data"]
     assert [f["filename"] for f in listed] == ["from-docs.txt"]
     assert browser.outside == []
+
+
+async def test_redoc_renders_offline(served: ServedGateway, browser: Browser) -> None:
+    page = await browser.page()
+    await page.goto(f"{served.base_url}/redoc")
+    await expect(page.get_by_role("heading", name="Upload a file").first).to_be_visible()
+    await browser.shot(page, "redoc")
+    assert browser.outside == []

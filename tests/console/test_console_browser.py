@@ -222,3 +222,36 @@ async def test_keys_are_created_and_quotas_set_and_the_audit_exported(
     exported = Path(await (await download.value).path()).read_text().splitlines()
     actions = {json.loads(line)["action"] for line in exported}
     assert {"console.sign_in", "key.create", "tenant.quota"} <= actions, actions
+
+
+async def test_a_file_is_copied_to_another_provider_then_deleted(
+    served: ServedGateway, browser: Browser
+) -> None:
+    admin = await served.key("ops", scopes=("admin",))
+    tenant = await served.key("acme")
+    placed = (await upload(served, tenant, b"region,n\nnorth,1\n", "sales.csv")).json()
+    assert [c["provider"] for c in placed["providers"]] == ["moonshot"]
+    page = await browser.page()
+    await sign_in(page, served, admin)
+    await page.locator('#nav a[data-view="files"]').click()
+    await page.locator("#files-id").fill(placed["id"])
+    await page.locator("#files-search button[type=submit]").click()
+    await page.locator(f'#view tr[data-file="{placed["id"]}"] a').click()
+    detail = page.locator("#file-detail")
+    await detail.locator('select[name="provider"]').select_option("zai")
+    await detail.get_by_role("button", name="Copy").click()
+    await expect(page.locator("#notice")).to_have_text(f"Copy {placed['id']} to zai: done")
+    async with served.http(tenant) as http:
+        copies = (await http.get(f"/v1/files/{placed['id']}")).json()["providers"]
+    assert sorted(c["provider"] for c in copies) == ["moonshot", "zai"]
+
+    remove = page.locator("#file-detail").get_by_role("button", name="Delete")
+    await remove.click()  # the first click only arms it
+    await page.locator("#file-detail").get_by_role("button", name="Confirm delete").click()
+    await expect(page.locator("#notice")).to_have_text(f"Delete {placed['id']}: done")
+    await expect(page.locator("#file-detail")).to_have_count(0)
+    async with served.http(tenant) as http:
+        assert (await http.get(f"/v1/files/{placed['id']}")).status_code == 404
+    async with served.http(admin) as http:
+        [row] = (await http.get("/admin/audit?action=file.delete")).json()["data"]
+    assert row["actor"] == f"console:{admin[3:15]}"
