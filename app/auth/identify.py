@@ -105,7 +105,7 @@ async def identify_session(
     method) also needs the session's CSRF token, which only the console's page knows."""
     now = runtime.clock.now()
     session = sessions.read_session(cookie, hmac_key=runtime.hmac_key, now=now.timestamp())
-    if session is None:
+    if session is None or await runtime.signouts.ended(session):
         return None, "The console session has expired or is invalid; sign in again.", False
     record = await _key_record(runtime, session.key_id)
     principal = None if record is None else live_principal(record, now=now, kind="console")

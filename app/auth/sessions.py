@@ -1,10 +1,10 @@
 """Console sessions: an admin key exchanged for a signed, expiring token kept in a cookie.
 
 The token is `<key id>.<expires unix>.<nonce>.<signature>`, signed with a key derived from the
-API-key HMAC secret, so every gateway process can check it without shared state. It names the
-key, never carries its secret, and is honoured only while that key is live and holds `admin`:
-revoking the key ends its sessions. Each session has a CSRF token derived from its nonce, which
-the console sends back in `X-CSRF-Token` on every state-changing request.
+API-key HMAC secret, so every gateway process can check it. It names the key, never carries
+its secret, and is honoured only while that key is live and holds `admin`: revoking the key
+ends its sessions, and signing out ends one (SignOuts). Each session has a CSRF token derived
+from its nonce, which the console sends back in `X-CSRF-Token` on every state-changing request.
 """
 
 from __future__ import annotations
@@ -12,9 +12,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("filegate.console")
 
 COOKIE = "filegate_console"
 CSRF_HEADER = "x-csrf-token"
@@ -69,3 +76,39 @@ def csrf_matches(session: ConsoleSession, presented: str | None, *, hmac_key: by
     return presented is not None and hmac.compare_digest(
         csrf_token(session, hmac_key=hmac_key).encode(), presented.encode()
     )
+
+
+class SignOuts:
+    """Sessions ended by sign-out, remembered until they would have expired anyway.
+
+    Kept in Redis when configured (so every process refuses the ended session) and always in
+    this process too, which is all there is without Redis, or while Redis does not answer."""
+
+    PREFIX = "filegate:console:signed-out:"
+
+    def __init__(self, redis: Redis | None, *, clock: Callable[[], float]) -> None:
+        self._redis, self._clock = redis, clock
+        self._local: dict[str, int] = {}
+
+    async def end(self, session: ConsoleSession) -> None:
+        now = self._clock()
+        self._local = {n: at for n, at in self._local.items() if at > now}
+        self._local[session.nonce] = session.expires_at
+        if self._redis is not None:
+            try:
+                await self._redis.set(
+                    self.PREFIX + session.nonce, b"1", exat=session.expires_at, nx=True
+                )
+            except RedisError as exc:
+                log.warning("sign-out kept in this process only: Redis %s", type(exc).__name__)
+
+    async def ended(self, session: ConsoleSession) -> bool:
+        if session.nonce in self._local:
+            return True
+        if self._redis is None:
+            return False
+        try:
+            return bool(await self._redis.exists(self.PREFIX + session.nonce))
+        except RedisError as exc:
+            log.warning("sign-outs of other processes unknown: Redis %s", type(exc).__name__)
+            return False

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from app.auth.sessions import COOKIE
 from app.core.config import Settings
-from tests.conftest import Gateway
+from tests.conftest import REDIS_URL, Gateway, started_gateway
 from tests.support.clock import FakeClock
 
 BREAKER = "/admin/providers/moonshot/breaker"
@@ -150,10 +150,15 @@ async def test_sign_out_clears_the_cookie_and_is_audited(gateway: Gateway) -> No
     admin = await gateway.key("ops", scopes=("admin",))
     async with gateway.client() as c:
         csrf = (await _sign_in(c, admin)).json()["csrf_token"]
+        stolen = c.cookies[COOKIE]
         out = await c.delete("/console/session", headers={"X-CSRF-Token": csrf})
         assert out.status_code == 200
         assert re.match(rf'{COOKIE}="?"?; .*Max-Age=0', out.headers["set-cookie"], re.I)
         assert (await c.get("/admin/providers")).status_code == 401
+    # A copy of the cookie taken before signing out is refused too.
+    async with gateway.client() as thief:
+        thief.cookies.set(COOKIE, stolen)
+        assert (await thief.get("/admin/providers")).status_code == 401
     [row] = await _audit(gateway, admin, "console.sign_out")
     assert row["outcome"] == "success"
 
@@ -170,3 +175,19 @@ async def test_in_production_the_cookie_is_secure(gateway: Gateway) -> None:
         resp = await _sign_in(c, admin)
     flags = {part.strip().lower() for part in resp.headers["set-cookie"].split(";")[1:]}
     assert {"secure", "httponly", "samesite=strict"} <= flags
+
+
+async def test_a_sign_out_is_seen_by_every_process_through_redis(
+    gateway: Gateway, settings: Settings, sandbox_reset: str
+) -> None:
+    if not REDIS_URL:
+        pytest.skip("FILEGATE_TEST_REDIS_URL is not set")
+    admin = await gateway.key("ops", scopes=("admin",))
+    async with started_gateway(settings, sandbox_reset) as peer:
+        async with gateway.client() as c, peer.client() as other:
+            csrf = (await _sign_in(c, admin)).json()["csrf_token"]
+            other.cookies.set(COOKIE, c.cookies[COOKIE])
+            assert (await other.get("/admin/providers")).status_code == 200
+            out = await c.delete("/console/session", headers={"X-CSRF-Token": csrf})
+            assert out.status_code == 200
+            assert (await other.get("/admin/providers")).status_code == 401

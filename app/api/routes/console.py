@@ -175,8 +175,9 @@ async def current_session(request: Request, ctx: AdminCtx, rt: RuntimeDep) -> JS
 async def sign_out(
     request: Request, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep
 ) -> JSONResponse:
-    """End the session: the cookie is cleared (a state change, so it needs the CSRF token)."""
-    _current(request, ctx, rt)
+    """End the session: refused from now on, and its cookie cleared (a state change, so it
+    needs the CSRF token)."""
+    await rt.signouts.end(_current(request, ctx, rt))
     audit.record(
         session=session, ctx=ctx, action="console.sign_out", resource=f"key:{ctx.principal.key_id}"
     )
