@@ -126,7 +126,7 @@ async function overview() {
   const [providers, summary, pending, refused] = await Promise.all([
     api("GET", "/admin/providers"),
     api("GET", "/admin/jobs/summary?limit=10"),
-    api("GET", "/admin/files?status=pending&limit=10").catch(() => ({ data: [] })),
+    api("GET", "/admin/files?status=pending&limit=10"),
     api("GET", "/admin/audit?outcome=denied&limit=10"),
   ]);
   const transitions = providers.data
