@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/mypy app tests
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

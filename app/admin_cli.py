@@ -488,7 +488,7 @@ def files_list(
     ctx: typer.Context,
     tenant: Annotated[str | None, typer.Option(help="The tenant's name")] = None,
     id: Annotated[str | None, typer.Option("--id", help="One file id")] = None,
-    sha256: Annotated[str | None, typer.Option(help="64 lowercase hex digits")] = None,
+    sha256: Annotated[str | None, typer.Option(help="64 hex digits")] = None,
     filename: Annotated[str | None, typer.Option(help="Case-insensitive substring")] = None,
     status: Annotated[
         FileStatus | None, typer.Option(help="Deleted files are listed only with 'deleted'")

@@ -34,15 +34,19 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
 11. the object store: a 100 MiB upload and its download through a gateway on the S3 store (a
    SeaweedFS started for the phase) vs one on local disk, in the same run;
 12. peak RSS over idle of the S3 gateway during 8 concurrent 100 MiB uploads;
+13-14. throughput of 4 KiB uploads and of GET /v1/files/{id} through two gateway replicas on one
+   PostgreSQL database (as in 10) vs one, the same load from two load processes either all
+   on one replica or one per replica (the aim is >= 1.6x where CPUs allow; the CPU count and
+   the CPU the gateways and the whole machine used are printed beside it);
 
 and prints a table (also written to bench-results/latest.txt).  Timings are medians of
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
 
 Options: --reps N, --size BYTES, --rps-requests N, --rps-concurrency C, --load-procs K,
 --fallback-pairs N, --hang-runs N, --hang-concurrency K, --recovery-files N,
---auth-requests N, --queue-runs N, --wakeup-runs N, --objectstore-runs N, --phases
-core,fallback,hang,resilience,auth,queue,wakeup,objectstore (a subset), --profile (cProfile
-inside the gateway per phase, written under bench-results/profile/).
+--auth-requests N, --queue-runs N, --wakeup-runs N, --objectstore-runs N, --replica-uploads
+N, --phases core,fallback,hang,resilience,auth,queue,wakeup,objectstore,replicas (a subset),
+--profile (cProfile inside the gateway per phase, written under bench-results/profile/).
 """
 
 from __future__ import annotations
@@ -84,6 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--objectstore-runs", type=int, default=3, help="100 MiB round trips per store"
+    )
+    parser.add_argument(
+        "--replica-uploads", type=int, default=400, help="4 KiB uploads per replicas run"
     )
     parser.add_argument(
         "--phases",

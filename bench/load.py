@@ -1,6 +1,7 @@
 """A small keep-alive HTTP load generator, run as a subprocess by the bench driver.
 
     python -m bench.load --url URL --requests N --concurrency C --warmup W [--client raw]
+        [--upload-bytes B --upload-provider P]
     (the API key, if any, comes from BENCH_TOKEN)
 
 Protocol on stdio: after warming up (W requests, not counted) it prints `ready`, waits for
@@ -8,6 +9,8 @@ one line on stdin, runs N GETs spread over C concurrent tasks sharing one httpx.
 (C keep-alive connections), then prints one JSON line:
 {"start": perf_counter, "end": perf_counter, "ok": n, "errors": n, "cpu": seconds}.
 time.perf_counter is CLOCK_MONOTONIC on Linux, so several processes' windows can be merged.
+With --upload-bytes each request is instead a POST of a distinct B-byte CSV (a fresh first
+line, so no dedup) with purpose file-extract and provider P, counted ok when answered 200.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from bench.payloads import CSV_CONTENT_TYPE, CSV_FILENAME, PURPOSE, csv_base, csv_variant
 from bench.rawhttp import RawClient
 
 
@@ -44,6 +48,30 @@ async def _worker(client: httpx.AsyncClient, url: str, n: int, counts: list[int]
             counts[1] += 1
 
 
+async def _upload_worker(
+    client: httpx.AsyncClient, url: str, n: int, counts: list[int], upload: Upload
+) -> None:
+    for _ in range(n):
+        response = await client.post(
+            url,
+            data={"purpose": PURPOSE, "provider": upload.provider},
+            files={"file": (CSV_FILENAME, csv_variant(upload.base), CSV_CONTENT_TYPE)},
+        )
+        await response.aread()
+        if response.status_code == 200:
+            counts[0] += 1
+        else:
+            counts[1] += 1
+
+
+class Upload:
+    """What each request uploads: a distinct CSV of len(base) bytes to `provider`."""
+
+    def __init__(self, size: int, provider: str) -> None:
+        self.base = csv_base(size)
+        self.provider = provider
+
+
 async def _run(
     url: str,
     n: int,
@@ -51,10 +79,14 @@ async def _run(
     counts: list[int],
     client: httpx.AsyncClient | RawClient,
     headers: dict[str, str],
+    upload: Upload | None = None,
 ) -> None:
     share, extra = divmod(n, concurrency)
     sizes = [share + (1 if i < extra else 0) for i in range(concurrency)]
-    if isinstance(client, RawClient):
+    if upload is not None:
+        assert isinstance(client, httpx.AsyncClient)
+        await asyncio.gather(*(_upload_worker(client, url, k, counts, upload) for k in sizes))
+    elif isinstance(client, RawClient):
         parts = urlsplit(url)
         raw = client.request(parts.path + (f"?{parts.query}" if parts.query else ""), headers)
         await asyncio.gather(*(_raw_worker(client, raw, k, counts) for k in sizes))
@@ -65,7 +97,8 @@ async def _run(
 async def main_async(args: argparse.Namespace) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     client: httpx.AsyncClient | RawClient
-    if args.client == "raw":
+    upload = Upload(args.upload_bytes, args.upload_provider) if args.upload_bytes else None
+    if args.client == "raw" and upload is None:
         client = RawClient(args.url)
     else:
         limits = httpx.Limits(
@@ -75,7 +108,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
     try:
         warm = [0, 0]
         await _run(
-            args.url, max(args.warmup, args.concurrency), args.concurrency, warm, client, headers
+            args.url,
+            max(args.warmup, args.concurrency),
+            args.concurrency,
+            warm,
+            client,
+            headers,
+            upload,
         )
         if warm[1]:
             raise SystemExit(f"warm-up got {warm[1]} non-200 responses from {args.url}")
@@ -85,7 +124,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         counts = [0, 0]
         cpu0 = time.process_time()
         start = time.perf_counter()
-        await _run(args.url, args.requests, args.concurrency, counts, client, headers)
+        await _run(args.url, args.requests, args.concurrency, counts, client, headers, upload)
         end = time.perf_counter()
         cpu = time.process_time() - cpu0
     finally:
@@ -101,6 +140,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--client", choices=("httpx", "raw"), default="httpx")
+    parser.add_argument("--upload-bytes", type=int, default=0, help="POST uploads of this size")
+    parser.add_argument("--upload-provider", default="moonshot")
     args = parser.parse_args()
     try:
         import uvloop

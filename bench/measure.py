@@ -130,8 +130,9 @@ class LoadResult:
     ok: int
     errors: int
     elapsed: float
-    server_cpu: float  # server CPU seconds per wall second during the run
+    server_cpu: float  # server CPU seconds per wall second during the run (all servers)
     driver_cpu: float  # load-generator CPU seconds per wall second (all processes)
+    machine_cpu: float = 0.0  # CPUs busy machine-wide during the run, whatever used them
 
 
 def drive_load(
@@ -144,14 +145,39 @@ def drive_load(
     server: psutil.Process,
     client: str = "httpx",
 ) -> LoadResult:
+    """`requests` GETs of `url` from `procs` load processes, `concurrency` connections each."""
+    return drive_split_load(
+        [url] * procs,
+        token=token,
+        requests=requests,
+        concurrency=concurrency,
+        servers=[server],
+        client=client,
+    )
+
+
+def drive_split_load(
+    urls: list[str],
+    *,
+    token: str | None,
+    requests: int,
+    concurrency: int,
+    servers: list[psutil.Process],
+    client: str = "httpx",
+    extra: list[str] | None = None,
+    warmup: int = 200,
+) -> LoadResult:
+    """One load process per entry of `urls` (the same URL twice: two processes on it), the
+    `requests` split evenly among them, all started at once; `extra` is passed to each
+    (bench.load's --upload-bytes makes them uploads)."""
     env = child_env({"BENCH_TOKEN": token} if token else {})
-    per, extra = divmod(requests, procs)
+    per, left = divmod(requests, len(urls))
     children: list[subprocess.Popen[str]] = []
     try:
-        for i in range(procs):
+        for i, url in enumerate(urls):
             argv = [sys.executable, "-m", "bench.load", "--url", url, "--client", client]
-            argv += ["--requests", str(per + (1 if i < extra else 0))]
-            argv += ["--concurrency", str(concurrency), "--warmup", "200"]
+            argv += ["--requests", str(per + (1 if i < left else 0))]
+            argv += ["--concurrency", str(concurrency), "--warmup", str(warmup), *(extra or [])]
             child = subprocess.Popen(  # noqa: S603 - argv is built by the bench itself
                 argv, cwd=ROOT, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
@@ -161,7 +187,8 @@ def drive_load(
             line = child.stdout.readline().strip()
             if line != "ready":
                 raise RuntimeError(f"load generator failed to start: {line!r}")
-        cpu0 = tree_cpu(server)
+        cpu0 = sum(tree_cpu(server) for server in servers)
+        machine0 = psutil.cpu_times()
         t0 = time.perf_counter()
         for child in children:
             assert child.stdin is not None
@@ -173,7 +200,8 @@ def drive_load(
             results.append(json.loads(child.stdout.readline()))
             child.wait(timeout=60)
         t1 = time.perf_counter()
-        cpu1 = tree_cpu(server)
+        machine1 = psutil.cpu_times()
+        cpu1 = sum(tree_cpu(server) for server in servers)
     finally:
         for child in children:
             if child.poll() is None:
@@ -184,14 +212,22 @@ def drive_load(
     elapsed = end - start
     ok = sum(r["ok"] for r in results)
     errors = sum(r["errors"] for r in results)
+    wall = max(t1 - t0, 1e-9)
     return LoadResult(
         rps=ok / elapsed,
         ok=ok,
         errors=errors,
         elapsed=elapsed,
-        server_cpu=(cpu1 - cpu0) / max(t1 - t0, 1e-9),
+        server_cpu=(cpu1 - cpu0) / wall,
         driver_cpu=sum(r["cpu"] for r in results) / elapsed,
+        machine_cpu=(_busy(machine1) - _busy(machine0)) / wall,
     )
+
+
+def _busy(times: Any) -> float:
+    """CPU seconds the machine spent working (all CPUs; guest time is inside user already)."""
+    fields = ("user", "nice", "system", "irq", "softirq", "steal")
+    return float(sum(getattr(times, name, 0.0) for name in fields))
 
 
 def median_run(results: list[LoadResult]) -> LoadResult:

@@ -18,6 +18,7 @@ from bench.phases.fallback import fallback_phase
 from bench.phases.hang import hang_phase
 from bench.phases.objectstore import objectstore_phase
 from bench.phases.queue import queue_phase
+from bench.phases.replicas import replicas_phase
 from bench.phases.resilience import resilience_phase
 from bench.phases.wakeup import wakeup_phase
 from bench.processes import (
@@ -112,6 +113,15 @@ def run(
             wakeup_phase(b, procs, work, runs=args.wakeup_runs)
         if "objectstore" in phases:
             objectstore_phase(b, procs, work, runs=args.objectstore_runs)
+        if "replicas" in phases:
+            replicas_phase(
+                b,
+                procs,
+                work,
+                reps=args.reps,
+                uploads=args.replica_uploads,
+                requests=args.rps_requests,
+            )
         b.reset("moonshot")
         b.reset("zai")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -68,7 +68,7 @@ class Page(Generic[T]):
     next_cursor: Any
 
 
-def _paged(rows: Sequence[T], limit: int, cursor_of: Any) -> Page[T]:
+def _paged(rows: Sequence[T], limit: int, cursor_of: Callable[[T], Any]) -> Page[T]:
     page = list(rows[:limit])
     more = len(rows) > limit
     return Page(page, more, cursor_of(page[-1]) if more else None)
@@ -138,8 +138,10 @@ async def find_files(
     repo = FileRepository(session)
     if file_id is not None:
         checked_file_id(file_id, param="id")
-    if sha256 is not None and not SHA256.fullmatch(sha256):
-        raise InvalidRequest("sha256 must be 64 lowercase hex digits.", param="sha256")
+    if sha256 is not None:
+        sha256 = sha256.lower()  # stored in lowercase; a pasted hash may be in capitals
+        if not SHA256.fullmatch(sha256):
+            raise InvalidRequest("sha256 must be 64 hex digits.", param="sha256")
     before: tuple[datetime, str] | None = None
     if cursor is not None:
         before = await repo.position_of(checked_file_id(cursor, param="cursor"))

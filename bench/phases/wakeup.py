@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
 from app.core.config import Settings
-from app.core.migrations import sync_url
 from bench.context import Bench
+from bench.database import NO_DATABASE, bench_database_url, fresh_database
 from bench.payloads import CSV_CONTENT_TYPE, CSV_FILENAME, PURPOSE, SMALL_TIMEOUT, csv_variant
 from bench.processes import (
     Processes,
@@ -30,41 +26,6 @@ POLL_SECONDS = 0.005  # the sandbox's upload counter is read this often
 GIVE_UP_S = 30.0
 START_GOAL_MS = 100.0
 POLL_BASELINE_S = Settings.model_fields["job_poll_seconds"].default
-
-
-def bench_database_url() -> tuple[str, str | None] | None:
-    """The PostgreSQL database to use, and the one to create it from (None: use it as given);
-    None without one. Without FILEGATE_BENCH_DATABASE_URL, a sibling `<name>_bench` of the
-    test database is made, so the tests' own database is never touched."""
-    own = os.environ.get("FILEGATE_BENCH_DATABASE_URL")
-    if own:
-        return Settings(database_url=own).resolved_database_url, None
-    test = os.environ.get("FILEGATE_TEST_DATABASE_URL")
-    if not test:
-        return None
-    resolved = Settings(database_url=test).resolved_database_url
-    url = make_url(resolved)
-    sibling = url.set(database=f"{url.database}_bench").render_as_string(hide_password=False)
-    return sibling, resolved
-
-
-def _fresh_database(url: str, *, create_from: str | None) -> None:
-    """An empty public schema (the gateways migrate it), the database made first if asked."""
-    parsed = make_url(sync_url(url))
-    if create_from is not None:
-        admin = create_engine(sync_url(create_from), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            found = conn.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}
-            ).scalar()
-            if not found:
-                conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-        admin.dispose()
-    engine = create_engine(parsed)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
 
 
 def _start_latency(
@@ -118,15 +79,11 @@ def wakeup_phase(b: Bench, procs: Processes, work: Path, *, runs: int) -> None:
     name = "queued placement start, other process (PG)"
     if found is None:
         b.report.add(name, "skipped", "-", "-", "-", "-")
-        b.report.notes.append(
-            "cross-process placement start: skipped, no PostgreSQL (set "
-            "FILEGATE_BENCH_DATABASE_URL, a database the bench may wipe, or "
-            "FILEGATE_TEST_DATABASE_URL, beside which a `<name>_bench` database is made)"
-        )
+        b.report.notes.append(f"cross-process placement start: skipped, {NO_DATABASE}")
         return
     started = time.perf_counter()
     url, create_from = found
-    _fresh_database(url, create_from=create_from)
+    fresh_database(url, create_from=create_from)
     shared = work / "wakeup-data"  # one blob store: the worker reads what the API stored
     database = ["--database-url", url]
     api, api_key_file = launch_gateway(

@@ -50,6 +50,7 @@ async def test_files_are_found_across_tenants_by_each_filter(gateway: Gateway) -
         assert await ids(id=notes["id"]) == [notes["id"]]
         sha = hashlib.sha256(b"q,1\n").hexdigest()
         assert await ids(sha256=sha) == [theirs["id"], report["id"]]
+        assert await ids(sha256=sha.upper()) == [theirs["id"], report["id"]]
         assert await ids(filename="quarterly") == [report["id"]]  # substring, any case
         assert await ids(filename="%") == [theirs["id"]]  # wildcards match themselves
         assert await ids(filename="_d") == [theirs["id"]]

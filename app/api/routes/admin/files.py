@@ -47,7 +47,7 @@ PROVIDER_ERRORS = (
     "/files",
     response_model=AdminFileList,
     summary="Find files across tenants, newest first",
-    description="Filters combine: `tenant` (name), `id`, `sha256` (64 lowercase hex), `filename` "
+    description="Filters combine: `tenant` (name), `id`, `sha256` (64 hex digits), `filename` "
     "(case-insensitive substring) and `status`; deleted files appear only with "
     "`status=deleted`. Cursor pagination: pass `next_cursor` (a file id) back as `cursor`.",
     responses=responses(*ADMIN_ERRORS),
