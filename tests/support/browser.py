@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.async_api import BrowserContext, Page, Route, async_playwright
+from playwright.async_api import BrowserContext, Page, Route, async_playwright, expect
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,6 +31,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(os.environ.get("FILEGATE_TEST_ARTIFACTS", "test-artifacts"))
+# How long an expectation may wait for the page: generous, since the machine may be busy.
+EXPECT_TIMEOUT_MS = 15_000
 
 
 @dataclass
@@ -72,6 +74,7 @@ async def chromium(origin: str, *, artifacts: Path) -> AsyncIterator[Browser]:
     """Chromium with a fresh profile that may talk to `origin` (scheme://host:port) only."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     async with async_playwright() as pw:
         with tempfile.TemporaryDirectory(prefix="filegate-chromium-") as profile:
             context = await pw.chromium.launch_persistent_context(
