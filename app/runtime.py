@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.cache import IdentityCache
 from app.auth.jwt import JWTVerifier, verifier_from_settings
+from app.auth.sessions import SignOuts
 from app.core.clock import SYSTEM_CLOCK, Clock
 from app.core.config import ConfigError, Settings
 from app.core.db import create_engine, create_sessionmaker
@@ -61,6 +62,9 @@ class Runtime:
     sandbox_url: str | None = None
     sandbox_in_process: bool = False
     clock: Clock = SYSTEM_CLOCK
+    signouts: SignOuts = field(
+        default_factory=lambda: SignOuts(None, clock=lambda: SYSTEM_CLOCK.now().timestamp())
+    )
 
     @cached_property
     def capacity(self) -> Capacity:
@@ -265,6 +269,7 @@ async def _assemble(
         sandbox_url=sandbox_url if any(cfg.sandbox for cfg in configs) else None,
         sandbox_in_process=in_process,
         clock=clock,
+        signouts=SignOuts(redis, clock=lambda: clock.now().timestamp()),
     )
     await _load_deployment(runtime.deployment)
     if runtime.listener is not None:

@@ -334,6 +334,12 @@ class AuditList(BaseModel):
     next_cursor: int | None = Field(description="Pass as `cursor` for the next (older) page")
 
 
+class BreakerTransition(BaseModel):
+    at: float = Field(description="Unix seconds")
+    from_state: str = Field(examples=["closed"])
+    to_state: str = Field(examples=["open"])
+
+
 class BreakerOut(BaseModel):
     state: str = Field(examples=["closed"], description="closed, open or half-open")
     failure_count: int
@@ -341,6 +347,10 @@ class BreakerOut(BaseModel):
     storage: str = Field(examples=["redis"], description="redis, memory or none")
     degraded: bool
     retry_after: float | None = None
+    recent_transitions: list[BreakerTransition] = Field(
+        default_factory=list,
+        description="The latest transitions the answering process made or saw, newest first",
+    )
 
     @classmethod
     def of(cls, snapshot: BreakerSnapshot) -> BreakerOut:
@@ -351,6 +361,10 @@ class BreakerOut(BaseModel):
             storage=snapshot.storage,
             degraded=snapshot.degraded,
             retry_after=snapshot.retry_after,
+            recent_transitions=[
+                BreakerTransition(at=at, from_state=old, to_state=new)
+                for at, old, new in snapshot.transitions
+            ],
         )
 
 

@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     audit_anonymous_refusals_per_minute: int = Field(default=20, ge=0, le=100_000)
 
     docs_enabled: bool = True
+    # A console sign-in lasts this long (its key's revocation ends it sooner).
+    console_session_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
     metrics_token: SecretStr | None = None
     # Where `serve --workers N` (N > 1) keeps the workers' metric files; a private temporary
     # directory when unset. One server per directory: it is emptied at start and at exit.

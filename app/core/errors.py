@@ -100,6 +100,12 @@ class PermissionDenied(GatewayError):
     code = "permission_denied"
 
 
+class CsrfRefused(PermissionDenied):
+    """A console session's state-changing request without its CSRF token."""
+
+    code = "csrf_failed"
+
+
 class QuotaExceeded(PermissionDenied):
     """The tenant's quota on stored bytes or file count would be exceeded."""
 
