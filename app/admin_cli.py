@@ -727,7 +727,9 @@ def providers_show(
 
     async def work() -> ProviderList:
         async with runtime(config, calls_providers=False) as rt, rt.sessionmaker() as session:
-            rows = await admin_service.provider_overview(session=session, providers=rt.providers)
+            rows = await admin_service.provider_overview(
+                session=session, providers=rt.providers, capacity=rt.capacity
+            )
             return ProviderList(data=[ProviderOut.of(row) for row in rows])
 
     out = run(work)

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from app.providers.breaker_board import BreakerBoard
     from app.providers.breakers import BreakerSnapshot
     from app.providers.hub import ProviderHub
-    from app.services.files.settle import Placer
     from app.services.capacity import Capacity
+    from app.services.files.settle import Placer
     from app.storage.blobs import BlobStore
 
 SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -140,6 +140,8 @@ async def test_sdk_declares_a_digest_with_extra_headers_and_query(
     )
     assert again.headers["filegate-dedup"] == "hit"
     assert again.parse().id == first.id
+
+
 async def test_sdk_chunked_upload_yields_a_file_that_downloads_identical(
     sdk: openai.AsyncOpenAI, tmp_path: Path
 ) -> None:
