@@ -276,8 +276,8 @@ class MultipartIntake:
                 )
                 return
             self.fields[part.name] = value.strip()
-            if part.name == digest.FIELD:
-                self._declare(self.fields[part.name])
+            if part.name == digest.FIELD and self.fields[part.name]:
+                self._declare(self.fields[part.name])  # an empty one (a blank form) declares none
 
     def _declare(self, value: str) -> None:
         """The `sha256` field: it must come before the file part and agree with the header."""

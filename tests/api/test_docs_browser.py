@@ -36,7 +36,9 @@ async def test_swagger_ui_offline_authorize_and_try_it_out_upload(
     sample = tmp_path / "from-docs.txt"
     sample.write_text("uploaded through the docs page\n")
     await upload.locator('input[type="file"]').set_input_files(str(sample))
-    await upload.locator('input[placeholder="purpose"]').fill("file-extract")
+    # The form field, not the query parameter of the same name (for declared digests).
+    body = upload.locator(".opblock-section-request-body")
+    await body.locator('input[placeholder="purpose"]').fill("file-extract")
     await upload.get_by_role("button", name="Execute").click()
     answer = upload.locator(".live-responses-table tbody .response-col_status").first
     await expect(answer).to_have_text("200")

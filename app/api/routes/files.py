@@ -83,12 +83,11 @@ UPLOAD_BODY = {
             "name": digest.HEADER,
             "in": "header",
             "required": False,
-            "description": "RFC 9530 digest of the file part's bytes, `sha-256=:<base64>:`; "
-            "other algorithms are ignored, a malformed value is 400 invalid_digest",
-            "schema": {
-                "type": "string",
-                "example": "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
-            },
+            # No example: the docs' "Try it out" would send it, declaring another file's digest.
+            "description": "RFC 9530 digest of the file part's bytes, `sha-256=:<base64>:` "
+            "(e.g. `sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:`); other algorithms "
+            "are ignored, a malformed value is 400 invalid_digest",
+            "schema": {"type": "string"},
         },
         *(
             {
@@ -122,12 +121,13 @@ UPLOAD_BODY = {
                             "enum": ["auto", *Provider],
                             "default": "auto",
                         },
+                        # No pattern: the docs would fill in a random match and send it.
                         "sha256": {
                             "type": "string",
-                            "pattern": "^[0-9a-fA-F]{64}$",
-                            "description": "The file's SHA-256 in hex, declared before the "
-                            "file part: a hit answers without reading the file's bytes; the "
-                            "bytes must match (else 400 digest_mismatch)",
+                            "default": "",
+                            "description": "The file's SHA-256 as 64 hex digits, declared "
+                            "before the file part (empty: none): a hit answers without reading "
+                            "the file's bytes; the bytes must match (else 400 digest_mismatch)",
                         },
                         "pin": {
                             "type": "string",
