@@ -62,8 +62,8 @@ function notify(message, kind = "info") {
 async function act(label, action) {
   try {
     const result = await action();
+    await render(); // the notice comes once the view shows the change
     notify(`${label}: done`);
-    await render();
     return result;
   } catch (error) {
     notify(`${label}: ${error.message}`, "error");
@@ -219,6 +219,7 @@ function auditTable(events) {
 }
 
 const filesFilter = {};
+let armedDelete = null; // the file whose Delete was clicked once
 
 async function files() {
   const search = form(
@@ -278,12 +279,18 @@ async function fileDetail(fileId) {
   ]);
   const path = `/admin/files/${encodeURIComponent(file.id)}`;
   const target = el("select", { name: "provider" }, providers.data.map((p) => el("option", { value: p.provider }, p.provider)));
-  const remove = el("button", { type: "button", class: "danger" }, "Delete");
+  // Armed by a first click, for this file, until confirmed or another file is opened; kept
+  // outside the button so that a redraw meanwhile does not disarm it under the operator.
+  const armed = armedDelete === file.id;
+  const remove = el("button", { type: "button", class: "danger" }, armed ? "Confirm delete" : "Delete");
+  if (armed) remove.dataset.armed = "yes";
   remove.addEventListener("click", () => {
-    if (remove.dataset.armed) {
+    if (armedDelete === file.id) {
+      armedDelete = null;
       filesFilter.open = null;
       act(`Delete ${file.id}`, () => api("DELETE", path));
     } else {
+      armedDelete = file.id;
       remove.dataset.armed = "yes";
       remove.textContent = "Confirm delete";
     }
