@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +21,9 @@ from app.services import audit, lifecycle
 from app.services.deployment import TAG_ALPHABET, TAG_LENGTH, DeploymentIdentity
 from app.storage.blobs import BlobMissing, BlobStore
 
+if TYPE_CHECKING:
+    from app.services.files.pipelined import HeadStart
+
 PROVIDER_FILENAME_MAX = 255
 FILE_ID_LENGTH = 29
 
@@ -34,8 +38,13 @@ class ProviderName:
 
 def provider_filename(file: File, *, tag: str) -> str:
     """`<file id>.<deployment tag>__<original name>`: the head is never cut, the extension kept."""
-    head = f"{file.id}.{tag}__"
-    return head + _shortened(file.filename, PROVIDER_FILENAME_MAX - len(head))
+    return provider_name_for(file.id, file.filename, tag=tag)
+
+
+def provider_name_for(file_id: str, filename: str, *, tag: str) -> str:
+    """provider_filename for a file id chosen before its row exists (a pipelined upload)."""
+    head = f"{file_id}.{tag}__"
+    return head + _shortened(filename, PROVIDER_FILENAME_MAX - len(head))
 
 
 def _shortened(name: str, room: int) -> str:
@@ -121,8 +130,13 @@ async def place(
     ctx: CallContext,
     file: File,
     targets: Sequence[Target],
+    head_start: HeadStart | None = None,
 ) -> Placement:
     """Upload the canonical blob to the first target that takes it.
+
+    A `head_start` (the upload of its target that ran while the body arrived) is that
+    target's first try: released here, then taken as it ends. When it fails, the next target
+    is tried from the blob, or, when no other target is left, the same one again from the blob.
 
     Per target: a unit of work records the intent (the copy row, so a crash leaves a trail),
     the provider call runs with no transaction open, and a last unit records the outcome:
@@ -141,9 +155,20 @@ async def place(
             f"The stored content of {file.id} failed its integrity check; it is not pushed again."
         )
     tag = await deployment.tag()
-    for index, target in enumerate(targets):
+    tries = list(targets)
+    if head_start is not None and head_start.usable and head_start.file_id == file.id:
+        ahead = [t for t in tries if t.provider == head_start.provider]
+        if ahead and len(tries) == 1:
+            tries.insert(0, ahead[0])  # its blob is the second try of the only target
+    else:
+        head_start = None
+    again = True  # whether the only target is tried again from the blob
+    for index, target in enumerate(tries):
+        if index > 0 and target is tries[index - 1] and not again:
+            continue
         adapter = providers.adapter(target.provider)
-        paused_for = await adapter.paused_for()
+        pipelined = head_start is not None and target.provider == head_start.provider
+        paused_for = None if pipelined else await adapter.paused_for()
         if paused_for is not None:
             outcome.deferred = True
             outcome.errors.append(
@@ -154,7 +179,7 @@ async def place(
                 )
             )
             continue
-        if index > 0:
+        if index > 0 and target.provider != tries[index - 1].provider:
             metrics.fallbacks.labels(target.provider).inc()
         async with unit_of_work(session):
             copy = await _intent(session=session, ctx=ctx, file=file, target=target)
@@ -162,13 +187,17 @@ async def place(
             outcome.placed_on = target.provider  # a concurrent placement got there first
             return outcome
         try:
-            async with await blob_store.open(blob.storage_key) as body:
-                result = await adapter.upload(
-                    body=body,
-                    filename=provider_filename(file, tag=tag),
-                    purpose=target.rule.native,
-                    content_type=file.content_type,
-                )
+            if head_start is not None and pipelined:
+                pending, head_start = head_start, None
+                result = await pending.release()
+            else:
+                async with await blob_store.open(blob.storage_key) as body:
+                    result = await adapter.upload(
+                        body=body,
+                        filename=provider_filename(file, tag=tag),
+                        purpose=target.rule.native,
+                        content_type=file.content_type,
+                    )
         except BlobMissing:
             # The blob went with a delete that ran while this placement waited its turn.
             async with unit_of_work(session):
@@ -182,6 +211,7 @@ async def place(
             outcome.withdrawn = True
             return outcome
         except ProviderError as exc:
+            again = exc.retryable  # a refusal of the bytes would only be repeated
             outcome.errors.append(exc)
             outcome.deferred = outcome.deferred or exc.retryable
             async with unit_of_work(session):

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,6 +26,9 @@ from app.services.files.retire import collect_blob
 from app.services.files.views import FileView, not_found
 from app.services.placement import Placement
 from app.storage.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from app.services.files.pipelined import HeadStart
 
 
 class Attempt(StrEnum):
@@ -65,6 +69,7 @@ class Placer:
         provider: str,
         attempt: Attempt,
         intent: queue.Intent | None = None,
+        head_start: HeadStart | None = None,
     ) -> tuple[Placement, Settled]:
         """One placement attempt: place the blob (renewing the request's intent lease
         meanwhile), then settle what came of it."""
@@ -79,6 +84,7 @@ class Placer:
                 ctx=ctx,
                 file=file,
                 targets=targets,
+                head_start=head_start,
             )
         settled = await settle(
             session=session,
@@ -104,6 +110,7 @@ class Placer:
         attempt: Attempt,
         intent: queue.Intent | None = None,
         withdrawn: GatewayError | None = None,
+        head_start: HeadStart | None = None,
     ) -> FileView:
         """Place a file and answer a request with it: pending when providers are only failing
         for now. With `intent` (a just-claimed file) the request holds the placement job's
@@ -117,6 +124,7 @@ class Placer:
             provider=provider,
             attempt=attempt,
             intent=intent,
+            head_start=head_start,
         )
         return await answer(
             session=session, file=file, outcome=outcome, settled=settled, withdrawn=withdrawn

@@ -158,6 +158,7 @@ async def create_file(
                 provider=provider,
                 attempt=Attempt.UPLOAD,
                 intent=intent,
+                head_start=upload.head_start,
             )
             placer.metrics.uploads.labels(_placed_on(view), "created").inc()
             return CreateResult(view, created=True)
@@ -206,7 +207,8 @@ async def _claim(
     if expires_at is None and placer.settings.default_retention_seconds:
         expires_at = now + timedelta(seconds=placer.settings.default_retention_seconds)
     file = File(
-        id=new_file_id(),
+        # A pipelined provider upload already carries the id in its provider-side name.
+        id=upload.head_start.file_id if upload.head_start is not None else new_file_id(),
         tenant_id=ctx.principal.tenant_id,
         sha256=upload.sha256,
         bytes=upload.size,
