@@ -41,6 +41,10 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
 15. a 100 MiB download through the gateway vs `python -m http.server` serving the same file;
 16. a dedup hit with a declared digest (`Repr-Digest`, `Expect: 100-continue`, so the body is
    never sent) vs the same 100 MiB uploaded straight to the sandbox;
+17. a 100 MiB miss through the gateway, the provider upload pipelined with the client's, vs the
+   same bytes straight to the sandbox: provider=moonshot and auto, each without a digest
+   (speculative) and with a declared one (Repr-Digest);
+18. peak RSS over idle of the gateway during 8 concurrent pipelined 100 MiB uploads;
 
 and prints a table (also written to bench-results/latest.txt).  Timings are medians of
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
@@ -48,8 +52,8 @@ REPS runs (time.perf_counter).  Payloads are streamed from temp files written on
 Options: --reps N, --size BYTES, --rps-requests N, --rps-concurrency C, --load-procs K,
 --fallback-pairs N, --hang-runs N, --hang-concurrency K, --recovery-files N,
 --auth-requests N, --queue-runs N, --wakeup-runs N, --objectstore-runs N, --replica-uploads
-N, --download-runs N, --phases
-core,fallback,hang,resilience,auth,queue,wakeup,objectstore,replicas,download (a subset),
+N, --download-runs N, --pipelined-runs N, --phases
+core,fallback,hang,resilience,auth,queue,wakeup,objectstore,replicas,download,pipelined (a subset),
 --profile (cProfile inside the gateway per phase, written under bench-results/profile/).
 """
 
@@ -98,6 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--download-runs", type=int, default=3, help="100 MiB downloads and declared hits timed"
+    )
+    parser.add_argument(
+        "--pipelined-runs", type=int, default=3, help="100 MiB misses timed per pipelined row"
     )
     parser.add_argument(
         "--phases",

@@ -11,4 +11,5 @@ PHASES = (
     "objectstore",
     "replicas",
     "download",
+    "pipelined",
 )
