@@ -135,7 +135,7 @@ async def place(
     """Upload the canonical blob to the first target that takes it.
 
     A `head_start` (the upload of its target that ran while the body arrived) is that
-    target's first try: released here, then taken as it ends. When it fails, the next target
+    target's first try: its outcome is taken here. When it fails, the next target
     is tried from the blob, or, when no other target is left, the same one again from the blob.
 
     Per target: a unit of work records the intent (the copy row, so a crash leaves a trail),
@@ -189,7 +189,7 @@ async def place(
         try:
             if head_start is not None and pipelined:
                 pending, head_start = head_start, None
-                result = await pending.release()
+                result = await pending.result()
             else:
                 async with await blob_store.open(blob.storage_key) as body:
                     result = await adapter.upload(

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from bench.context import Bench
+from bench.context import Bench, profiled
 from bench.measure import RssSampler, timed, tree_rss
 from bench.payloads import (
     CONTENT_TYPE,
@@ -84,7 +84,9 @@ def pipelined_phase(b: Bench, work: Path, *, runs: int) -> None:
                     go = partial(
                         _gateway_upload, b.client, b, path, provider=provider, digest=digest
                     )
-                    seconds, _ = timed(go)
+                    name = f"pipelined-{provider}-{'declared' if declared else 'speculative'}"
+                    with profiled(b.client, b.gateway, name, b.profile):
+                        seconds, _ = timed(go)
                     gateway.append(seconds)
                     path.unlink()
                 gateway_s, direct_s = statistics.median(gateway), statistics.median(direct)

@@ -2,9 +2,11 @@
 
 The intake hands each piece it spools to `HeadStart.send` as well, through a queue of one
 piece (the reader waits while the provider is slower: memory stays flat). The provider upload
-is held open before its last byte until placement `release`s it, once the bytes are verified,
-not a dedup hit, and claimed; whatever else ends the request (a hit, a client gone, a digest
-mismatch, a refusal) `close`s it, which cuts an upload in flight or deletes the copy it made."""
+is held open before its last byte until the bytes are verified and found to be no dedup hit:
+then `finish` sends it (the provider completes while the file is claimed) and placement takes
+the `result`. Whatever else ends the request (a hit, a client gone, a digest mismatch, a
+refusal) `close`s it: an upload not finished is cut before its last byte, so the provider
+makes nothing; a finished one is awaited and the copy it made deleted."""
 
 from __future__ import annotations
 
@@ -31,9 +33,9 @@ QUEUED_PIECES = 1
 
 class _State(StrEnum):
     SENDING = "sending"  # pieces go on as they arrive
-    DROPPED = "dropped"  # cut off: the file is placed from its blob if at all
-    RELEASED = "released"  # the last byte is on its way; placement takes the result
+    FINISHING = "finishing"  # the last byte is on its way: the provider may make a file
     TAKEN = "taken"  # placement owns the outcome
+    DROPPED = "dropped"  # cut off or cleaned up: the file is placed from its blob if at all
 
 
 class HeadStart:
@@ -82,7 +84,7 @@ class HeadStart:
     @property
     def usable(self) -> bool:
         """Whether placement can take this upload's outcome for its target."""
-        return self._state is _State.SENDING
+        return self._state in (_State.SENDING, _State.FINISHING)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives (UploadBody); read once, by the one try there is."""
@@ -113,11 +115,18 @@ class HeadStart:
         while not self._queue.empty():
             self._queue.get_nowait()
 
-    async def release(self) -> ProviderFile:
-        """Send the last byte and wait for the provider's file; its error if it failed."""
-        self._state = _State.TAKEN
+    async def finish(self) -> None:
+        """Send the last byte: the bytes are verified and wanted (the claim runs meanwhile)."""
+        if self._state is not _State.SENDING:
+            return
+        self._state = _State.FINISHING
         if not self._task.done():
             await self._queue.put(None)  # a failing upload drains the queue: never stuck
+
+    async def result(self) -> ProviderFile:
+        """The provider's file once the upload ends, or the ProviderError it failed with."""
+        await self.finish()
+        self._state = _State.TAKEN
         try:
             return await self._task
         except ProviderError:
@@ -129,22 +138,24 @@ class HeadStart:
             ) from exc
 
     async def close(self) -> None:
-        """Leave nothing behind unless placement took the outcome: cut the upload in flight,
-        or delete the copy it made. Safe to call twice."""
+        """Leave nothing behind unless placement took the outcome: cut an upload that has
+        not sent its last byte, or wait for one that has and delete the copy it made. Safe
+        to call twice."""
         if self._state in (_State.TAKEN, _State.DROPPED):
             return
+        finishing = self._state is _State.FINISHING
         self._state = _State.DROPPED
-        if not self._task.done():
+        if not self._task.done() and not finishing:
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            if self._task.cancelled():
-                self._metrics.wasted_uploads.labels(self.provider, "aborted").inc()
-                return
-        try:
-            made = self._task.result()
-        except (asyncio.CancelledError, Exception):
+        with contextlib.suppress(BaseException):
+            # Shielded: a request cancelled meanwhile still learns what a finishing upload made.
+            await asyncio.shield(self._task)
+        if self._task.cancelled():
+            self._metrics.wasted_uploads.labels(self.provider, "aborted").inc()
+            return
+        if self._task.exception() is not None:
             return  # it failed: nothing was made
+        made = self._task.result()
         self._metrics.wasted_uploads.labels(self.provider, "deleted").inc()
         try:
             await self.adapter.delete(made.id)

@@ -136,6 +136,10 @@ async def create_file(
                 continue
             if not upload.spool.holds_bytes():
                 break  # our bytes went into a twin's blob that its delete then collected
+            if upload.head_start is not None:
+                # A miss: the pipelined upload completes while the file is claimed (a claim
+                # refused after all makes close() delete the copy it made).
+                await upload.head_start.finish()
             async with unit_of_work(session):  # the blob, the file row and the placement intent
                 claimed = await _claim(
                     session=session,

@@ -350,3 +350,27 @@ async def test_auto_falls_back_from_a_failed_pipelined_upload_to_the_next_provid
         copies = (await session.scalars(select(ProviderCopy.provider))).all()
     assert sorted(copies) == ["moonshot", "zai"]  # the failed try is on record
     await assert_registry_sound(gateway)
+
+
+async def test_a_claim_refused_after_the_last_byte_deletes_the_copy_it_made(
+    gateway: Gateway, settings: Settings
+) -> None:
+    """The last byte goes to the provider once the upload is no dedup hit, while the file is
+    claimed: a quota refusal then deletes the provider's new copy at once."""
+    admin = await gateway.key("ops", ("admin",))
+    token = await gateway.key("acme")
+    fields = {"purpose": "file-extract", "provider": "moonshot"}
+    async with gateway.client(admin) as ops:
+        await ops.put("/admin/tenants/acme/quota", json={"max_files": 1})
+    async with slow_upload(gateway, settings, token, b"kept\n" * 1000, fields=fields) as client:
+        assert (await client.finish()).status == 200
+    async with slow_upload(gateway, settings, token, secrets.token_bytes(SIZE), fields=fields) as c:
+        await wait_until(lambda: sending(gateway, "moonshot"), what="the provider upload")
+        refused = await c.finish()
+    assert refused.status == 403 and refused.json["error"]["code"] == "quota_exceeded"
+    stats = await gateway.sandbox_stats("moonshot")
+    assert stats["calls"]["upload"] == 2 and stats["calls"]["delete"] == 1
+    assert stats["files"] == 1
+    assert wasted(gateway, "moonshot", "deleted") == 1
+    assert await count(gateway, File) == 1
+    assert await leftovers(gateway.runtime.blob_store) == []
