@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM_CLOCK)
                 "Content-Range",
                 "Idempotent-Replayed",
                 "Filegate-Dedup",
+                "Repr-Digest",
             ],
         )
     return app

@@ -166,6 +166,11 @@ def repr_digest(values: list[str]) -> str | None:
     return declared[0].hex()
 
 
+def repr_digest_of(sha256: str) -> str:
+    """The `Repr-Digest` value of content whose hex SHA-256 is `sha256`."""
+    return f"{ALGORITHM}=:{base64.b64encode(bytes.fromhex(sha256)).decode('ascii')}:"
+
+
 def hex_digest(value: str) -> str:
     """The `sha256` form field: 64 hex digits (either case), as lower-case hex."""
     if len(value) != 2 * SHA256_BYTES or not set(value) <= _HEX:

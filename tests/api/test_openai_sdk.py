@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -121,3 +123,19 @@ async def test_sdk_invalid_key_raises_authentication_error(served: Served) -> No
     ) as client:
         with pytest.raises(openai.AuthenticationError):
             await client.files.create(file=("x.txt", b"x", "text/plain"), purpose="batch")
+
+
+async def test_sdk_declares_a_digest_with_extra_headers_and_query(
+    sdk: openai.AsyncOpenAI,
+) -> None:
+    payload = b"a report the gateway already holds\n"
+    digest = base64.b64encode(hashlib.sha256(payload).digest()).decode()
+    first = await sdk.files.create(file=("notes.txt", payload, "text/plain"), purpose="assistants")
+    again = await sdk.files.with_raw_response.create(
+        file=("notes.txt", payload, "text/plain"),
+        purpose="user_data",
+        extra_headers={"Repr-Digest": f"sha-256=:{digest}:"},
+        extra_query={"purpose": "user_data"},
+    )
+    assert again.headers["filegate-dedup"] == "hit"
+    assert again.parse().id == first.id

@@ -69,6 +69,10 @@ DEDUP_DOC = {
     "answer is that file; `miss`: a new file",
     "schema": {"type": "string", "enum": ["hit", "miss"]},
 }
+REPR_DIGEST_DOC = {
+    "description": "RFC 9530 digest of the whole file, `sha-256=:<base64>:`",
+    "schema": {"type": "string"},
+}
 EXPIRES_MIN_SECONDS = 3600
 EXPIRES_MAX_SECONDS = 30 * 24 * 3600
 
@@ -180,12 +184,13 @@ async def upload_file(
     declared = digest.repr_digest(request.headers.getlist(digest.HEADER))
     query = _query_fields(request)
     claimed = False  # whether the Idempotency-Key is this request's already
+    missed: set[tuple[str, str]] = set()  # (sha256, purpose) looked up in vain
 
     async def reuse(fields: dict[str, str], sha256: str | None) -> JSONResponse | None:
         """The tenant's file of the declared bytes, answered before they are read; else None."""
         nonlocal claimed
         purpose = fields.get("purpose")
-        if sha256 is None or not purpose:
+        if sha256 is None or not purpose or (sha256, purpose) in missed:
             return None
         provider = _provider(rt, fields)
         expires_at = _expires_at(fields)
@@ -193,6 +198,7 @@ async def upload_file(
             session=session, ctx=ctx, sha256=sha256, purpose=purpose
         )
         if existing is None:
+            missed.add((sha256, purpose))
             return None
         if not claimed:
             claimed = True
@@ -389,10 +395,12 @@ async def retrieve_file(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) 
         200: {
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
             "description": "The file's bytes, with the Content-Type it was uploaded with",
+            "headers": {digest.HEADER: REPR_DIGEST_DOC},
         },
         206: {
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
             "description": "Partial content for a Range request",
+            "headers": {digest.HEADER: REPR_DIGEST_DOC},
         },
         304: {"description": "Not modified: If-None-Match carried the current ETag"},
         **responses(*AUTH_ERRORS, NotFound, RangeNotSatisfiable, BlobCorrupt),
@@ -409,6 +417,7 @@ async def download_content(
         etag = f'"{file.sha256}"'
         headers = {
             "ETag": etag,
+            digest.HEADER: digest.repr_digest_of(file.sha256),
             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(file.filename)}",
             "Cache-Control": "private, max-age=0, must-revalidate",
             # The bytes are the tenant's, never a page of ours: no sniffing, no scripts, no frames.
