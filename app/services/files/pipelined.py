@@ -64,6 +64,7 @@ class HeadStart:
         self._purpose = purpose
         self._requested = requested
         self._limit = size_limit(target.rule, filename)
+        self._keepalive = adapter.config.idle_timeout / 2
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED_PIECES)
         self._state = _State.SENDING
         self.size: int | None = None  # UploadBody: not known while the body arrives
@@ -88,7 +89,17 @@ class HeadStart:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives (UploadBody); read once, by the one try there is."""
-        while (piece := await self._queue.get()) is not None:
+        while True:
+            try:
+                async with asyncio.timeout(self._keepalive):
+                    piece = await self._queue.get()
+            except TimeoutError:
+                # Waiting for the client is no provider stall: an empty piece (nothing goes on
+                # the wire) tells the call's idle watchdog, so a slow client opens no breaker.
+                yield b""
+                continue
+            if piece is None:
+                return
             yield piece
 
     async def send(self, piece: bytes, *, total: int) -> None:
