@@ -27,7 +27,7 @@ from app.services.files import IncomingUpload
 from app.services.files.pipelined import HeadStart
 from app.storage.blobs import BlobStore, Spool
 
-FLUSH_BYTES = 1024 * 1024
+FLUSH_BYTES = 256 * 1024
 MAX_FIELD_BYTES = 1024
 MAX_HEADER_BYTES = 8 * 1024
 MAX_FILENAME_CHARS = 255

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from bench.context import Bench, profiled
-from bench.measure import RssSampler, timed, tree_rss
+from bench.measure import RssSampler, timed, tree_cpu, tree_rss
 from bench.payloads import (
     CONTENT_TYPE,
     DIRECT_KEY,
@@ -69,6 +69,7 @@ def pipelined_phase(b: Bench, work: Path, *, runs: int) -> None:
     write_random(base, SIZE)
     direct_files = f"{b.sandbox.base_url}/sandbox/moonshot/v1/files"
     direct_auth = {"Authorization": f"Bearer {DIRECT_KEY}"}
+    cpu: dict[str, list[float]] = {"gateway": [], "sandbox": [], "sandbox direct": []}
     try:
         for provider in ("moonshot", "auto"):
             for declared in (False, True):
@@ -78,15 +79,20 @@ def pipelined_phase(b: Bench, work: Path, *, runs: int) -> None:
                     path = variant(base, work / f"pipelined-{i}.bin")  # new bytes: a miss
                     digest = _digest(path) if declared else None
                     b.reset("moonshot")
+                    before = tree_cpu(b.sandbox.ps)
                     seconds, _ = timed(partial(upload, b.client, direct_files, path, direct_auth))
+                    cpu["sandbox direct"].append(tree_cpu(b.sandbox.ps) - before)
                     direct.append(seconds)
                     b.reset("moonshot")
                     go = partial(
                         _gateway_upload, b.client, b, path, provider=provider, digest=digest
                     )
                     name = f"pipelined-{provider}-{'declared' if declared else 'speculative'}"
+                    before_gw, before_sb = tree_cpu(b.gateway.ps), tree_cpu(b.sandbox.ps)
                     with profiled(b.client, b.gateway, name, b.profile):
                         seconds, _ = timed(go)
+                    cpu["gateway"].append(tree_cpu(b.gateway.ps) - before_gw)
+                    cpu["sandbox"].append(tree_cpu(b.sandbox.ps) - before_sb)
                     gateway.append(seconds)
                     path.unlink()
                 gateway_s, direct_s = statistics.median(gateway), statistics.median(direct)
@@ -100,6 +106,10 @@ def pipelined_phase(b: Bench, work: Path, *, runs: int) -> None:
                     f"<= {RATIO_GOAL:g}x",
                     verdict(ratio <= RATIO_GOAL),
                 )
+        b.report.notes.append(
+            f"pipelined: CPU per {SIZE // MiB} MiB miss (median): "
+            + ", ".join(f"{name} {statistics.median(v):.2f}s" for name, v in cpu.items())
+        )
         _concurrent_rss(b, work, base)
     finally:
         base.unlink(missing_ok=True)
