@@ -11,7 +11,6 @@ makes nothing; a finished one is awaited and the copy it made deleted."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from enum import StrEnum
@@ -158,14 +157,17 @@ class HeadStart:
         self._state = _State.DROPPED
         if not self._task.done() and not finishing:
             self._task.cancel()
-        with contextlib.suppress(BaseException):
-            # Shielded: a request cancelled meanwhile still learns what a finishing upload made.
+        try:
+            # Shielded: the upload is not cut by a cancellation of the request itself.
             await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if not self._task.done():
+                raise  # the request is cancelled: reconciliation removes what the upload makes
+        except Exception:
+            return  # it failed: nothing was made
         if self._task.cancelled():
             self._metrics.wasted_uploads.labels(self.provider, "aborted").inc()
             return
-        if self._task.exception() is not None:
-            return  # it failed: nothing was made
         made = self._task.result()
         self._metrics.wasted_uploads.labels(self.provider, "deleted").inc()
         try:
