@@ -142,6 +142,7 @@ class MultipartIntake:
         self.pending_bytes = 0
         self.flushed_bytes = 0
         self.head_start: HeadStart | None = None
+        self.durable: asyncio.Future[str] | None = None
         self.finished = False
         self.writing: asyncio.Future[None] | None = None
         self.error: Exception | None = None
@@ -338,9 +339,12 @@ class MultipartIntake:
         await self._flush(wait=True)
         if self.file_size == 0:
             raise InvalidRequest("The file is empty.", param="file")
-        sha256 = await self.spool.finish()
+        sha256 = self.spool.sha256()
         if self.declared_sha256 is not None and sha256 != self.declared_sha256:
             raise digest.mismatch(declared=self.declared_sha256, received=sha256)
+        # Made durable while the upload is looked up and a pipelined one completes; the claim
+        # waits for it before committing the blob.
+        self.durable = asyncio.ensure_future(self.spool.finish())
         return IncomingUpload(
             spool=self.spool,
             sha256=sha256,
@@ -349,11 +353,15 @@ class MultipartIntake:
             content_type=self.file_content_type,
             fields=self.fields,
             head_start=self.head_start,
+            durable=self.durable,
         )
 
     async def discard(self) -> None:
         if self.head_start is not None:
             await self.head_start.close()  # a no-op once placement took its outcome
+        if self.durable is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.durable)  # a spool is removed once it is closed
         if self.writing is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.writing)  # let the writer thread finish first

@@ -140,6 +140,8 @@ async def create_file(
                 # A miss: the pipelined upload completes while the file is claimed (a claim
                 # refused after all makes close() delete the copy it made).
                 await upload.head_start.finish()
+            if upload.durable is not None:
+                await upload.durable  # the spool is durable before its blob is committed
             async with unit_of_work(session):  # the blob, the file row and the placement intent
                 claimed = await _claim(
                     session=session,

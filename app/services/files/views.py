@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -44,8 +45,9 @@ def not_found() -> NotFound:
 
 @dataclass
 class IncomingUpload:
-    """A fully received upload: the spooled file part plus the text fields, and the provider
-    upload that ran while it arrived (with the file id its provider name carries), if any."""
+    """A fully received upload: the spooled file part (`durable` once the spool is finished)
+    plus the text fields, and the provider upload that ran while it arrived (with the file id
+    its provider name carries), if any."""
 
     spool: Spool
     sha256: str
@@ -54,6 +56,7 @@ class IncomingUpload:
     content_type: str
     fields: dict[str, str] = field(default_factory=dict)
     head_start: HeadStart | None = None
+    durable: asyncio.Future[str] | None = None
 
 
 @dataclass(frozen=True)
