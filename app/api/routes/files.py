@@ -147,7 +147,9 @@ UPLOAD_BODY = {
     response_model=FileObject,
     summary="Upload a file",
     description=(
-        "Streams the multipart body to disk while hashing it. The same bytes with the same "
+        "Streams the multipart body to disk while hashing it and, once the target provider "
+        "is known from the fields before the file part, to the provider at the same time "
+        "(FILEGATE_SPECULATIVE_PLACEMENT). The same bytes with the same "
         "purpose (an alias counts as the purpose it names) return the tenant's existing file "
         f"(same id, its first filename) without a second provider upload; `{DEDUP_HEADER}` "
         "says `hit` or `miss`. A hit never shortens or clears the file's expiry: a later "
