@@ -374,3 +374,21 @@ async def test_a_claim_refused_after_the_last_byte_deletes_the_copy_it_made(
     assert wasted(gateway, "moonshot", "deleted") == 1
     assert await count(gateway, File) == 1
     assert await leftovers(gateway.runtime.blob_store) == []
+
+
+@pytest.mark.settings(breaker_reset_seconds=600.0)
+async def test_an_open_circuit_gets_no_pipelined_upload(
+    gateway: Gateway, settings: Settings
+) -> None:
+    """The breaker still decides: with moonshot's circuit open nothing is sent to it while the
+    body arrives, and the accepted file waits as pending."""
+    admin = await gateway.key("ops", ("admin",))
+    async with gateway.client(admin) as ops:
+        opened = await ops.post("/admin/providers/moonshot/breaker", json={"action": "open"})
+        assert opened.status_code == 200, opened.text
+    token = await gateway.key()
+    fields = {"purpose": "file-extract", "provider": "moonshot"}
+    async with slow_upload(gateway, settings, token, secrets.token_bytes(SIZE), fields=fields) as c:
+        answer = await c.finish()
+    assert answer.status == 202 and answer.json["status"] == "pending", answer.json
+    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 0
