@@ -1,4 +1,4 @@
-"""The `filegate` command: serve, migrate, worker-free operations, keys, sandbox."""
+"""The `filegate` command: serve, migrate, worker, sandbox, and the operator commands."""
 
 from __future__ import annotations
 
@@ -9,15 +9,35 @@ from typing import Annotated
 
 import typer
 
+from app import admin_cli
 from app.core.config import ConfigError, Settings, load_settings
-from app.core.errors import GatewayError
 from app.core.logging import configure_logging
 
 cli = typer.Typer(
     help="filegate: one Files API in front of Moonshot and Z.ai.", no_args_is_help=True
 )
-keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
-cli.add_typer(keys_cli, name="keys")
+admin_cli.register(cli)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(admin_cli.version_text())
+        raise typer.Exit()
+
+
+@cli.callback()
+def root(
+    ctx: typer.Context,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print results as JSON (the admin API's shapes)")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version"),
+    ] = False,
+) -> None:
+    """filegate: one Files API in front of Moonshot and Z.ai."""
+    ctx.obj = {"json": json_output}
 
 
 def _settings(**overrides: object) -> Settings:
@@ -79,51 +99,6 @@ def serve(
     )
 
 
-@keys_cli.command("create")
-def keys_create(
-    tenant: Annotated[str, typer.Option(help="Tenant name (created if new)")],
-    name: Annotated[str, typer.Option(help="A label for the key")],
-    admin: Annotated[bool, typer.Option(help="Grant the admin scope")] = False,
-) -> None:
-    """Issue an API key; the key alone is printed on the last line."""
-    from app.auth.keys import issue_key
-    from app.auth.scopes import DEFAULT_SCOPES, Scope
-    from app.core.db import create_engine, create_sessionmaker
-
-    settings = _settings()
-    scopes = [*DEFAULT_SCOPES, *([Scope.ADMIN] if admin else [])]
-
-    async def run() -> str:
-        engine = create_engine(settings.resolved_database_url)
-        try:
-            async with create_sessionmaker(engine)() as session:
-                issued = await issue_key(
-                    session=session,
-                    hmac_key=settings.hmac_key(),
-                    tenant_name=tenant,
-                    name=name,
-                    scopes=scopes,
-                )
-                await session.commit()
-        finally:
-            await engine.dispose()
-        typer.echo(
-            f"key id {issued.key.id} for tenant {issued.tenant_name} "
-            f"(scopes: {' '.join(scopes)}); it is shown only once:"
-        )
-        return issued.token
-
-    from app.core.migrations import upgrade
-
-    upgrade(settings.resolved_database_url)
-    try:
-        token = asyncio.run(run())
-    except GatewayError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(token)
-
-
 @cli.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Jobs run at once by this process")] = 2,
@@ -163,20 +138,49 @@ def worker(
 def sandbox_cmd(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 9000,
+    moonshot_max_files: Annotated[
+        int | None,
+        typer.Option(min=1, help="Files per Moonshot account [FILEGATE_MOONSHOT_MAX_FILES]"),
+    ] = None,
+    zai_max_files: Annotated[
+        int | None,
+        typer.Option(min=1, help="Files per capped Z.ai purpose [FILEGATE_ZAI_MAX_FILES]"),
+    ] = None,
 ) -> None:
     """Serve the provider sandbox alone (paths under /sandbox/moonshot/v1 and /sandbox/zai/...)."""
     import uvicorn
 
     from app.sandbox import create_standalone_app
 
-    _settings()
+    caps = _settings().sandbox_caps()
+    caps["moonshot_max_files"] = moonshot_max_files or caps["moonshot_max_files"]
+    caps["zai_max_files"] = zai_max_files or caps["zai_max_files"]
     typer.echo(f"sandbox on http://{host}:{port}/sandbox/{{moonshot/v1,zai/api/paas/v4}}")
     typer.echo(
         f"point every process at it: FILEGATE_SANDBOX_URL=http://{host}:{port}/sandbox "
         "(control routes answer loopback clients only)"
     )
-    uvicorn.run(create_standalone_app(), host=host, port=port, log_level="warning", log_config=None)
+    uvicorn.run(
+        create_standalone_app(**caps), host=host, port=port, log_level="warning", log_config=None
+    )
 
 
-def main() -> None:
-    cli()
+# The parser's error base class, from whichever click typer runs on (its own copy or click).
+_CLICK_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command; a bad command line is one line on stderr (exit 2), never a panel."""
+    try:
+        code = cli(args=argv, prog_name="filegate", standalone_mode=False)
+    except _CLICK_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group named alone: its help
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(getattr(exc, "exit_code", 2))
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        where = getattr(getattr(exc, "ctx", None), "command_path", "filegate")
+        typer.echo(f"error: {message} (see: {where} --help)", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -9,11 +9,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from app.api import docs as api_docs
 from app.api import errors, openapi
 from app.api.edge import EdgeMiddleware
 from app.api.intake import MULTIPART_OVERHEAD_BYTES
 from app.api.middleware import ExpectContinueMiddleware, RequestContextMiddleware
-from app.api.routes import admin, files, health
+from app.api.routes import admin, console, files, health, uploads, usage
 from app.api.timeouts import BodyIdleTimeoutMiddleware
 from app.auth.identify import IdentifyMiddleware
 from app.core.clock import SYSTEM_CLOCK, Clock
@@ -23,6 +24,7 @@ from app.core.metrics import GatewayMetrics
 from app.jobs.worker import running_workers
 from app.runtime import build_runtime
 from app.services.sandbox import recheck_on_start
+from app.services.uploads import PART_MAX_BYTES
 
 DESCRIPTION = """\
 One OpenAI-compatible Files API in front of Moonshot (Kimi) and Z.ai (GLM).
@@ -60,22 +62,29 @@ def create_app(settings: Settings | None = None, *, clock: Clock = SYSTEM_CLOCK)
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
-        openapi_url="/openapi.json" if docs else None,
+        # The docs pages are api_docs' own, with their assets served locally (no CDN).
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=api_docs.OPENAPI_URL if docs else None,
         # A slash-less path is a 404, never a redirect built from the untrusted Host header.
         redirect_slashes=False,
     )
     errors.install(app)
     openapi.install(app)
+    if docs:
+        api_docs.install(app)
     app.include_router(files.router)
+    app.include_router(usage.router)
+    app.include_router(uploads.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(health.metrics_router)
+    console.install(app)
     app.add_middleware(
         EdgeMiddleware,
         upload_limit=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         body_limit=settings.json_body_limit,
+        part_limit=min(PART_MAX_BYTES, settings.max_upload_bytes) + MULTIPART_OVERHEAD_BYTES,
     )
     app.add_middleware(BodyIdleTimeoutMiddleware, idle_seconds=settings.body_idle_timeout_seconds)
     app.add_middleware(IdentifyMiddleware)

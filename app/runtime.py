@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.cache import IdentityCache
 from app.auth.jwt import JWTVerifier, verifier_from_settings
+from app.auth.sessions import SignOuts
 from app.core.clock import SYSTEM_CLOCK, Clock
 from app.core.config import ConfigError, Settings
 from app.core.db import create_engine, create_sessionmaker
@@ -28,6 +29,7 @@ from app.providers.pipeline import ProviderConfig
 from app.providers.retry import RetryPolicy
 from app.services import audit
 from app.services.audit import RefusalThrottle
+from app.services.capacity import Capacity
 from app.services.deployment import DeploymentIdentity, DeploymentTagInvalid
 from app.services.files.settle import Placer
 from app.storage.blobs import BlobStore, LocalBlobStore
@@ -60,6 +62,14 @@ class Runtime:
     sandbox_url: str | None = None
     sandbox_in_process: bool = False
     clock: Clock = SYSTEM_CLOCK
+    signouts: SignOuts = field(
+        default_factory=lambda: SignOuts(None, clock=lambda: SYSTEM_CLOCK.now().timestamp())
+    )
+
+    @cached_property
+    def capacity(self) -> Capacity:
+        """The provider accounts' caps and usage corrections, shared by placement and jobs."""
+        return Capacity(settings=self.settings, providers=self.providers, metrics=self.metrics)
 
     @cached_property
     def placer(self) -> Placer:
@@ -71,6 +81,7 @@ class Runtime:
             deployment=self.deployment,
             metrics=self.metrics,
             settings=self.settings,
+            capacity=self.capacity,
         )
 
     @property
@@ -133,7 +144,9 @@ async def build_runtime(
                 raise ConfigError(no_sandbox_message(settings))
             from app.sandbox.server import serve_on_loopback
 
-            sandbox_url = await stack.enter_async_context(serve_on_loopback())
+            sandbox_url = await stack.enter_async_context(
+                serve_on_loopback(**settings.sandbox_caps())
+            )
             in_process = True
             log.info("provider sandbox on %s (loopback only)", sandbox_url)
         async with _build_runtime(
@@ -256,6 +269,7 @@ async def _assemble(
         sandbox_url=sandbox_url if any(cfg.sandbox for cfg in configs) else None,
         sandbox_in_process=in_process,
         clock=clock,
+        signouts=SignOuts(redis, clock=lambda: clock.now().timestamp()),
     )
     await _load_deployment(runtime.deployment)
     if runtime.listener is not None:

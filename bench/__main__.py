@@ -41,20 +41,22 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
 15. a 100 MiB download through the gateway vs `python -m http.server` serving the same file;
 16. a dedup hit with a declared digest (`Repr-Digest`, `Expect: 100-continue`, so the body is
    never sent) vs the same 100 MiB uploaded straight to the sandbox;
-17. a 100 MiB miss through the gateway, the provider upload pipelined with the client's, vs the
+17. resumable uploads: a 100 MiB file through the Uploads API in 8 parts sent one after
+   another (create, parts, complete) vs the same file as one ordinary upload;
+18. capacity: 3,000 unique small provider=moonshot uploads through a Moonshot account capped
+   at 1,000 files (a sandbox and gateway of its own, both at the cap): failed uploads (goal 0),
+   copies evicted, and re-placements when the first 100 files' text is asked for;
+19. a 100 MiB miss through the gateway, the provider upload pipelined with the client's, vs the
    same bytes straight to the sandbox: provider=moonshot and auto, each without a digest
    (speculative) and with a declared one (Repr-Digest);
-18. peak RSS over idle of the gateway during 8 concurrent pipelined 100 MiB uploads;
+20. peak RSS over idle of the gateway during 8 concurrent pipelined 100 MiB uploads;
 
 and prints a table (also written to bench-results/latest.txt).  Timings are medians of
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
 
-Options: --reps N, --size BYTES, --rps-requests N, --rps-concurrency C, --load-procs K,
---fallback-pairs N, --hang-runs N, --hang-concurrency K, --recovery-files N,
---auth-requests N, --queue-runs N, --wakeup-runs N, --objectstore-runs N, --replica-uploads
-N, --download-runs N, --pipelined-runs N, --phases
-core,fallback,hang,resilience,auth,queue,wakeup,objectstore,replicas,download,pipelined (a subset),
---profile (cProfile inside the gateway per phase, written under bench-results/profile/).
+Options (`python -m bench --help`): --reps N and a count per phase (runs, requests, files),
+--phases (a comma-separated subset of bench.phases.PHASES, in that order), --profile (cProfile
+inside the gateway per phase, written under bench-results/profile/).
 """
 
 from __future__ import annotations
@@ -102,6 +104,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--download-runs", type=int, default=3, help="100 MiB downloads and declared hits timed"
+    )
+    parser.add_argument(
+        "--uploads-runs", type=int, default=3, help="100 MiB files per way (Uploads API, whole)"
+    )
+    parser.add_argument(
+        "--capacity-uploads", type=int, default=3000, help="unique uploads (capacity phase)"
+    )
+    parser.add_argument(
+        "--capacity-max-files", type=int, default=1000, help="the capped moonshot account"
     )
     parser.add_argument(
         "--pipelined-runs", type=int, default=3, help="100 MiB misses timed per pipelined row"

@@ -13,6 +13,7 @@ from bench.measure import ForeignLoad
 from bench.payloads import UPLOAD_TIMEOUT, csv_base
 from bench.phases import PHASES
 from bench.phases.auth import auth_phase
+from bench.phases.capacity import capacity_phase
 from bench.phases.core import core_phases
 from bench.phases.download import download_phase
 from bench.phases.fallback import fallback_phase
@@ -22,6 +23,7 @@ from bench.phases.pipelined import pipelined_phase
 from bench.phases.queue import queue_phase
 from bench.phases.replicas import replicas_phase
 from bench.phases.resilience import resilience_phase
+from bench.phases.uploads import uploads_phase
 from bench.phases.wakeup import wakeup_phase
 from bench.processes import (
     GATEWAY_MODULE,
@@ -126,6 +128,16 @@ def run(
             )
         if "download" in phases:
             download_phase(b, procs, work, runs=args.download_runs)
+        if "uploads" in phases:
+            uploads_phase(b, work, runs=args.uploads_runs)
+        if "capacity" in phases:
+            capacity_phase(
+                b,
+                procs,
+                work,
+                uploads=args.capacity_uploads,
+                max_files=args.capacity_max_files,
+            )
         if "pipelined" in phases:
             pipelined_phase(b, work, runs=args.pipelined_runs)
         b.reset("moonshot")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 
@@ -24,9 +26,11 @@ from app.core.logging import APP_LOGGER, UVICORN_LOGGERS, GatewayHandler
 from app.core.migrations import downgrade, sync_url, upgrade
 from app.main import create_app
 from app.runtime import Runtime
+from tests.support.browser import Browser, artifact_dir, chromium
 from tests.support.clock import FakeClock
 from tests.support.seaweed import ObjectStore, seaweedfs
-from tests.support.servers import serve_in_thread
+from tests.support.servers import free_port, serve_in_thread
+from tests.support.waiting import wait_until
 
 S3_BUCKET = "filegate-test"
 PG_URL = os.environ.get("FILEGATE_TEST_DATABASE_URL")
@@ -38,6 +42,8 @@ TABLES = (
     "idempotency_keys",
     "jobs",
     "audit_events",
+    "upload_parts",
+    "uploads",
     "lifecycle_events",
     "provider_copies",
     "files",
@@ -354,3 +360,55 @@ async def gateway(
 async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
     async with gateway.client(await gateway.key()) as c:
         yield c
+
+
+@dataclass
+class ServedGateway(Gateway):
+    """A gateway behind a real HTTP server on a loopback port (for browsers and raw clients)."""
+
+    base_url: str = ""
+
+    def http(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=60)
+
+
+@asynccontextmanager
+async def serving_gateway(
+    settings: Settings, sandbox_url: str, *, clock: Clock = SYSTEM_CLOCK
+) -> AsyncIterator[ServedGateway]:
+    """`settings`' gateway served by uvicorn on 127.0.0.1, in this event loop, until the block
+    ends (so the test can still reach its runtime, as with `started_gateway`)."""
+    app = create_app(settings, clock=clock)
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_until(
+            lambda: server.started or serving.done(), timeout=20, what="the gateway serving"
+        )
+        if serving.done():
+            serving.result()  # raises what stopped it
+        yield ServedGateway(
+            app=app, sandbox_url=sandbox_url, base_url=f"http://127.0.0.1:{config.port}"
+        )
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@pytest.fixture
+async def served(
+    request: pytest.FixtureRequest, settings: Settings, sandbox_reset: str
+) -> AsyncIterator[ServedGateway]:
+    """The gateway for `settings` over loopback HTTP; on the test's `clock` when it asks."""
+    clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else SYSTEM_CLOCK
+    async with serving_gateway(settings, sandbox_reset, clock=clock) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def browser(request: pytest.FixtureRequest, served: ServedGateway) -> AsyncIterator[Browser]:
+    """Chromium that may reach the served gateway and nothing else; screenshots kept."""
+    async with chromium(served.base_url, artifacts=artifact_dir(request.node.nodeid)) as b:
+        yield b

@@ -631,7 +631,7 @@ async def test_chaos_keeps_the_registry_sound(
                 if time.monotonic() > deadline:
                     jobs = (
                         await http.get(
-                            f"{cluster.slots[0].url}/admin/jobs",
+                            f"{cluster.slots[0].url}/admin/jobs/summary",
                             headers={"Authorization": f"Bearer {admin}"},
                         )
                     ).text

@@ -24,6 +24,7 @@ from tests.support.processes import (
     mint_key,
     run_cli,
     start_gateway,
+    start_sandbox,
 )
 from tests.support.servers import free_port
 
@@ -425,3 +426,26 @@ def test_serve_logs_json_lines_with_uvicorn_in_the_same_format(tmp_path: Path) -
     loggers = {x["logger"] for x in parsed}
     assert "uvicorn.error" in loggers
     assert all({"time", "level", "logger", "message"} <= set(x) for x in parsed)
+
+
+async def test_sandbox_keeps_the_account_caps_it_is_given() -> None:
+    with start_sandbox(None, "--moonshot-max-files", "2", "--zai-max-files", "1") as proc:
+        async with httpx.AsyncClient(base_url=f"{proc.url}/sandbox", timeout=30) as client:
+
+            async def upload(path: str, name: str) -> httpx.Response:
+                return await client.post(
+                    path,
+                    headers={"Authorization": "Bearer sk-x.y"},
+                    data={"purpose": "file-extract"},
+                    files={"file": (name, name.encode())},
+                )
+
+            moonshot = [await upload("/moonshot/v1/files", f"m{n}.txt") for n in range(3)]
+            zai = [await upload("/zai/api/paas/v4/files", f"z{n}.csv") for n in range(2)]
+    assert [r.status_code for r in moonshot] == [200, 200, 400]
+    assert moonshot[2].json()["error"]["message"] == (
+        "The number of files you have uploaded exceeded the max file count 2, "
+        "please delete previous uploaded files"
+    )
+    assert [r.status_code for r in zai] == [200, 400]
+    assert "reached the limit of 1" in zai[1].json()["error"]["message"]

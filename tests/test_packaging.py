@@ -42,6 +42,7 @@ from tests.support.servers import free_port
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_TIMEOUT = 600.0
 CLI_TIMEOUT = 120.0
+SHIPPED_SUFFIXES = (".py", ".mako", ".html", ".js", ".css")  # modules, templates, console assets
 
 
 @dataclass
@@ -181,7 +182,7 @@ def _checkout_files(directory: str) -> set[str]:
     return {
         p.relative_to(base).as_posix()
         for p in base.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".mako")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix in SHIPPED_SUFFIXES
     }
 
 

@@ -1,8 +1,8 @@
 """The edge: what no route should ever see is refused here, before any route runs.
 
 - Control characters (NUL included) in the path or the query string: 400.
-- Bodies are bounded: an upload by the upload limit, every other body by the small JSON limit,
-  declared (Content-Length) or counted as it arrives: 413.
+- Bodies are bounded: an upload by the upload limit, an upload's part by the part limit, every
+  other body by the small JSON limit, declared (Content-Length) or counted as it arrives: 413.
 - A caller that did not identify itself on an authenticated prefix never has its body read: the
   route answers 401 from the headers alone. The server discards what the client still sends
   (in bounded memory) and keeps the connection, so the client reads a clean answer rather than
@@ -16,6 +16,7 @@ Every refusal is rendered by the one error handler, so it carries the envelope a
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from typing import Any
 from urllib.parse import parse_qsl
@@ -29,6 +30,8 @@ from app.auth.identify import IDENTIFIED_PREFIXES
 from app.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
 
 JSON_TEXT_CONTROLS = frozenset("\t\n\r")
+# A resumable upload's part is streamed like an upload, within the part limit.
+UPLOAD_PART_PATH = re.compile(r"/v1/uploads/[^/]+/parts")
 MAX_JSON_DEPTH = 32
 
 
@@ -116,11 +119,13 @@ class EdgeMiddleware:
         upload_limit: int,
         body_limit: int,
         upload_paths: frozenset[str] = frozenset({"/v1/files"}),
+        part_limit: int | None = None,
     ) -> None:
         self.app = app
         self.upload_limit = upload_limit
         self.body_limit = body_limit
         self.upload_paths = upload_paths
+        self.part_limit = part_limit or upload_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,6 +145,8 @@ class EdgeMiddleware:
                 return
             upload = scope["method"] == "POST" and scope["path"] in self.upload_paths
             limit = self.upload_limit if upload else self.body_limit
+            if scope["method"] == "POST" and UPLOAD_PART_PATH.fullmatch(scope["path"]):
+                upload, limit = True, self.part_limit
             declared = _content_length(headers)
             if declared is not None and declared > limit:
                 raise _too_large(limit, upload)

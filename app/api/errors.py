@@ -91,7 +91,7 @@ async def _audit_refusal(request: Request, exc: GatewayError) -> None:
     if exc.status_code not in (401, 403) and request.method not in MUTATING:
         return
     runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None or not request.url.path.startswith(("/v1", "/admin")):
+    if runtime is None or not request.url.path.startswith(("/v1", "/admin", "/console/session")):
         return
     principal = getattr(request.state, "principal", None)
     client = request.client.host if request.client else None

@@ -123,8 +123,12 @@ class MultipartIntake:
         max_parts: int,
         text_fields: frozenset[str],
         declared_sha256: str | None = None,
+        file_field: str = "file",
+        filename_required: bool = True,
     ) -> None:
         self.blob_store = blob_store
+        self.file_field = file_field
+        self.filename_required = filename_required
         self.max_file_bytes = max_file_bytes
         self.max_parts = max_parts
         self.text_fields = text_fields | {digest.FIELD}
@@ -203,12 +207,14 @@ class MultipartIntake:
             self._fail(InvalidRequest("Each multipart part needs Content-Disposition: form-data."))
             return
         part.name = _utf8(params[b"name"])
-        if part.name == "file":
+        if part.name == self.file_field:
             if self.file_seen:
-                self._fail(InvalidRequest("Send exactly one 'file' part.", param="file"))
+                self._fail(InvalidRequest(f"Send exactly one '{part.name}' part.", param=part.name))
                 return
             self.file_seen = True
             raw_name = params.get(b"filename")
+            if raw_name is None and not self.filename_required:
+                raw_name = part.name.encode()
             if raw_name is None:
                 self._fail(InvalidRequest("The 'file' part needs a filename.", param="file"))
                 return
@@ -235,7 +241,7 @@ class MultipartIntake:
         if part is None or self.error is not None:
             return
         n = end - start
-        if part.name == "file" and self.spool is not None:
+        if part.name == self.file_field and self.spool is not None:
             self.file_size += n
             if self.file_size > self.max_file_bytes:
                 self._fail(
@@ -255,7 +261,7 @@ class MultipartIntake:
 
     def _on_part_end(self) -> None:
         part = self.part
-        if part is None or part.name is None or part.name == "file":
+        if part is None or part.name is None or part.name == self.file_field:
             return
         if part.name in self.text_fields:
             try:
@@ -277,8 +283,8 @@ class MultipartIntake:
                 )
                 return
             self.fields[part.name] = value.strip()
-            if part.name == digest.FIELD:
-                self._declare(self.fields[part.name])
+            if part.name == digest.FIELD and self.fields[part.name]:
+                self._declare(self.fields[part.name])  # an empty one (a blank form) declares none
 
     def _declare(self, value: str) -> None:
         """The `sha256` field: it must come before the file part and agree with the header."""
@@ -334,11 +340,12 @@ class MultipartIntake:
     async def finish(self) -> IncomingUpload:
         if not self.finished:
             raise InvalidRequest("The multipart body is truncated (no closing boundary).")
+        field = self.file_field
         if self.spool is None or self.filename is None:
-            raise InvalidRequest("The request has no 'file' part.", param="file")
+            raise InvalidRequest(f"The request has no '{field}' part.", param=field)
         await self._flush(wait=True)
         if self.file_size == 0:
-            raise InvalidRequest("The file is empty.", param="file")
+            raise InvalidRequest(f"The {field} is empty.", param=field)
         sha256 = self.spool.sha256()
         if self.declared_sha256 is not None and sha256 != self.declared_sha256:
             raise digest.mismatch(declared=self.declared_sha256, received=sha256)
@@ -395,8 +402,11 @@ async def receive_upload(
     declared_sha256: str | None = None,
     on_file_start: OnFileStart[T] | None = None,
     start_pipelined: StartPipelined | None = None,
+    file_field: str = "file",
+    filename_required: bool = True,
 ) -> AsyncIterator[IncomingUpload | T]:
-    """Stream a multipart body into a spool, yield it, and leave nothing on disk afterwards.
+    """Stream a multipart body into a spool, yield it, and leave nothing on disk afterwards;
+    the bytes are the `file_field` part (`data` for an upload's part, which needs no name).
 
     `on_file_start` runs once, as the file part begins: an answer it returns is yielded
     instead, and the rest of the body is left unread. The bytes are checked against the
@@ -411,6 +421,8 @@ async def receive_upload(
         max_parts=max_parts,
         text_fields=text_fields,
         declared_sha256=declared_sha256,
+        file_field=file_field,
+        filename_required=filename_required,
     )
     max_body = max_file_bytes + MULTIPART_OVERHEAD_BYTES
     received = 0

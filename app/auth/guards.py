@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from app.api.deps import client_addr
 from app.auth.principal import CallContext, Principal
 from app.auth.scopes import Scope
-from app.core.errors import AuthenticationFailed, PermissionDenied, RateLimited
+from app.core.errors import AuthenticationFailed, CsrfRefused, PermissionDenied, RateLimited
 from app.core.ratelimit import rate_limit_headers
 from app.runtime import Runtime
 
@@ -22,6 +22,10 @@ def authorize(scope: Scope) -> Callable[[Request], Awaitable[CallContext]]:
         principal: Principal | None = request.state.principal
         runtime: Runtime = request.app.state.runtime
         if principal is None:
+            if request.state.csrf_refused:
+                raise CsrfRefused(
+                    "The console session's CSRF token is missing or wrong: reload the console."
+                )
             presented = request.state.credential_presented
             runtime.metrics.auth_refusals.labels("invalid" if presented else "missing").inc()
             if presented:
@@ -35,9 +39,7 @@ def authorize(scope: Scope) -> Callable[[Request], Awaitable[CallContext]]:
             raise PermissionDenied(f"This credential lacks the '{scope}' scope.")
         limit = principal.rate_limit_per_minute or runtime.settings.default_rate_limit_per_minute
         if limit:
-            decision = await runtime.rate_limiter.hit(
-                f"{principal.kind}:{principal.key_id}", limit_per_minute=limit
-            )
+            decision = await runtime.rate_limiter.hit(principal.rate_bucket, limit_per_minute=limit)
             headers = rate_limit_headers(decision)
             request.state.rate_limit_headers = headers
             if not decision.allowed:

@@ -189,11 +189,17 @@ def principal_for(
         return None
     if not verify_secret(parsed.secret, record.secret_hash, hmac_key=hmac_key):
         return None
+    return live_principal(record, now=now)
+
+
+def live_principal(record: KeyRecord, *, now: datetime, kind: str = "key") -> Principal | None:
+    """The key's caller at `now`, or None once it is revoked or expired."""
     if record.revoked or (record.expires_at is not None and record.expires_at <= now):
         return None
     return Principal(
         key_id=record.key_id,
         tenant_id=record.tenant_id,
         scopes=record.scopes,
+        kind=kind,
         rate_limit_per_minute=record.rate_limit_per_minute,
     )

@@ -12,12 +12,17 @@ class Principal:
     key_id: str
     tenant_id: str
     scopes: frozenset[str] = field(default_factory=frozenset)
-    kind: str = "key"  # key, jwt or system
+    kind: str = "key"  # key, console (a session of an admin key), jwt or system
     rate_limit_per_minute: int | None = None
 
     @property
     def actor(self) -> str:
         return f"{self.kind}:{self.key_id}"
+
+    @property
+    def rate_bucket(self) -> str:
+        """What the rate limit counts against: a console session shares its key's budget."""
+        return f"{'key' if self.kind == 'console' else self.kind}:{self.key_id}"
 
 
 @dataclass(frozen=True)

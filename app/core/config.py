@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     moonshot_base_url: str = "https://api.moonshot.ai/v1"
     zai_api_key: SecretStr | None = None
     zai_base_url: str = "https://api.z.ai/api/paas/v4"
+    # Account caps (provider reference): Moonshot per account, Z.ai per capped purpose.
+    moonshot_max_files: int = Field(default=1000, ge=1)
+    moonshot_max_bytes: int = Field(default=10 * 1024 * MiB, ge=1)
+    zai_max_files: int = Field(default=100, ge=1)
+    # Most of one capped account's file slots a tenant may hold before it evicts only its own.
+    capacity_tenant_share: float = Field(default=1.0, gt=0, le=1)
+    capacity_retry_seconds: float = Field(default=30.0, gt=0)
     provider_connect_timeout: float = Field(default=5.0, gt=0)
     # The idle timeout: longest a provider exchange may move no bytes while sending or reading.
     provider_timeout: float = Field(default=10.0, gt=0)
@@ -125,6 +132,8 @@ class Settings(BaseSettings):
     audit_anonymous_refusals_per_minute: int = Field(default=20, ge=0, le=100_000)
 
     docs_enabled: bool = True
+    # A console sign-in lasts this long (its key's revocation ends it sooner).
+    console_session_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
     metrics_token: SecretStr | None = None
     # Where `serve --workers N` (N > 1) keeps the workers' metric files; a private temporary
     # directory when unset. One server per directory: it is emptied at start and at exit.
@@ -275,6 +284,14 @@ class Settings(BaseSettings):
     def sandboxed_providers(self) -> list[str]:
         """The providers this process sends to the sandbox."""
         return [name for name in PROVIDERS if self.provider_sandboxed(name)]
+
+    def sandbox_caps(self) -> dict[str, int]:
+        """Sandbox options that fill its accounts where the gateway's caps say they are full."""
+        return {
+            "moonshot_max_files": self.moonshot_max_files,
+            "moonshot_max_total_bytes": self.moonshot_max_bytes,
+            "zai_max_files": self.zai_max_files,
+        }
 
     def hmac_key(self) -> bytes:
         """The secret keying API-key HMACs; generated once under data_dir when not configured."""

@@ -25,6 +25,7 @@ GatewayError
     ├── ProviderNotFound (404)       provider lost the file
     ├── ProviderFileTooLarge (413)
     ├── ProviderQuotaExceeded (507)  provider account full (file count, bytes, balance)
+    │   └── ProviderAccountFull      its file count or bytes cap: eviction can make room
     ├── ProviderRejected (400)       provider refused the request's content
     └── ProviderUnavailable (503)    provider down, 5xx, timeout, connection error
         ├── CircuitOpen (503)        calls are paused while the provider keeps failing
@@ -97,6 +98,12 @@ class PermissionDenied(GatewayError):
     status_code = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class CsrfRefused(PermissionDenied):
+    """A console session's state-changing request without its CSRF token."""
+
+    code = "csrf_failed"
 
 
 class QuotaExceeded(PermissionDenied):
@@ -286,6 +293,10 @@ class ProviderFileTooLarge(ProviderError):
 class ProviderQuotaExceeded(ProviderError):
     status_code = 507
     code = "provider_quota_exceeded"
+
+
+class ProviderAccountFull(ProviderQuotaExceeded):
+    """The account holds as many files (or bytes) as the provider allows: room can be made."""
 
 
 class ProviderRejected(ProviderError):

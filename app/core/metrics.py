@@ -153,6 +153,40 @@ class GatewayMetrics:
             multiprocess_mode="mostrecent",
             registry=self.registry,
         )
+        self.account_files = Gauge(
+            "filegate_provider_account_files",
+            "Files held on a provider account, by purpose class ('all' for a whole account).",
+            ["provider", "purpose_class"],
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.account_bytes = Gauge(
+            "filegate_provider_account_bytes",
+            "Bytes held on a provider account, by purpose class.",
+            ["provider", "purpose_class"],
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.account_max_files = Gauge(
+            "filegate_provider_account_max_files",
+            "The file cap of a provider account's purpose class.",
+            ["provider", "purpose_class"],
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.evictions = Counter(
+            "filegate_evictions_total",
+            "Provider copies evicted to make room, by provider and policy tier "
+            "(replicated, extracted, lru).",
+            ["provider", "tier"],
+            registry=self.registry,
+        )
+        self.replacements = Counter(
+            "filegate_replacements_total",
+            "Evicted provider copies placed again from the stored blob.",
+            ["provider"],
+            registry=self.registry,
+        )
         self.breaker_state = Gauge(
             "filegate_breaker_state",
             "Circuit breaker state per provider (0 closed, 1 half-open, 2 open).",

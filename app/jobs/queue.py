@@ -34,6 +34,7 @@ class JobKind(StrEnum):
     HEALTH_SWEEP = "health_sweep"
     SWEEP_STORAGE = "sweep_storage"
     PURGE_JOBS = "purge_jobs"
+    EXPIRE_UPLOADS = "expire_uploads"
 
 
 KINDS = frozenset(JobKind)
@@ -42,9 +43,18 @@ KINDS = frozenset(JobKind)
 class RetryLater(Exception):
     """Raised by a job handler when the work should be tried again after a backoff."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, patient: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # Waiting, not failing (a full provider account): the run costs none of its attempts.
+        self.patient = patient
+
+
+def payload_text(payload: dict[str, Any]) -> str:
+    """How a job's payload is stored: JSON with sorted keys (what a payload filter matches)."""
+    return json.dumps(payload, sort_keys=True)
 
 
 async def enqueue(
@@ -65,7 +75,7 @@ async def enqueue(
     run_after = utcnow() + timedelta(seconds=delay_seconds)
     added = await repo.enqueue(
         kind=kind,
-        payload=json.dumps(payload, sort_keys=True),
+        payload=payload_text(payload),
         dedupe_key=dedupe_key,
         run_after=run_after,
         max_attempts=max_attempts,
@@ -81,6 +91,15 @@ async def _announce(session: AsyncSession, *, kind: str) -> None:
     """Idle workers wake when the caller commits: other processes' by NOTIFY, ours directly."""
     await JobRepository(session).announce_due(kind=kind)
     wake_after_commit(session)
+
+
+async def requeue(*, session: AsyncSession, job_id: int) -> Job | None:
+    """Put a finished job back in the queue with fresh attempts, due now: like a new job, it
+    wakes idle workers when the caller commits."""
+    job = await JobRepository(session).requeue(job_id)
+    if job is not None:
+        await _announce(session, kind=job.kind)
+    return job
 
 
 async def expedite_placements(*, session: AsyncSession, provider: str) -> int:
@@ -121,7 +140,7 @@ async def begin_intent(
     """Record, in the caller's unit of work, the job the caller is about to run itself."""
     job = await JobRepository(session).add_claimed(
         kind=kind,
-        payload=json.dumps(payload, sort_keys=True),
+        payload=payload_text(payload),
         dedupe_key=dedupe_key,
         owner=owner,
         lease_seconds=lease_seconds,

@@ -107,6 +107,7 @@ class Worker:
         s = self.rt.settings
         periodic: list[tuple[str, dict[str, object], str, float]] = [
             (JobKind.EXPIRE, {}, "expire", s.expiry_interval_seconds),
+            (JobKind.EXPIRE_UPLOADS, {}, "expire_uploads", s.expiry_interval_seconds),
             (JobKind.HEALTH_SWEEP, {}, "health_sweep", s.health_check_interval_seconds),
             (JobKind.SWEEP_STORAGE, {}, "sweep_storage", s.storage_sweep_interval_seconds),
             (JobKind.PURGE_JOBS, {}, "purge_jobs", PURGE_JOBS_EVERY_SECONDS),
@@ -223,7 +224,7 @@ class Worker:
             if error is None:
                 outcome = JobState.DONE.value
                 kept = await repo.finish(job=job, worker_id=self.worker_id, state=JobState.DONE)
-            elif unknown or job.attempts >= job.max_attempts:
+            elif unknown or (job.attempts >= job.max_attempts and not _patient(error)):
                 outcome = JobState.DEAD.value
                 job.last_error = _describe(error)
                 kept = await repo.finish(
@@ -246,6 +247,7 @@ class Worker:
                         cap=s.job_backoff_max,
                         retry_after=retry_after,
                     ),
+                    refund_attempt=_patient(error),
                 )
             await session.commit()
         if kept and error is not None:
@@ -254,6 +256,10 @@ class Worker:
             else:
                 log.info("job %s (%s) will be retried: %s", job.id, job.kind, _describe(error))
         self.rt.metrics.job_runs.labels(job.kind, outcome if kept else "lost").inc()
+
+
+def _patient(error: BaseException) -> bool:
+    return isinstance(error, RetryLater) and error.patient
 
 
 def _describe(error: BaseException) -> str:

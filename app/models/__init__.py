@@ -15,6 +15,9 @@ from app.models.entities import (
     ProviderCopyStatus,
     SandboxInstance,
     Tenant,
+    Upload,
+    UploadPart,
+    UploadStatus,
 )
 
 __all__ = [
@@ -32,4 +35,7 @@ __all__ = [
     "ProviderCopyStatus",
     "SandboxInstance",
     "Tenant",
+    "Upload",
+    "UploadPart",
+    "UploadStatus",
 ]

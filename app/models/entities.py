@@ -1,4 +1,4 @@
-"""Tenants, keys, files, blobs, provider copies, lifecycle and audit events."""
+"""Tenants, keys, files, blobs, provider copies, uploads, lifecycle and audit events."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -37,6 +39,16 @@ class ProviderCopyStatus(StrEnum):
     DELETING = "deleting"
     DELETED = "deleted"
     MISSING = "missing"
+    EVICTED = "evicted"  # removed from the provider to make room; re-placed from the blob
+
+
+class UploadStatus(StrEnum):
+    """The states of an OpenAI-style resumable upload (the Uploads API's own names)."""
+
+    PENDING = "pending"  # accepting parts
+    COMPLETED = "completed"  # assembled into a file
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
 class JobState(StrEnum):
@@ -117,11 +129,16 @@ class File(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A pinned file's provider copies are never evicted to make room.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ProviderCopy(Base):
     __tablename__ = "provider_copies"
-    __table_args__ = (UniqueConstraint("file_id", "provider"),)
+    __table_args__ = (
+        UniqueConstraint("file_id", "provider"),
+        Index("ix_provider_copies_provider_status", "provider", "status"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="RESTRICT"), index=True)
@@ -133,6 +150,8 @@ class ProviderCopy(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     extracted: Mapped[str | None] = mapped_column(Text, default=None)
     checked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When the gateway last needed or handed out this copy: eviction takes the oldest first.
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -166,6 +185,42 @@ class AuditEvent(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     client_addr: Mapped[str | None] = mapped_column(String(64), default=None)
     detail: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Upload(Base):
+    """A resumable upload: parts arrive one request each, then one file is assembled from them."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_status_expires_at", "status", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="RESTRICT"))
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(40))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    mime_type: Mapped[str] = mapped_column(String(255))
+    # The file's own expiry (OpenAI's expires_after), counted from the file's creation.
+    file_expires_after_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    status: Mapped[str] = mapped_column(String(20), default=UploadStatus.PENDING)
+    # Not a foreign key: like a file's sha256, it outlives what it names.
+    file_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    # Set once the parts' bytes are gone from the blob store (after completion, cancel, expiry).
+    parts_collected_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class UploadPart(Base):
+    """One received part of an upload, stored in the blob store under its own key."""
+
+    __tablename__ = "upload_parts"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):

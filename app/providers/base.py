@@ -93,9 +93,6 @@ class ProviderAdapter(CallPipeline):
 
     name: str
     purposes: dict[str, PurposeRule]
-    # The provider's per-account limits, where it documents them.
-    account_max_files: int | None = None
-    account_max_bytes: int | None = None
 
     async def upload(
         self, *, body: UploadBody, filename: str, purpose: str, content_type: str

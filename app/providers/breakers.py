@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("filegate.breakers")
 
 CLOSED, HALF_OPEN, OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_HALF_OPEN, pybreaker.STATE_OPEN
+RECENT_TRANSITIONS = 10  # kept per process and provider for the operator's overview
 STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # gauge values of filegate_breaker_state
 # The provider is at fault: only these count towards opening the circuit.
 PROVIDER_FAULTS = (errors.ProviderUnavailable, errors.ProviderRateLimited)
@@ -54,6 +56,8 @@ class BreakerSnapshot:
     probe_in_flight: bool = False
     last_error: str | None = None
     forced: str | None = None
+    # The latest transitions this process made or noticed, newest first: (unix time, from, to).
+    transitions: tuple[tuple[float, str, str], ...] = ()
 
 
 class ProviderBreaker(pybreaker.CircuitBreakerListener):
@@ -71,6 +75,7 @@ class ProviderBreaker(pybreaker.CircuitBreakerListener):
             throw_new_error_on_trip=False,  # the provider's own error propagates
         )
         self.last_error: str | None = None
+        self.transitions: deque[tuple[float, str, str]] = deque(maxlen=RECENT_TRANSITIONS)
         if board.metrics is not None:
             board.metrics.breaker_state.labels(provider).set(0)
 
@@ -91,6 +96,7 @@ class ProviderBreaker(pybreaker.CircuitBreakerListener):
         if old == new:
             return
         logger.info("circuit %s: %s -> %s", self.provider, old, new)
+        self.transitions.appendleft((time.time(), old, new))
         if not (noticed := self.shared.adopting):
             opened = time.time() if new == OPEN else self.shared.view.opened_at
             self.shared.changed(store.Shared(new, opened, cb.fail_counter))
@@ -179,6 +185,7 @@ class ProviderBreaker(pybreaker.CircuitBreakerListener):
             probe_in_flight=state != CLOSED and await self.shared.probe_left() > 0,
             last_error=self.last_error,
             forced=view.forced,
+            transitions=tuple(self.transitions),
         )
 
     async def force(self, action: Action) -> BreakerSnapshot:

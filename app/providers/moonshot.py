@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from app.core.errors import (
+    ProviderAccountFull,
     ProviderAuthFailed,
     ProviderError,
     ProviderFileTooLarge,
@@ -63,8 +64,6 @@ class MoonshotAdapter(ProviderAdapter):
     """Moonshot `/v1/files`: multipart upload, single-page list, extracted-text content."""
 
     name = Provider.MOONSHOT
-    account_max_files = 1000
-    account_max_bytes = 10 * 1024 * MiB
     purposes = {
         "file-extract": _FILE_EXTRACT,
         "assistants": _FILE_EXTRACT,
@@ -180,13 +179,13 @@ class MoonshotAdapter(ProviderAdapter):
                 param="file",
             )
         if "max file count" in message or "number of files" in message:
-            return ProviderQuotaExceeded(
+            return ProviderAccountFull(
                 f"{name} file storage is full (file count limit); "
                 "delete old moonshot files and retry.",
                 provider=name,
             )
         if "total" in message and ("size" in message or "storage" in message):
-            return ProviderQuotaExceeded(
+            return ProviderAccountFull(
                 f"{name} file storage is full (total size limit); "
                 "delete old moonshot files and retry.",
                 provider=name,

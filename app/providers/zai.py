@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from app.core.errors import (
+    ProviderAccountFull,
     ProviderAuthFailed,
     ProviderError,
     ProviderFileTooLarge,
@@ -195,7 +196,7 @@ class ZaiAdapter(ProviderAdapter):
             )
         # Messages are undocumented (and Chinese on bigmodel.cn); these are best-effort hints.
         if "number of files" in message:
-            return ProviderQuotaExceeded(
+            return ProviderAccountFull(
                 f"{name} file storage is full (file count limit{detail}); "
                 "delete old zai files and retry.",
                 provider=name,

@@ -152,6 +152,57 @@ class FileRepository:
         row = (await self.session.execute(stmt)).one_or_none()
         return (row[0], row[1]) if row else None
 
+    async def position_of(self, file_id: str) -> tuple[datetime, str] | None:
+        """Where a file of any tenant sits in the newest-first order (an operator's cursor)."""
+        stmt = select(File.created_at, File.id).where(File.id == file_id)
+        row = (await self.session.execute(stmt)).one_or_none()
+        return (row[0], row[1]) if row else None
+
+    async def find_page(
+        self,
+        *,
+        tenant_id: str | None,
+        file_id: str | None,
+        sha256: str | None,
+        filename: str | None,
+        status: str | None,
+        before: tuple[datetime, str] | None,
+        limit: int,
+    ) -> Sequence[tuple[File, str]]:
+        """Files of every tenant with their tenant's name, newest first; deleted files only
+        when `status` asks for them; `filename` matches a case-insensitive substring."""
+        stmt = select(File, Tenant.name).join(Tenant, Tenant.id == File.tenant_id)
+        if status is None:
+            stmt = stmt.where(File.deleted_at.is_(None))
+        else:
+            stmt = stmt.where(File.status == status)
+        if tenant_id is not None:
+            stmt = stmt.where(File.tenant_id == tenant_id)
+        if file_id is not None:
+            stmt = stmt.where(File.id == file_id)
+        if sha256 is not None:
+            stmt = stmt.where(File.sha256 == sha256)
+        if filename is not None:
+            stmt = stmt.where(File.filename.icontains(filename, autoescape=True))
+        if before is not None:
+            created, fid = before
+            stmt = stmt.where(
+                or_(File.created_at < created, and_(File.created_at == created, File.id < fid))
+            )
+        stmt = stmt.order_by(File.created_at.desc(), File.id.desc()).limit(limit)
+        return [(f, name) for f, name in (await self.session.execute(stmt)).all()]
+
+    async def with_tenant(self, file_id: str) -> tuple[File, str] | None:
+        """A file of any tenant, deleted or not, with its tenant's name."""
+        stmt = (
+            select(File, Tenant.name)
+            .join(Tenant, Tenant.id == File.tenant_id)
+            .where(File.id == file_id)
+            .execution_options(populate_existing=True)
+        )
+        row = (await self.session.execute(stmt)).one_or_none()
+        return (row[0], row[1]) if row else None
+
     async def copies_for(self, file_ids: Sequence[str]) -> dict[str, list[ProviderCopy]]:
         result: dict[str, list[ProviderCopy]] = {fid: [] for fid in file_ids}
         if not file_ids:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Update, delete, func, or_, select, text, update
+from sqlalchemy import Update, delete, false, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -154,8 +154,10 @@ class JobRepository:
         state: str,
         error: str | None = None,
         run_after: datetime | None = None,
+        refund_attempt: bool = False,
     ) -> bool:
-        """Record the outcome of our run, fenced by lease owner and attempt number."""
+        """Record the outcome of our run, fenced by lease owner and attempt number;
+        `refund_attempt`: this run does not count against the job's attempts."""
         now = utcnow()
         values: dict[str, object] = {
             "state": state,
@@ -168,6 +170,8 @@ class JobRepository:
             values["finished_at"] = now
         if run_after is not None:
             values["run_after"] = run_after
+        if refund_attempt:
+            values["attempts"] = Job.attempts - 1
         stmt = _ours(job, worker_id).values(**values)
         result = await self.session.execute(stmt)
         return bool(getattr(result, "rowcount", 0))
@@ -234,6 +238,28 @@ class JobRepository:
         stmt = select(Job).order_by(Job.id.desc()).limit(limit)
         if state is not None:
             stmt = stmt.where(Job.state == state)
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def page(
+        self,
+        *,
+        state: str | None,
+        kind: str | None,
+        payloads_like: Sequence[str] | None,
+        before_id: int | None,
+        limit: int,
+    ) -> Sequence[Job]:
+        """Jobs newest first, below `before_id`; `payloads_like` keeps those whose payload text
+        matches one of its LIKE patterns (an empty list matches nothing)."""
+        stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+        if state is not None:
+            stmt = stmt.where(Job.state == state)
+        if kind is not None:
+            stmt = stmt.where(Job.kind == kind)
+        if payloads_like is not None:
+            stmt = stmt.where(or_(false(), *(Job.payload.like(p) for p in payloads_like)))
+        if before_id is not None:
+            stmt = stmt.where(Job.id < before_id)
         return (await self.session.execute(stmt)).scalars().all()
 
     async def active_for(self, *, dedupe_key: str) -> Job | None:

@@ -8,7 +8,7 @@ import mimetypes
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, Self
 
@@ -70,6 +70,10 @@ ZAI_DEFAULT_RULES: Mapping[str, ZaiPurposeRule] = MappingProxyType(
 )
 
 
+# The purposes Z.ai caps at 100 files (provider doc 2.3); `zai_max_files` lowers or raises them.
+ZAI_COUNTED_PURPOSES = ("file-extract", "code-interpreter", "agent")
+
+
 @dataclass(frozen=True)
 class SandboxOptions:
     """Constructor options of `create_sandbox_app`; defaults are the documented limits."""
@@ -85,7 +89,15 @@ class SandboxOptions:
         default_factory=lambda: dict(ZAI_DEFAULT_RULES)
     )
     zai_not_found_status: int = 404
+    zai_max_files: int | None = None  # None: each rule's own count (100 for the counted ones)
     seed: int | None = None
+
+    def zai_rule(self, purpose: str) -> ZaiPurposeRule | None:
+        """The upload rule for a Z.ai purpose, its file count as configured."""
+        rule = self.zai_purpose_rules.get(purpose)
+        if rule is None or self.zai_max_files is None or purpose not in ZAI_COUNTED_PURPOSES:
+            return rule
+        return replace(rule, max_files=self.zai_max_files)
 
 
 @dataclass

@@ -125,7 +125,7 @@ class ZaiSandbox(ProviderSandbox):
         purpose = form.get("purpose")
         if not isinstance(purpose, str) or not purpose:
             return self.error(400, "1213", "Missing required parameter: purpose")
-        rule = opts.zai_purpose_rules.get(purpose)
+        rule = opts.zai_rule(purpose)
         if rule is None:
             supported = ", ".join(opts.zai_purpose_rules)
             return self.error(400, "1214", f"Invalid purpose: {purpose}. Supported: {supported}")

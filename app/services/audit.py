@@ -61,7 +61,7 @@ def record(
         _event(
             request_id=ctx.request_id,
             actor=ctx.principal.actor,
-            tenant_id=ctx.principal.tenant_id,
+            tenant_id=ctx.principal.tenant_id or None,  # the CLI acts under no tenant
             action=action,
             resource=resource,
             outcome=outcome,

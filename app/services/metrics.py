@@ -12,6 +12,7 @@ from app.core.logging import log_failure
 from app.core.metrics import GatewayMetrics
 from app.core.outage import OutageLog, is_database_outage
 from app.repositories.files import FileRepository
+from app.services.capacity import Capacity
 
 log = logging.getLogger("filegate.metrics")
 READ_TIMEOUT_SECONDS = 2.0
@@ -22,12 +23,16 @@ async def refresh_on_scrape(
     sessionmaker: async_sessionmaker[AsyncSession],
     metrics: GatewayMetrics,
     database: OutageLog,
+    capacity: Capacity | None = None,
 ) -> None:
     """Set the registry gauges; an unreachable database leaves their last values (and the
     scrape still answers)."""
     try:
         async with asyncio.timeout(READ_TIMEOUT_SECONDS), sessionmaker() as session:
             oldest = await FileRepository(session).oldest_pending()
+            if capacity is not None:
+                for provider in capacity.providers.order:
+                    await capacity.overview(session, provider)  # sets the usage gauges
     except Exception as exc:
         if is_database_outage(exc):
             database.failed(exc)

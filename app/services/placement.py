@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import CallContext
-from app.core.db import unit_of_work
-from app.core.errors import BlobCorrupt, CircuitOpen, ProviderError
+from app.core.db import unit_of_work, utcnow
+from app.core.errors import BlobCorrupt, CircuitOpen, ProviderAccountFull, ProviderError
 from app.core.metrics import GatewayMetrics
-from app.models import File, FileStatus, ProviderCopy
+from app.models import Blob, File, FileStatus, ProviderCopy
 from app.models import ProviderCopyStatus as C
 from app.providers.hub import ProviderHub, Target
 from app.repositories.files import FileRepository
 from app.services import audit, lifecycle
+from app.services.capacity import Cap, Capacity, Usage, evict_one, waiting_for_room
 from app.services.deployment import TAG_ALPHABET, TAG_LENGTH, DeploymentIdentity
 from app.storage.blobs import BlobMissing, BlobStore
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 PROVIDER_FILENAME_MAX = 255
 FILE_ID_LENGTH = 29
+MAX_EVICTIONS_PER_PLACEMENT = 64  # enough for a large file on a byte cap of small ones
+MAX_UPLOADS_PER_PLACEMENT = 3  # the provider said full although the registry counted room
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ class Placement:
     errors: list[ProviderError] = field(default_factory=list)
     deferred: bool = False  # some target failed for a reason that may pass
     withdrawn: bool = False  # the file was deleted while it was being placed
+    waiting_for_room: bool = False  # every target's account is full, nothing could be evicted
+    evicted: int = 0  # copies evicted to make room for it
 
     @property
     def first_error(self) -> ProviderError:
@@ -120,6 +126,38 @@ class Placement:
         return max((e.retry_after or 0 for e in self.errors), default=0) or None
 
 
+class Tried(StrEnum):
+    PLACED = "placed"
+    WITHDRAWN = "withdrawn"
+    FULL = "full"  # the account is at its cap (the gateway's count, or the provider said so)
+    FAILED = "failed"
+
+
+@dataclass
+class Placing:
+    """What one placement works with: its collaborators, the caller, the file, and the head
+    start of one target until a try of that target takes it."""
+
+    session: AsyncSession
+    blob_store: BlobStore
+    providers: ProviderHub
+    metrics: GatewayMetrics
+    capacity: Capacity
+    ctx: CallContext
+    file: File
+    blob: Blob
+    tag: str
+    head_start: HeadStart | None = None
+
+    def take_head_start(self, target: Target) -> HeadStart | None:
+        """The head start, once, for the try of its own target."""
+        pending = self.head_start
+        if pending is None or pending.provider != target.provider:
+            return None
+        self.head_start = None
+        return pending
+
+
 async def place(
     *,
     session: AsyncSession,
@@ -127,16 +165,24 @@ async def place(
     providers: ProviderHub,
     deployment: DeploymentIdentity,
     metrics: GatewayMetrics,
+    capacity: Capacity,
     ctx: CallContext,
     file: File,
     targets: Sequence[Target],
+    retry_seconds: float,
     head_start: HeadStart | None = None,
 ) -> Placement:
-    """Upload the canonical blob to the first target that takes it.
+    """Upload the canonical blob to the first target that takes it, making room if need be.
+
+    Targets whose account is full (by the registry's count or the provider's answer) are
+    passed over while another has room; if none has, copies the gateway can rebuild are
+    evicted from the first full one that has some, then the file is placed there. With
+    nothing to evict the placement waits for room (deferred, never refused).
 
     A `head_start` (the upload of its target that ran while the body arrived) is that
-    target's first try: its outcome is taken here. When it fails, the next target
-    is tried from the blob, or, when no other target is left, the same one again from the blob.
+    target's first try, the registry's count unasked: its outcome is taken here (an
+    account-full answer makes room as any would). When it fails, the next target is tried
+    from the blob, or, when no other target is left, the same one again from the blob.
 
     Per target: a unit of work records the intent (the copy row, so a crash leaves a trail),
     the provider call runs with no transaction open, and a last unit records the outcome:
@@ -154,20 +200,31 @@ async def place(
         raise BlobCorrupt(
             f"The stored content of {file.id} failed its integrity check; it is not pushed again."
         )
-    tag = await deployment.tag()
+    run = Placing(
+        session=session,
+        blob_store=blob_store,
+        providers=providers,
+        metrics=metrics,
+        capacity=capacity,
+        ctx=ctx,
+        file=file,
+        blob=blob,
+        tag=await deployment.tag(),
+    )
     tries = list(targets)
     if head_start is not None and head_start.usable and head_start.file_id == file.id:
-        ahead = [t for t in tries if t.provider == head_start.provider]
-        if ahead and len(tries) == 1:
-            tries.insert(0, ahead[0])  # its blob is the second try of the only target
-    else:
-        head_start = None
-    again = True  # whether the only target is tried again from the blob
+        run.head_start = head_start
+        if len(tries) == 1 and tries[0].provider == head_start.provider:
+            tries.append(tries[0])  # its blob is the second try of the only target
+    full: list[tuple[Target, Cap, bool]] = []  # and whether the provider itself said so
+    again = False  # whether the only target is tried again from the blob
     for index, target in enumerate(tries):
-        if index > 0 and target is tries[index - 1] and not again:
+        repeat = index > 0 and target is tries[index - 1]
+        if repeat and not again:
             continue
+        again = False
         adapter = providers.adapter(target.provider)
-        pipelined = head_start is not None and target.provider == head_start.provider
+        pipelined = run.head_start is not None and run.head_start.provider == target.provider
         paused_for = None if pipelined else await adapter.paused_for()
         if paused_for is not None:
             outcome.deferred = True
@@ -179,65 +236,150 @@ async def place(
                 )
             )
             continue
-        if index > 0 and target.provider != tries[index - 1].provider:
+        if index > 0 and not repeat:
             metrics.fallbacks.labels(target.provider).inc()
+        cap = capacity.cap_for(target.provider, target.rule.native)
+        # A head start has sent its bytes already: the provider's answer counts, not the count.
+        if cap is not None and not pipelined and not (await _usage(run, cap)).room_for(file.bytes):
+            full.append((target, cap, False))
+            continue
+        tried = await _attempt(run, target, outcome)
+        if tried in (Tried.PLACED, Tried.WITHDRAWN):
+            return outcome
+        # A refusal of the bytes would only be repeated; a failure that may pass is not.
+        again = tried is Tried.FAILED and pipelined and outcome.errors[-1].retryable
+        if tried is Tried.FULL and cap is not None:
+            full.append((target, cap, True))
+        elif tried is Tried.FULL:  # a cap the gateway does not know of: wait for room
+            outcome.errors.append(
+                ProviderAccountFull(
+                    f"{target.provider} says its account is full; the file is placed as soon "
+                    "as room appears.",
+                    provider=target.provider,
+                    retry_after=retry_seconds,
+                )
+            )
+            outcome.deferred = outcome.waiting_for_room = True
+    waiting: list[Cap] = []
+    for target, cap, refused in full:
+        tried = await _make_room_and_place(run, target, cap, outcome, evict_first=refused)
+        if tried in (Tried.PLACED, Tried.WITHDRAWN):
+            return outcome
+        if tried is Tried.FULL:
+            waiting.append(cap)
+    if waiting:
+        usage = await _usage(run, waiting[0])
+        outcome.errors.append(waiting_for_room(usage, retry_after=retry_seconds))
+        outcome.deferred = outcome.waiting_for_room = True
+    return outcome
+
+
+async def _usage(run: Placing, cap: Cap) -> Usage:
+    async with unit_of_work(run.session):
+        return await run.capacity.usage(run.session, cap, other_than=run.file.id)
+
+
+async def _make_room_and_place(
+    run: Placing, target: Target, cap: Cap, outcome: Placement, *, evict_first: bool
+) -> Tried:
+    """Evict until the registry counts room on `cap`, then place; evict once more each time
+    the provider still says full (files the registry does not know hold slots there)."""
+    if cap.max_bytes is not None and run.file.bytes > cap.max_bytes:
+        return Tried.FULL  # larger than the whole account: evicting would not help
+    uploads = 0
+    for _ in range(MAX_EVICTIONS_PER_PLACEMENT):
+        if not evict_first and (await _usage(run, cap)).room_for(run.file.bytes):
+            tried = await _attempt(run, target, outcome)
+            uploads += 1
+            if tried is not Tried.FULL or uploads >= MAX_UPLOADS_PER_PLACEMENT:
+                return tried
+        evict_first = False
+        evicted = await evict_one(
+            session=run.session,
+            capacity=run.capacity,
+            providers=run.providers,
+            metrics=run.metrics,
+            ctx=run.ctx,
+            cap=cap,
+            file=run.file,
+        )
+        if evicted is None:
+            return Tried.FULL
+        outcome.evicted += 1
+    return Tried.FULL
+
+
+async def _attempt(run: Placing, target: Target, outcome: Placement) -> Tried:
+    """One upload to one target (its head start's outcome, if it has one): the intent
+    recorded, the call made with no transaction open, and its outcome recorded (failed, or
+    live under the file's row lock)."""
+    session, ctx, file = run.session, run.ctx, run.file
+    adapter = run.providers.adapter(target.provider)
+    async with unit_of_work(session):
+        intent = await _intent(session=session, ctx=ctx, file=file, target=target)
+    if intent is None:
+        outcome.placed_on = target.provider  # a concurrent placement got there first
+        return Tried.PLACED
+    copy, replacing = intent
+    try:
+        if (pending := run.take_head_start(target)) is not None:
+            result = await pending.result()
+        else:
+            async with await run.blob_store.open(run.blob.storage_key) as body:
+                result = await adapter.upload(
+                    body=body,
+                    filename=provider_filename(file, tag=run.tag),
+                    purpose=target.rule.native,
+                    content_type=file.content_type,
+                )
+    except BlobMissing:
+        # The blob went with a delete that ran while this placement waited its turn.
         async with unit_of_work(session):
-            copy = await _intent(session=session, ctx=ctx, file=file, target=target)
-        if copy is None:
-            outcome.placed_on = target.provider  # a concurrent placement got there first
-            return outcome
-        try:
-            if head_start is not None and pipelined:
-                pending, head_start = head_start, None
-                result = await pending.result()
-            else:
-                async with await blob_store.open(blob.storage_key) as body:
-                    result = await adapter.upload(
-                        body=body,
-                        filename=provider_filename(file, tag=tag),
-                        purpose=target.rule.native,
-                        content_type=file.content_type,
-                    )
-        except BlobMissing:
-            # The blob went with a delete that ran while this placement waited its turn.
-            async with unit_of_work(session):
-                gone = await _deleted_meanwhile(session=session, file=file)
-                if gone:
-                    await _withdraw_unsent_copy(session=session, ctx=ctx, copy=copy)
-            if not gone:
-                raise BlobCorrupt(
-                    f"The stored content of {file.id} is missing; it is not pushed again."
-                ) from None
-            outcome.withdrawn = True
-            return outcome
-        except ProviderError as exc:
-            again = exc.retryable  # a refusal of the bytes would only be repeated
+            gone = await _deleted_meanwhile(session=session, file=file)
+            if gone:
+                await _withdraw_unsent_copy(session=session, ctx=ctx, copy=copy)
+        if not gone:
+            raise BlobCorrupt(
+                f"The stored content of {file.id} is missing; it is not pushed again."
+            ) from None
+        outcome.withdrawn = True
+        return Tried.WITHDRAWN
+    except ProviderError as exc:
+        full = isinstance(exc, ProviderAccountFull)
+        if not full:
             outcome.errors.append(exc)
             outcome.deferred = outcome.deferred or exc.retryable
-            async with unit_of_work(session):
-                lifecycle.transition(
-                    session, copy, C.FAILED, reason=exc.message, request_id=ctx.request_id
-                )
-                copy.last_error = exc.message
-            continue
         async with unit_of_work(session):
-            late = await _deleted_meanwhile(session=session, file=file, lock=True)
-            if late:
-                _discard_late_copy(session=session, ctx=ctx, copy=copy, provider_file_id=result.id)
-            else:
-                _activate(
-                    session=session, ctx=ctx, file=file, copy=copy, provider_file_id=result.id
-                )
+            lifecycle.transition(
+                session, copy, C.FAILED, reason=exc.message, request_id=ctx.request_id
+            )
+            copy.last_error = exc.message
+        return Tried.FULL if full else Tried.FAILED
+    async with unit_of_work(session):
+        late = await _deleted_meanwhile(session=session, file=file, lock=True)
         if late:
-            try:
-                await adapter.delete(result.id)
-            except ProviderError:
-                pass  # reconciliation removes it: it carries the id of a deleted file
-            outcome.withdrawn = True
-            return outcome
-        outcome.placed_on = target.provider
-        return outcome
-    return outcome
+            _discard_late_copy(session=session, ctx=ctx, copy=copy, provider_file_id=result.id)
+        else:
+            _activate(
+                session=session,
+                ctx=ctx,
+                file=file,
+                copy=copy,
+                provider_file_id=result.id,
+                reason=f"re-placed as {result.id}" if replacing else None,
+                keep_extracted=replacing,
+            )
+    if late:
+        try:
+            await adapter.delete(result.id)
+        except ProviderError:
+            pass  # reconciliation removes it: it carries the id of a deleted file
+        outcome.withdrawn = True
+        return Tried.WITHDRAWN
+    if replacing:
+        run.metrics.replacements.labels(target.provider).inc()
+    outcome.placed_on = target.provider
+    return Tried.PLACED
 
 
 async def _deleted_meanwhile(*, session: AsyncSession, file: File, lock: bool = False) -> bool:
@@ -277,9 +419,10 @@ def _discard_late_copy(
 
 async def _intent(
     *, session: AsyncSession, ctx: CallContext, file: File, target: Target
-) -> ProviderCopy | None:
-    """The copy row, written before calling the provider so a crash leaves a trail;
-    None when the copy is live already (a concurrent placement of it finished first)."""
+) -> tuple[ProviderCopy, bool] | None:
+    """The copy row, written before calling the provider so a crash leaves a trail, and
+    whether it re-places an evicted copy; None when the copy is live already (a concurrent
+    placement of it finished first)."""
     repo = FileRepository(session)
     copy = await repo.copy_for(file_id=file.id, provider=target.provider)
     if copy is None:
@@ -303,20 +446,25 @@ async def _intent(
         assert copy is not None
     if copy.status == C.ACTIVE:
         return None
+    replacing = copy.status == C.EVICTED
     # A copy still placing after an attempt was cut off (a crash, a lapsed lease) stays placing.
     if copy.status != C.PLACING or copy.attempts == 0:
         lifecycle.transition(
             session,
             copy,
             C.PLACING,
-            reason=f"placing as '{target.rule.native}'",
+            reason=(
+                f"re-placing the evicted copy as '{target.rule.native}'"
+                if replacing
+                else f"placing as '{target.rule.native}'"
+            ),
             request_id=ctx.request_id,
             new=copy.attempts == 0,
         )
     copy.native_purpose = target.rule.native
     copy.provider_file_id = None
     copy.attempts += 1
-    return copy
+    return copy, replacing
 
 
 def adopt(
@@ -346,6 +494,7 @@ def _activate(
     copy: ProviderCopy,
     provider_file_id: str,
     reason: str | None = None,
+    keep_extracted: bool = False,
 ) -> None:
     lifecycle.transition(
         session,
@@ -356,7 +505,9 @@ def _activate(
     )
     copy.provider_file_id = provider_file_id
     copy.last_error = None
-    copy.extracted = None
+    copy.last_used_at = utcnow()
+    if not keep_extracted:  # the same bytes extract alike: an evicted copy's text still holds
+        copy.extracted = None
     if file.status != FileStatus.PROCESSED:
         lifecycle.transition(
             session,

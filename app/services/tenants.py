@@ -34,6 +34,15 @@ async def list_usage(*, session: AsyncSession) -> list[TenantUsage]:
     return out
 
 
+async def own_usage(*, session: AsyncSession, ctx: CallContext) -> TenantUsage:
+    """The calling credential's own tenant: what it stores and its quotas."""
+    tenant = await KeyRepository(session).tenant(ctx.principal.tenant_id)
+    if tenant is None:  # the credential outlived its tenant row: nothing to show
+        raise NotFound("No tenant for this credential.", param=None)
+    count, total = await FileRepository(session).usage(tenant_id=tenant.id)
+    return TenantUsage(tenant, count, total)
+
+
 async def set_quota(
     *,
     session: AsyncSession,

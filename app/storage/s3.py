@@ -3,10 +3,11 @@
 Layout under the configured prefix: `blobs/ab/cd/<sha256>` for committed blobs (content
 addressed, each carrying its sha256 as object metadata), `tmp/upload-<token>` for an upload
 whose hash is not known yet, and `tmp/collect-<sha256>-<token>` for a blob set aside while
-its row's deletion commits. An upload streams into a multipart upload as it arrives, through
-part files on local disk (one part uploading while the next fills); a small one is a single
-PUT. Committing copies the finished
-object to its content address inside the store (no bytes pass through the gateway again).
+its row's deletion commits, and `parts/<upload id>/<part id>` for the parts of a resumable
+upload until it is completed, cancelled or expired. An upload streams into a multipart upload
+as it arrives, through part files on local disk (one part uploading while the next fills); a
+small one is a single PUT. Committing copies the finished object to its content address
+inside the store (no bytes pass through the gateway again).
 
 The client is aiobotocore: async, maintained with botocore (the same signing, retries and
 endpoint handling as the AWS SDK), and it speaks the whole multipart API, listing of
@@ -44,6 +45,7 @@ from app.storage.blobs import (
     Referenced,
     Spool,
     StoredBlob,
+    check_part_names,
     disk_errors,
     private_dir,
 )
@@ -413,6 +415,31 @@ class S3BlobStore(BlobStore):
             await self.client.delete_object(Bucket=self.bucket, Key=probe)
         except (ClientError, BotoCoreError) as exc:
             raise OSError(f"the object store refused a write: {type(exc).__name__}") from None
+
+    def _parts_prefix(self, upload_id: str) -> str:
+        check_part_names(upload_id)
+        return f"{self.prefix}parts/{upload_id}/"
+
+    async def keep_part(self, spool: Spool, *, upload_id: str, part_id: str) -> str:
+        if not isinstance(spool, S3Spool) or spool._store is not self:
+            raise TypeError("an S3 blob store keeps only its own spools")
+        check_part_names(part_id)
+        key = f"{self._parts_prefix(upload_id)}{part_id}"
+        await self._copy(spool.key, key)
+        await self._delete(spool.key)
+        spool._taken = True
+        return key
+
+    async def open_part(self, part_key: str) -> BlobReader:
+        if not part_key.startswith(f"{self.prefix}parts/"):
+            raise BlobMissing(part_key)
+        return await self.open(part_key)
+
+    async def delete_parts(self, upload_id: str) -> int:
+        keys = [e["Key"] async for e in self._listed(self._parts_prefix(upload_id))]
+        for key in keys:
+            await self._delete(key)
+        return len(keys)
 
     def _stale_parts(self, cutoff: float) -> list[Path]:
         """Blocking: part files a crashed upload of this process left, now removed."""

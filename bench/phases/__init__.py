@@ -11,5 +11,7 @@ PHASES = (
     "objectstore",
     "replicas",
     "download",
+    "uploads",
+    "capacity",
     "pipelined",
 )

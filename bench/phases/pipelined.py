@@ -1,4 +1,4 @@
-"""17-18: a 100 MiB miss through the gateway (pipelined placement) vs the same bytes straight to
+"""19-20: a 100 MiB miss through the gateway (pipelined placement) vs the same bytes straight to
 the sandbox, with an explicit provider and with auto, without a digest (speculative) and with a
 declared one; peak RSS over idle during 8 concurrent pipelined 100 MiB uploads."""
 

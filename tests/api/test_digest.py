@@ -351,6 +351,21 @@ async def test_a_sha256_field_after_the_file_part_is_refused(
     assert await count(gateway, File) == 0
 
 
+async def test_an_empty_sha256_field_declares_nothing_wherever_it_is(
+    client: httpx.AsyncClient,
+) -> None:
+    """A blank form (the docs page's, a browser's) sends the field empty, even after the file."""
+    head, tail = multipart(TEXT, fields={"purpose": "file-extract"}, after={"sha256": ""})
+    resp = await client.post(
+        "/v1/files",
+        content=head + tail,
+        headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["filegate-dedup"] == "miss"
+    assert resp.json()["sha256"] == hashlib.sha256(TEXT).hexdigest()
+
+
 async def test_query_and_form_fields_must_agree(client: httpx.AsyncClient) -> None:
     resp = await client.post(
         "/v1/files",

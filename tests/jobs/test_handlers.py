@@ -307,10 +307,10 @@ async def test_dead_letters_are_listed_and_retryable(
     async with gateway.client(admin) as ops:
 
         async def dead() -> bool:
-            return bool((await ops.get("/admin/jobs")).json()["counts"]["dead"])
+            return bool((await ops.get("/admin/jobs/summary")).json()["counts"]["dead"])
 
         await drain_until(gateway, dead)
-        summary = (await ops.get("/admin/jobs")).json()
+        summary = (await ops.get("/admin/jobs/summary")).json()
         assert summary["counts"]["dead"] == 1
         [letter] = summary["dead_letters"]
         assert letter["kind"] == "place" and letter["payload"]["provider"] == "zai"
@@ -595,9 +595,11 @@ async def test_placing_a_file_whose_blob_a_delete_collected_is_withdrawn(
             providers=rt.providers,
             deployment=rt.deployment,
             metrics=rt.metrics,
+            capacity=rt.capacity,
             ctx=system_context(tenant_id=joined.tenant_id, task="test"),
             file=joined,
             targets=targets,
+            retry_seconds=rt.settings.capacity_retry_seconds,
         )
     assert outcome.withdrawn and outcome.placed_on is None
     assert (await gateway.sandbox_stats("zai"))["calls"]["upload"] == 0

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.auth.principal import CallContext, Principal
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.jobs import queue
@@ -17,6 +18,9 @@ from app.jobs.queue import JobKind
 from app.main import create_app
 from app.models import Job
 from app.runtime import Runtime
+from app.services import admin
+
+OPERATOR = CallContext(principal=Principal(key_id="ops", tenant_id="", kind="cli"))
 
 # Far beyond DEADLINE_SECONDS: a job that runs did not wait for a poll.
 POLL_SECONDS = 60.0
@@ -99,6 +103,25 @@ async def test_a_job_queued_in_this_process_wakes_its_workers(runtime: Runtime) 
     await idle(runtime)
     job_id = await enqueue_expiry(runtime.sessionmaker)
     await eventually(state_of(runtime, job_id), "the job ran")
+
+
+async def test_a_retried_job_wakes_the_workers(
+    runtime: Runtime, other_process: async_sessionmaker[AsyncSession]
+) -> None:
+    await idle(runtime)
+    job_id = await enqueue_expiry(runtime.sessionmaker)
+    await eventually(state_of(runtime, job_id), "the job ran")
+    await idle(runtime)
+    # Retried by an operator elsewhere (the CLI), or in this process (the admin API).
+    for sessions in ([other_process] if not runtime.settings.is_sqlite else []) + [
+        runtime.sessionmaker
+    ]:
+        async with sessions() as session:
+            retried = await admin.retry_job(session=session, ctx=OPERATOR, job_id=job_id)
+            assert retried.state == "queued"
+            await session.commit()
+        await eventually(state_of(runtime, job_id), "the retried job ran")
+        await idle(runtime)
 
 
 async def test_a_job_queued_by_another_process_wakes_the_workers(

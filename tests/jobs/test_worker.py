@@ -129,6 +129,7 @@ async def test_periodic_jobs_are_scheduled_once_across_workers(gateway: Gateway)
     assert len(named) == len(keys)
     assert sorted(named) == [
         "expire",
+        "expire_uploads",
         "health_sweep",
         "purge_jobs",
         "reconcile:moonshot",

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from app.core.errors import (
+    ProviderAccountFull,
     ProviderAuthFailed,
     ProviderError,
     ProviderFileTooLarge,
@@ -561,8 +562,8 @@ m, z = moonshot_err, zai_err
 ERROR_CASES: list[tuple[str, str, int, Any, dict[str, str], type[ProviderError], str, str]] = [
     # (provider, id, status, body, headers, error, code, words the message must contain)
     ("moonshot", "too-large", 400, m("File size is too large, max file size is 100MB, please confirm and re-upload the file", "invalid_request_error"), {}, ProviderFileTooLarge, "provider_file_too_large", "too large"),  # noqa: E501
-    ("moonshot", "file-count", 400, m("The number of files you have uploaded exceeded the max file count 1000, please delete previous uploaded files", "invalid_request_error"), {}, ProviderQuotaExceeded, "provider_quota_exceeded", "file count"),  # noqa: E501
-    ("moonshot", "total-size", 400, m("The total size of files you have uploaded exceeded the max total size 10240MB, please delete previous uploaded files", "invalid_request_error"), {}, ProviderQuotaExceeded, "provider_quota_exceeded", "total size"),  # noqa: E501
+    ("moonshot", "file-count", 400, m("The number of files you have uploaded exceeded the max file count 1000, please delete previous uploaded files", "invalid_request_error"), {}, ProviderAccountFull, "provider_quota_exceeded", "file count"),  # noqa: E501
+    ("moonshot", "total-size", 400, m("The total size of files you have uploaded exceeded the max total size 10240MB, please delete previous uploaded files", "invalid_request_error"), {}, ProviderAccountFull, "provider_quota_exceeded", "total size"),  # noqa: E501
     ("moonshot", "batch-not-jsonl", 400, m("Invalid request: batch files must be .jsonl files", "invalid_request_error"), {}, ProviderRejected, "provider_rejected", "invalid request"),  # noqa: E501
     ("moonshot", "zero-size", 400, m("File size is zero, please confirm and re-upload the file", "invalid_request_error"), {}, ProviderRejected, "provider_rejected", "empty file"),  # noqa: E501
     ("moonshot", "bad-purpose", 400, m("Invalid purpose: only 'file-extract' accepted", "invalid_request_error"), {}, ProviderRejected, "provider_rejected", "unsupported purpose"),  # noqa: E501
@@ -613,7 +614,7 @@ ERROR_CASES: list[tuple[str, str, int, Any, dict[str, str], type[ProviderError],
     ("zai", "400-1301", 400, z("1301", "System detected potentially unsafe content"), {}, ProviderRejected, "provider_rejected", "content policy"),  # noqa: E501
     ("zai", "400-other", 400, z("1299", "Something odd, request id abc"), {}, ProviderRejected, "provider_rejected", "invalid request"),  # noqa: E501
     ("zai", "400-1234", 400, z("1234", "Network error, request id abc"), {}, ProviderUnavailable, "provider_unavailable", "code 1234"),  # noqa: E501
-    ("zai", "400-file-count", 400, z("1210", "The number of files for purpose file-extract has reached the limit of 100; please delete unused files and try again"), {}, ProviderQuotaExceeded, "provider_quota_exceeded", "file count"),  # noqa: E501
+    ("zai", "400-file-count", 400, z("1210", "The number of files for purpose file-extract has reached the limit of 100; please delete unused files and try again"), {}, ProviderAccountFull, "provider_quota_exceeded", "file count"),  # noqa: E501
     ("zai", "400-extract", 400, z("1214", "Failed to extract text from the file"), {}, ProviderRejected, "extraction_failed", "extract"),  # noqa: E501
     ("zai", "400-purpose-size", 400, z("1210", "File size exceeds the 50MB limit for purpose file-extract"), {}, ProviderRejected, "provider_rejected", "invalid parameters"),  # noqa: E501
     ("zai", "400-1113", 400, z("1113", "In arrears"), {}, ProviderQuotaExceeded, "provider_quota_exceeded", "balance"),  # noqa: E501

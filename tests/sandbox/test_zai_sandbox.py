@@ -138,6 +138,23 @@ async def test_purpose_count_limit() -> None:
     assert other_purpose.status_code == 200
 
 
+async def test_zai_max_files_caps_each_counted_purpose_alone() -> None:
+    async with client_for(zai_max_files=1) as c:
+        first = [await upload(c, f"a,{n}\n".encode(), f"t{n}.csv") for n in range(2)]
+        agent = [await upload(c, f"{n}".encode(), f"g{n}.txt", "agent") for n in range(2)]
+        batches = [await upload(c, b"{}", f"in{n}.jsonl", "batch") for n in range(2)]
+    assert [r.status_code for r in first] == [200, 400]
+    assert [r.status_code for r in agent] == [200, 400]
+    assert_error(
+        agent[1],
+        400,
+        "1210",
+        "The number of files for purpose agent has reached the limit of 1; "
+        "please delete unused files and try again",
+    )
+    assert [r.status_code for r in batches] == [200, 200]  # batch keeps its 1,000
+
+
 async def test_list_shape_default_limit(client: httpx.AsyncClient) -> None:
     ids = [(await upload(client)).json()["id"] for _ in range(21)]
     body = (await client.get(BASE, headers=AUTH)).json()

@@ -44,6 +44,8 @@ STATE_TABLES = (
     "lifecycle_events",
     "jobs",
     "idempotency_keys",
+    "uploads",
+    "upload_parts",
 )
 PROVIDERS = ("moonshot", "zai")
 
@@ -114,6 +116,7 @@ class Call:
     path: str
     json: Any = None
     upload: bool = False
+    part: bool = False  # an Uploads API part: multipart `data`
 
     @property
     def label(self) -> str:
@@ -129,24 +132,57 @@ class Call:
                 files={"file": ("evil.txt", EVIL_TEXT, "text/plain")},
                 headers=headers,
             )
+        if self.part:
+            return await client.post(self.path, files={"data": EVIL_TEXT}, headers=headers)
         kwargs: dict[str, Any] = {"headers": headers}
         if self.json is not None:
             kwargs["json"] = self.json
         return await client.request(self.method, self.path, **kwargs)
 
 
-def every_route(*, file_id: str, key_id: str, job_id: int, tenant: str) -> list[Call]:
+def every_route(
+    *,
+    file_id: str,
+    key_id: str,
+    job_id: int,
+    tenant: str,
+    upload_id: str = "upload_" + "A" * 24,
+    part_id: str = "part_" + "A" * 24,
+) -> list[Call]:
     """Every /v1 and /admin operation, aimed at real ids with bodies that would change things."""
     f = f"/v1/files/{file_id}"
+    u = f"/v1/uploads/{upload_id}"
     return [
         Call("POST", "/v1/files", "/v1/files", upload=True),
         Call("GET", "/v1/files", "/v1/files"),
+        Call("GET", "/v1/usage", "/v1/usage"),
         Call("GET", "/v1/files/{file_id}", f),
         Call("GET", "/v1/files/{file_id}/content", f"{f}/content"),
         Call("GET", "/v1/files/{file_id}/extract", f"{f}/extract"),
         Call("GET", "/v1/files/{file_id}/events", f"{f}/events"),
         Call("DELETE", "/v1/files/{file_id}", f),
         Call("POST", "/v1/files/{file_id}/providers", f"{f}/providers", json={"provider": "zai"}),
+        Call("POST", "/v1/files/{file_id}/pin", f"{f}/pin"),
+        Call("DELETE", "/v1/files/{file_id}/pin", f"{f}/pin"),
+        Call(
+            "POST",
+            "/v1/uploads",
+            "/v1/uploads",
+            json={
+                "filename": "evil.txt",
+                "purpose": "file-extract",
+                "bytes": len(EVIL_TEXT),
+                "mime_type": "text/plain",
+            },
+        ),
+        Call("POST", "/v1/uploads/{upload_id}/parts", f"{u}/parts", part=True),
+        Call(
+            "POST",
+            "/v1/uploads/{upload_id}/complete",
+            f"{u}/complete",
+            json={"part_ids": [part_id]},
+        ),
+        Call("POST", "/v1/uploads/{upload_id}/cancel", f"{u}/cancel"),
         Call(
             "POST",
             "/admin/keys",
@@ -162,6 +198,16 @@ def every_route(*, file_id: str, key_id: str, job_id: int, tenant: str) -> list[
         ),
         Call("DELETE", "/admin/keys/{key_id}", f"/admin/keys/{key_id}"),
         Call("GET", "/admin/jobs", "/admin/jobs"),
+        Call("GET", "/admin/jobs/summary", "/admin/jobs/summary"),
+        Call("GET", "/admin/files", "/admin/files"),
+        Call("GET", "/admin/files/{file_id}", f"/admin/files/{file_id}"),
+        Call("DELETE", "/admin/files/{file_id}", f"/admin/files/{file_id}"),
+        Call(
+            "POST",
+            "/admin/files/{file_id}/providers",
+            f"/admin/files/{file_id}/providers",
+            json={"provider": "zai"},
+        ),
         Call("POST", "/admin/jobs/{job_id}/retry", f"/admin/jobs/{job_id}/retry"),
         Call("POST", "/admin/files/{file_id}/check", f"/admin/files/{file_id}/check"),
         Call("GET", "/admin/tenants", "/admin/tenants"),
@@ -205,6 +251,8 @@ class World:
     user: str
     file_id: str
     job_id: int
+    upload_id: str
+    part_id: str
     tenant: str = "acme"
 
     @property
@@ -213,7 +261,12 @@ class World:
 
     def routes(self) -> list[Call]:
         return every_route(
-            file_id=self.file_id, key_id=self.user_key_id, job_id=self.job_id, tenant=self.tenant
+            file_id=self.file_id,
+            key_id=self.user_key_id,
+            job_id=self.job_id,
+            tenant=self.tenant,
+            upload_id=self.upload_id,
+            part_id=self.part_id,
         )
 
 
@@ -224,6 +277,21 @@ async def seed(gateway: Gateway, tenant: str = "acme") -> World:
         resp = await upload(c)
         assert resp.status_code == 200, resp.text
         file_id = resp.json()["id"]
+        # A pending upload holding one part: what a forged or unscoped call would complete.
+        resp = await c.post(
+            "/v1/uploads",
+            json={
+                "filename": "seed.txt",
+                "purpose": "file-extract",
+                "bytes": len(EVIL_TEXT),
+                "mime_type": "text/plain",
+            },
+        )
+        assert resp.status_code == 200, resp.text
+        upload_id = resp.json()["id"]
+        resp = await c.post(f"/v1/uploads/{upload_id}/parts", files={"data": EVIL_TEXT})
+        assert resp.status_code == 200, resp.text
+        part_id = resp.json()["id"]
     async with gateway.runtime.sessionmaker() as session:
         job = Job(
             kind="delete_copy",
@@ -237,7 +305,14 @@ async def seed(gateway: Gateway, tenant: str = "acme") -> World:
         await session.commit()
         job_id = job.id
     return World(
-        gateway=gateway, admin=admin, user=user, file_id=file_id, job_id=job_id, tenant=tenant
+        gateway=gateway,
+        admin=admin,
+        user=user,
+        file_id=file_id,
+        job_id=job_id,
+        upload_id=upload_id,
+        part_id=part_id,
+        tenant=tenant,
     )
 
 
@@ -279,7 +354,7 @@ async def snapshot(gateway: Gateway) -> Snapshot:
     data_dir = gateway.runtime.settings.data_dir
     stored = sorted(
         str(p.relative_to(data_dir))
-        for sub in ("blobs", "tmp")
+        for sub in ("blobs", "tmp", "parts")
         if (data_dir / sub).exists()
         for p in (data_dir / sub).rglob("*")
         if p.is_file()

@@ -21,6 +21,12 @@ WRITE_TEMPLATES = {
     ("POST", "/v1/files"),
     ("DELETE", "/v1/files/{file_id}"),
     ("POST", "/v1/files/{file_id}/providers"),
+    ("POST", "/v1/uploads"),
+    ("POST", "/v1/uploads/{upload_id}/parts"),
+    ("POST", "/v1/uploads/{upload_id}/complete"),
+    ("POST", "/v1/uploads/{upload_id}/cancel"),
+    ("POST", "/v1/files/{file_id}/pin"),
+    ("DELETE", "/v1/files/{file_id}/pin"),
 }
 
 

@@ -40,6 +40,13 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/admin/tenants/{tenant}/quota"): {"max_bytes": 1, "max_files": 1},
     ("POST", "/admin/providers/{provider}/breaker"): {"action": "reset"},
     ("POST", "/v1/files/{file_id}/providers"): {"provider": "zai"},
+    ("POST", "/v1/uploads"): {
+        "filename": "a.txt",
+        "purpose": "file-extract",
+        "bytes": 8,
+        "mime_type": "text/plain",
+    },
+    ("POST", "/v1/uploads/{upload_id}/complete"): {"part_ids": ["part_x"], "md5": "0" * 32},
 }
 UPLOAD_FIELDS = ("purpose", "provider", "expires_after[anchor]", "expires_after[seconds]")
 
@@ -81,6 +88,9 @@ async def _no_hostile_rows(gateway: Gateway) -> None:
             ("files", "purpose"),
             ("files", "filename"),
             ("files", "content_type"),
+            ("uploads", "filename"),
+            ("uploads", "purpose"),
+            ("uploads", "mime_type"),
         ]:
             values = (await conn.execute(text(f"SELECT {column} FROM {table}"))).scalars()  # noqa: S608
             for value in values:
@@ -98,6 +108,7 @@ async def test_every_string_input_refuses_every_hostile_class(gateway: Gateway) 
         "job_id": str(world.job_id),
         "tenant": world.tenant,
         "provider": "moonshot",
+        "upload_id": world.upload_id,
     }
     covered: set[tuple[str, str]] = set()
     sent = 0

@@ -22,10 +22,12 @@ FORGED_FIELDS = {
     "tenant": "globex",
     "tenant_id": "ten_0000000000000000",
     "status": "error",
-    "sha256": FORGED_SHA,
+    # No `sha256`: that field declares the file's digest, checked against its bytes (a wrong
+    # one is a 400 that stores nothing, tests/api/test_digest.py).
     "id": "file-AAAAAAAAAAAAAAAAAAAAAAAA",
     "provider_file_id": "attacker-chosen-id",
     "bytes": "999999999",
+    "deleted_at": "2020-01-01T00:00:00Z",
 }
 
 

@@ -319,7 +319,16 @@ def test_hand_made_cases_conform(api: Api, subtests: pytest.Subtests) -> None:
         ),
         ("audit", _case("/admin/audit", "GET", query={"limit": 3}), {}, 200),
         ("audit jsonl", _case("/admin/audit", "GET", query={"format": "jsonl"}), {}, 200),
-        ("jobs", _case("/admin/jobs", "GET"), {}, 200),
+        ("jobs", _case("/admin/jobs", "GET", query={"state": "queued", "limit": 2}), {}, 200),
+        ("job summary", _case("/admin/jobs/summary", "GET"), {}, 200),
+        ("find files", _case("/admin/files", "GET", query={"filename": "a"}), {}, 200),
+        (
+            "show file",
+            _case("/admin/files/{file_id}", "GET", path_parameters={"file_id": file_id}),
+            {},
+            200,
+        ),
+        ("usage", _case("/v1/usage", "GET"), {}, 200),
         ("tenants", _case("/admin/tenants", "GET"), {}, 200),
         (
             "quota",

@@ -188,6 +188,9 @@ async def run_session(s: Session) -> None:
         "/admin/audit?format=jsonl",
         "/admin/keys",
         "/admin/jobs",
+        "/admin/jobs/summary",
+        "/admin/files",
+        "/v1/usage",
     ):
         assert (await s.send(admin, "GET", path)).status_code == 200
     metrics = await s.send(METRICS_TOKEN, "GET", "/metrics")

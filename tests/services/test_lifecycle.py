@@ -8,7 +8,15 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import IllegalTransition
-from app.models import File, FileStatus, LifecycleEvent, ProviderCopy, ProviderCopyStatus
+from app.models import (
+    File,
+    FileStatus,
+    LifecycleEvent,
+    ProviderCopy,
+    ProviderCopyStatus,
+    Upload,
+    UploadStatus,
+)
 from app.services import lifecycle
 
 FILE_ID = "file-" + "aB3" * 8
@@ -60,6 +68,21 @@ def test_every_move_outside_the_copy_table_raises_and_changes_nothing() -> None:
             with pytest.raises(IllegalTransition):
                 lifecycle.transition(session, copy, to, reason="r", request_id=None)
             assert (copy.status, events(session)) == (start, [])
+
+
+def test_an_upload_is_pending_until_it_ends_once_and_for_all() -> None:
+    for start, to in itertools.product(list(UploadStatus), list(UploadStatus)):
+        session = AsyncSession()
+        upload = Upload(id="upload_" + "aB3" * 8, status=start)
+        if start == UploadStatus.PENDING and to != UploadStatus.PENDING:
+            lifecycle.transition(session, upload, to, reason="r", request_id=None)
+            assert upload.status == to
+        else:
+            with pytest.raises(IllegalTransition):
+                lifecycle.transition(session, upload, to, reason="r", request_id=None)
+            assert upload.status == start
+        # Uploads are no files: their moves are in the audit log, never lifecycle events.
+        assert events(session) == []
 
 
 def test_deleted_is_final_for_a_file_and_nothing_starts_but_upload_or_placing() -> None:

@@ -192,3 +192,54 @@ async def test_memory_stays_flat_while_a_large_upload_streams_in(blob_store: Blo
         await spool.discard()
     # At most a part being sent and the one filling, whatever the file's size.
     assert peak < 3 * PART_BYTES + 8 * MiB, peak
+
+
+async def keep(store: BlobStore, data: bytes, *, upload_id: str, part_id: str) -> str:
+    spool = store.new_spool()
+    await spool.write(data)
+    await spool.finish()
+    key = await store.keep_part(spool, upload_id=upload_id, part_id=part_id)
+    assert not spool.holds_bytes()
+    await spool.discard()  # what the request does afterwards: the kept part stays
+    return key
+
+
+async def test_parts_are_kept_per_upload_read_back_and_removed_together(
+    blob_store: BlobStore, clock: FakeClock
+) -> None:
+    first = await keep(blob_store, b"first part", upload_id="upload_a", part_id="part_1")
+    big = os.urandom(PART_BYTES + 7)  # a multipart spool on S3
+    second = await keep(blob_store, big, upload_id="upload_a", part_id="part_2")
+    other = await keep(blob_store, b"another upload", upload_id="upload_b", part_id="part_3")
+    async with await blob_store.open_part(second) as reader:
+        assert reader.size == len(big)
+        assert b"".join([c async for c in reader.chunks()]) == big
+    async with await blob_store.open_part(first) as reader:
+        assert b"".join([c async for c in reader.chunks()]) == b"first part"
+    assert await leftovers(blob_store) == []  # no spool or temp object remains
+    clock.advance(30 * 24 * 3600)  # the storage sweep never touches parts, however old
+
+    async def nothing(batch: list[str]) -> set[str]:
+        return set()
+
+    assert await blob_store.sweep(max_age_seconds=3600, referenced=nothing) == []
+    assert await blob_store.delete_parts("upload_a") == 2
+    assert await blob_store.delete_parts("upload_a") == 0  # twice is fine
+    for gone in (first, second):
+        with pytest.raises(BlobMissing):
+            await blob_store.open_part(gone)
+    async with await blob_store.open_part(other) as reader:
+        assert b"".join([c async for c in reader.chunks()]) == b"another upload"
+
+
+async def test_part_names_cannot_address_other_paths(blob_store: BlobStore) -> None:
+    spool = blob_store.new_spool()
+    await spool.write(b"x")
+    await spool.finish()
+    with pytest.raises(ValueError):
+        await blob_store.keep_part(spool, upload_id="../blobs", part_id="part_1")
+    await spool.discard()
+    with pytest.raises(ValueError):
+        await blob_store.delete_parts("../../etc")
+    with pytest.raises((ValueError, BlobMissing)):
+        await blob_store.open_part("../blobs/x")

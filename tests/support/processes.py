@@ -278,10 +278,10 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
     }
 
 
-def start_sandbox(port: int | None = None, *, wait: bool = True) -> ServerProcess:
-    """`filegate sandbox --port P`; waits for /sandbox/moonshot/_stats."""
+def start_sandbox(port: int | None = None, *extra_args: str, wait: bool = True) -> ServerProcess:
+    """`filegate sandbox --port P [extra_args]`; waits for /sandbox/moonshot/_stats."""
     port = port or free_port()
-    args = ["sandbox", "--host", "127.0.0.1", "--port", str(port)]
+    args = ["sandbox", "--host", "127.0.0.1", "--port", str(port), *extra_args]
     proc = _spawn(args, child_env(), port=port, probe_path="/sandbox/moonshot/_stats")
     if wait:
         proc.wait_ready()

@@ -61,7 +61,7 @@ PROVIDER_ERRORS = (
     ProviderUnavailable,
 )
 UPLOAD_FIELDS = frozenset(
-    {"purpose", "provider", "expires_after[anchor]", "expires_after[seconds]"}
+    {"purpose", "provider", "pin", "expires_after[anchor]", "expires_after[seconds]"}
 )
 DEDUP_HEADER = "Filegate-Dedup"
 DEDUP_DOC = {
@@ -73,6 +73,7 @@ REPR_DIGEST_DOC = {
     "description": "RFC 9530 digest of the whole file, `sha-256=:<base64>:`",
     "schema": {"type": "string"},
 }
+PIN_VALUES = {"true": True, "false": False}
 EXPIRES_MIN_SECONDS = 3600
 EXPIRES_MAX_SECONDS = 30 * 24 * 3600
 
@@ -82,12 +83,11 @@ UPLOAD_BODY = {
             "name": digest.HEADER,
             "in": "header",
             "required": False,
-            "description": "RFC 9530 digest of the file part's bytes, `sha-256=:<base64>:`; "
-            "other algorithms are ignored, a malformed value is 400 invalid_digest",
-            "schema": {
-                "type": "string",
-                "example": "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
-            },
+            # No example: the docs' "Try it out" would send it, declaring another file's digest.
+            "description": "RFC 9530 digest of the file part's bytes, `sha-256=:<base64>:` "
+            "(e.g. `sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:`); other algorithms "
+            "are ignored, a malformed value is 400 invalid_digest",
+            "schema": {"type": "string"},
         },
         *(
             {
@@ -121,12 +121,20 @@ UPLOAD_BODY = {
                             "enum": ["auto", *Provider],
                             "default": "auto",
                         },
+                        # No pattern: the docs would fill in a random match and send it.
                         "sha256": {
                             "type": "string",
-                            "pattern": "^[0-9a-fA-F]{64}$",
-                            "description": "The file's SHA-256 in hex, declared before the "
-                            "file part: a hit answers without reading the file's bytes; the "
-                            "bytes must match (else 400 digest_mismatch)",
+                            "default": "",
+                            "description": "The file's SHA-256 as 64 hex digits, declared "
+                            "before the file part (empty: none): a hit answers without reading "
+                            "the file's bytes; the bytes must match (else 400 digest_mismatch)",
+                        },
+                        "pin": {
+                            "type": "string",
+                            "enum": ["true", "false"],
+                            "default": "false",
+                            "description": "true: the file's provider copies are never "
+                            "evicted to make room (see POST /v1/files/{id}/pin)",
                         },
                         "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
                         "expires_after[seconds]": {
@@ -196,6 +204,7 @@ async def upload_file(
             return None
         provider = _provider(rt, fields)
         expires_at = _expires_at(fields)
+        pin = _pin(fields)
         existing = await file_service.find_declared(
             session=session, ctx=ctx, sha256=sha256, purpose=purpose
         )
@@ -204,7 +213,7 @@ async def upload_file(
             return None
         if not claimed:
             claimed = True
-            replay = await idem.begin(_fingerprint(sha256, purpose, provider, fields))
+            replay = await idem.begin(_fingerprint(sha256, purpose, provider, fields, pin))
             if replay is not None:
                 return replay
         result = await file_service.reuse_declared(
@@ -214,6 +223,7 @@ async def upload_file(
             file=existing,
             provider=provider,
             expires_at=expires_at,
+            pin=pin,
         )
         return await _answer(idem, result) if result is not None else None
 
@@ -239,8 +249,9 @@ async def upload_file(
             raise InvalidRequest("The 'purpose' field is required.", param="purpose")
         provider = _provider(rt, fields)
         expires_at = _expires_at(fields)
+        pin = _pin(fields)
         if not claimed:
-            replay = await idem.begin(_fingerprint(upload.sha256, purpose, provider, fields))
+            replay = await idem.begin(_fingerprint(upload.sha256, purpose, provider, fields, pin))
             if replay is not None:
                 return replay
         result = await file_service.create_file(
@@ -251,6 +262,7 @@ async def upload_file(
             purpose=purpose,
             provider=provider,
             expires_at=expires_at,
+            pin=pin,
         )
         return await _answer(idem, result)
 
@@ -278,7 +290,9 @@ def _provider(rt: Runtime, fields: dict[str, str]) -> str:
     return provider
 
 
-def _fingerprint(sha256: str, purpose: str, provider: str, fields: dict[str, str]) -> str:
+def _fingerprint(
+    sha256: str, purpose: str, provider: str, fields: dict[str, str], pin: bool
+) -> str:
     """Hash of the bytes plus canonical fields: a retry with a new boundary still matches."""
     return request_digest(
         route="POST /v1/files",
@@ -286,6 +300,7 @@ def _fingerprint(sha256: str, purpose: str, provider: str, fields: dict[str, str
         purpose=purpose,
         provider=provider,
         expires=fields.get("expires_after[seconds]"),
+        pin=pin,
     )
 
 
@@ -323,6 +338,13 @@ def _with_retry_after(response: JSONResponse, retry_after: float | None) -> JSON
     if response.status_code == 202 and retry_after:
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return response
+
+
+def _pin(fields: dict[str, str]) -> bool:
+    value = fields.get("pin", "false").lower()
+    if value not in PIN_VALUES:
+        raise InvalidRequest("pin must be 'true' or 'false'.", param="pin")
+    return PIN_VALUES[value]
 
 
 def _expires_at(fields: dict[str, str]) -> datetime | None:
@@ -474,14 +496,15 @@ def _etags(value: str | None) -> set[str]:
     "/{file_id}/extract",
     response_model=Extracted,
     summary="Extracted text of a file-extract file",
-    description="Asks the provider holding the file for its extracted text once, then caches it.",
+    description="Asks the provider holding the file for its extracted text once, then caches it; "
+    "a file whose provider copies were evicted to make room is placed again first.",
     responses=responses(*AUTH_ERRORS, NotFound, *PROVIDER_ERRORS),
 )
 async def extract_text(
     file_id: FileId, ctx: ReadCtx, session: SessionDep, rt: RuntimeDep
 ) -> Extracted:
     provider, parsed = await file_service.extract(
-        session=session, providers=rt.providers, ctx=ctx, file_id=file_id
+        session=session, placer=rt.placer, ctx=ctx, file_id=file_id
     )
     return Extracted(
         id=file_id,
@@ -521,9 +544,11 @@ async def delete_file(
 @router.post(
     "/{file_id}/providers",
     response_model=FileObject,
-    summary="Copy a file to another provider",
-    description="Places a copy from the canonical blob; 202 when the provider cannot take it now "
-    "and the gateway will finish the copy by itself.",
+    summary="Copy a file to another provider, or ensure a live copy",
+    description="Places a copy from the canonical blob on the named provider (`auto`: ensures a "
+    "copy on any provider), also when an earlier copy was evicted to make room: the answer "
+    "carries the new provider file id. 202 when the provider cannot take it now and the "
+    "gateway will finish the copy by itself.",
     responses={
         202: {"model": FileObject, "description": "Accepted; the copy is placed later"},
         **responses(*AUTH_ERRORS, NotFound, *PROVIDER_ERRORS),
@@ -545,9 +570,36 @@ async def replicate_file(
     view = await file_service.replicate(
         session=session, placer=rt.placer, ctx=ctx, file_id=file_id, provider=body.provider
     )
-    live = any(c.provider == body.provider and c.status == "active" for c in view.copies)
+    live = any(body.provider in ("auto", c.provider) and c.status == "active" for c in view.copies)
     response = await idem.answer(200 if live else 202, FileObject.of(view))
     return _with_retry_after(response, view.retry_after)
+
+
+@router.post(
+    "/{file_id}/pin",
+    response_model=FileObject,
+    summary="Pin a file: its provider copies are never evicted to make room",
+    responses=responses(*AUTH_ERRORS, NotFound),
+)
+async def pin_file(
+    file_id: FileId, ctx: WriteCtx, idem: Idempotent, session: SessionDep
+) -> JSONResponse:
+    fingerprint = request_digest(route="POST /v1/files/{id}/pin", id=file_id)
+    if (replay := await idem.begin(fingerprint)) is not None:
+        return replay
+    view = await file_service.set_pinned(session=session, ctx=ctx, file_id=file_id, pinned=True)
+    return await idem.answer(200, FileObject.of(view))
+
+
+@router.delete(
+    "/{file_id}/pin",
+    response_model=FileObject,
+    summary="Unpin a file: its provider copies may be evicted again (and re-placed on demand)",
+    responses=responses(*AUTH_ERRORS, NotFound),
+)
+async def unpin_file(file_id: FileId, ctx: WriteCtx, session: SessionDep) -> FileObject:
+    view = await file_service.set_pinned(session=session, ctx=ctx, file_id=file_id, pinned=False)
+    return FileObject.of(view)
 
 
 @router.get(
@@ -558,15 +610,4 @@ async def replicate_file(
 )
 async def file_events(file_id: FileId, ctx: ReadCtx, session: ReadSessionDep) -> FileEventList:
     rows = await file_service.events(session=session, ctx=ctx, file_id=file_id)
-    return FileEventList(
-        data=[
-            FileEvent(
-                provider=row.provider,
-                from_status=row.from_status,
-                to_status=row.to_status,
-                reason=row.reason,
-                created_at=int(row.created_at.timestamp()),
-            )
-            for row in rows
-        ]
-    )
+    return FileEventList(data=[FileEvent.of(row) for row in rows])

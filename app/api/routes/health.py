@@ -100,7 +100,12 @@ async def _metrics_allowed(request: Request, rt: RuntimeDep) -> None:
     dependencies=[Depends(_metrics_allowed)],
 )
 async def metrics(rt: RuntimeDep) -> Response:
-    await refresh_on_scrape(sessionmaker=rt.sessionmaker, metrics=rt.metrics, database=rt.database)
+    await refresh_on_scrape(
+        sessionmaker=rt.sessionmaker,
+        metrics=rt.metrics,
+        database=rt.database,
+        capacity=rt.capacity,
+    )
     # Under several workers this reads every worker's files: off the event loop.
     body = await asyncio.to_thread(rt.metrics.render)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

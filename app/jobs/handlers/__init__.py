@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.jobs.handlers import copies, expiry, health, placement, reconcile, retention, storage
+from app.jobs.handlers import (
+    copies,
+    expiry,
+    health,
+    placement,
+    reconcile,
+    retention,
+    storage,
+    uploads,
+)
 from app.jobs.queue import JobKind
 from app.models import Job
 
@@ -40,6 +49,7 @@ REGISTRY = Registry(
         JobKind.EXPIRE: expiry.handle_expire,
         JobKind.SWEEP_STORAGE: storage.handle_sweep_storage,
         JobKind.PURGE_JOBS: retention.handle_purge_jobs,
+        JobKind.EXPIRE_UPLOADS: uploads.handle_expire_uploads,
     },
     on_dead={JobKind.PLACE: placement.on_place_dead},
 )

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import system_context
 from app.core.errors import UnsupportedPurpose
 from app.jobs.queue import RetryLater
-from app.models import Job, ProviderCopyStatus
+from app.models import FileStatus, Job, ProviderCopyStatus
 from app.repositories.files import FileRepository
 from app.services.files.settle import Attempt, Settled, give_up
 
@@ -47,7 +47,11 @@ async def handle_place(
         attempt=Attempt.JOB,
     )
     if settled is Settled.DEFERRED:
-        raise RetryLater(outcome.reasons, retry_after=outcome.retry_after)
+        if outcome.waiting_for_room and file.status == FileStatus.PENDING:
+            file.status_details = f"Waiting for room on a provider: {outcome.reasons}"
+        raise RetryLater(
+            outcome.reasons, retry_after=outcome.retry_after, patient=outcome.waiting_for_room
+        )
 
 
 async def on_place_dead(

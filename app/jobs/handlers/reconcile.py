@@ -13,6 +13,7 @@ from app.core.db import unit_of_work, utcnow
 from app.core.errors import ProviderError, ProviderNotFound
 from app.jobs.queue import RetryLater
 from app.models import File, Job, ProviderCopy, ProviderCopyStatus
+from app.repositories.capacity import HOLDING
 from app.repositories.files import FileRepository
 from app.services import audit, placement, reconcile
 from app.services.health import mark_missing
@@ -46,6 +47,11 @@ async def handle_reconcile(
         max_deletions=rt.settings.reconcile_max_deletions,
     )
     _report(rt=rt, provider=provider, plan=plan)
+    rt.capacity.observe_listing(  # usage counts what the account holds beyond the registry
+        provider=provider,
+        listing=listing,
+        held={c.provider_file_id for c in registry.copies if c.status in HOLDING},
+    )
     task = f"job-{job.id}"
     for decision in plan.decisions:  # 4: each decision in its own unit of work
         if decision.action == Action.ADOPT:

@@ -4,6 +4,7 @@ One module per use case; this package's names are the ones routes and jobs call.
 
 from app.services.files.copies import replicate
 from app.services.files.extract import extract
+from app.services.files.pins import set_pinned
 from app.services.files.queries import events, get_file, list_files, open_content, read_file
 from app.services.files.retire import collect_blob, delete_file, expire_file, remove_copy
 from app.services.files.upload import create_file, find_declared, reuse_declared
@@ -36,5 +37,6 @@ __all__ = [
     "remove_copy",
     "replicate",
     "reuse_declared",
+    "set_pinned",
     "valid_file_id",
 ]

@@ -84,7 +84,8 @@ async def _retire(
     held = [
         c
         for c in view.copies
-        if c.status not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED)
+        if c.status
+        not in (ProviderCopyStatus.DELETED, ProviderCopyStatus.FAILED, ProviderCopyStatus.EVICTED)
     ]
     async with unit_of_work(session):  # the tombstone, and a removal job per copy held
         lifecycle.transition(
@@ -157,6 +158,8 @@ async def remove_copy(
                 session, copy, ProviderCopyStatus.DELETED, reason=reason, request_id=ctx.request_id
             )
             copy.last_error = None
+            # A slot came free: placements waiting for room on this provider may go now.
+            await queue.expedite_placements(session=session, provider=copy.provider)
             return True
         if copy.status != ProviderCopyStatus.DELETING:
             lifecycle.transition(

@@ -21,6 +21,7 @@ from app.models import File, FileStatus
 from app.providers.hub import ProviderHub, Target
 from app.repositories.files import FileRepository
 from app.services import audit, lifecycle, placement
+from app.services.capacity import Capacity
 from app.services.deployment import DeploymentIdentity
 from app.services.files.retire import collect_blob
 from app.services.files.views import FileView, not_found
@@ -58,6 +59,7 @@ class Placer:
     deployment: DeploymentIdentity
     metrics: GatewayMetrics
     settings: Settings
+    capacity: Capacity
 
     async def place_and_settle(
         self,
@@ -81,9 +83,11 @@ class Placer:
                 providers=self.providers,
                 deployment=self.deployment,
                 metrics=self.metrics,
+                capacity=self.capacity,
                 ctx=ctx,
                 file=file,
                 targets=targets,
+                retry_seconds=self.settings.capacity_retry_seconds,
                 head_start=head_start,
             )
         settled = await settle(
@@ -212,15 +216,17 @@ async def _defer(
     await queue.end_intent(
         session=session, intent=intent, retry_at=utcnow() + timedelta(seconds=delay)
     )
+    waiting = "room on a provider" if outcome.waiting_for_room else "a provider"
     if file.status not in (FileStatus.PROCESSED, FileStatus.PENDING):
         lifecycle.transition(
             session,
             file,
             FileStatus.PENDING,
-            reason=f"waiting for a provider: {outcome.reasons}",
+            reason=f"waiting for {waiting}: {outcome.reasons}",
             request_id=ctx.request_id,
         )
-        file.status_details = f"Waiting for a provider: {outcome.reasons}"
+    if file.status == FileStatus.PENDING:
+        file.status_details = f"Waiting for {waiting}: {outcome.reasons}"
     await queue.enqueue(
         session=session,
         kind=JobKind.PLACE,

@@ -23,6 +23,7 @@ from app.providers.hub import Target
 from app.repositories.files import FileRepository
 from app.repositories.jobs import JobRepository
 from app.services import audit, lifecycle
+from app.services.capacity import mark_used
 from app.services.files.retire import expire_file
 from app.services.files.settle import Attempt, Placer
 from app.services.files.views import CreateResult, FileView, IncomingUpload, new_file_id
@@ -56,6 +57,7 @@ async def reuse_declared(
     file: File,
     provider: str,
     expires_at: datetime | None = None,
+    pin: bool = False,
 ) -> CreateResult | None:
     """Answer with the file find_declared found before any byte of the body, as a dedup hit
     of create_file would; None when it is gone meanwhile (then the body is read)."""
@@ -74,6 +76,7 @@ async def reuse_declared(
         provider=provider,
         targets=targets,
         expires_at=expires_at,
+        pin=pin,
     )
     return CreateResult(view, created=False) if view is not None else None
 
@@ -87,6 +90,7 @@ async def create_file(
     purpose: str,
     provider: str,
     expires_at: datetime | None = None,
+    pin: bool = False,
 ) -> CreateResult:
     """Accept an upload: reuse the tenant's identical live file or store and place a new one.
 
@@ -130,6 +134,7 @@ async def create_file(
                     provider=provider,
                     targets=targets,
                     expires_at=expires_at,
+                    pin=pin,
                 )
                 if deduplicated is not None:
                     return CreateResult(deduplicated, created=False)
@@ -151,6 +156,7 @@ async def create_file(
                     purpose=purpose,
                     provider=provider,
                     expires_at=expires_at,
+                    pin=pin,
                 )
             if claimed is None:
                 continue  # a concurrent twin won the unique index: judge against it
@@ -191,6 +197,7 @@ async def _claim(
     purpose: str,
     provider: str,
     expires_at: datetime | None,
+    pin: bool,
 ) -> tuple[File, queue.Intent] | None:
     """Blob, file row and the placement job this request now runs itself (should its process
     die, a worker takes the job over once its lease lapses); None if a concurrent twin won the
@@ -224,6 +231,7 @@ async def _claim(
         requested_provider=provider,
         created_at=now,
         expires_at=expires_at,
+        pinned=pin,
     )
     lifecycle.transition(
         session,
@@ -283,6 +291,7 @@ async def _deduplicated(
     provider: str,
     targets: Sequence[Target],
     expires_at: datetime | None,
+    pin: bool,
 ) -> FileView | None:
     """Answer with the tenant's existing file, or None when it is gone (deleted or failed)
     meanwhile. An in-flight placement is awaited while its owner holds the placement job's
@@ -313,9 +322,19 @@ async def _deduplicated(
         # One file serves every upload of it: a hit may lengthen its life, never shorten or
         # clear it, and an upload that asks for no expiry leaves the file's as it is.
         current.expires_at = expires_at
+    if pin and not current.pinned:
+        current.pinned = True
+        lifecycle.note(
+            session,
+            current,
+            reason="pinned: its provider copies are never evicted",
+            request_id=ctx.request_id,
+        )
     copies = (await repo.copies_for([current.id]))[current.id]
-    live_on = {c.provider for c in copies if c.status == ProviderCopyStatus.ACTIVE}
-    wanted = provider != "auto" and provider not in live_on
+    live = [c for c in copies if c.status == ProviderCopyStatus.ACTIVE]
+    live_on = {c.provider for c in live}
+    # An explicit provider is honoured; a file whose copies were all evicted is placed again.
+    wanted = provider not in live_on if provider != "auto" else not live_on
     if current.status in (FileStatus.PROCESSED, FileStatus.ERROR) and (
         wanted or current.status == FileStatus.ERROR
     ):
@@ -333,6 +352,7 @@ async def _deduplicated(
         )
         placer.metrics.uploads.labels(_placed_on(view), "created").inc()
         return view
+    mark_used(live)  # their provider file ids are handed out again
     placer.metrics.uploads.labels(_placed_on(FileView(current, copies)), "deduplicated").inc()
     audit.record(
         session=session,

@@ -16,7 +16,7 @@ from app.auth import keys as key_service
 from app.auth.guards import AdminCtx
 from app.core.errors import NotFound
 from app.models import ApiKey
-from app.services import audit
+from app.services import admin as admin_service
 from app.services.idempotency import request_digest
 
 router = APIRouter(prefix=PREFIX)
@@ -44,16 +44,16 @@ async def create_key(
     fingerprint = request_digest(route="POST /admin/keys", body=body.model_dump())
     if (replay := await idem.begin(fingerprint, redact=_without_secret)) is not None:
         return replay
-    issued = await key_service.issue_key(
+    issued = await admin_service.create_key(
         session=session,
         hmac_key=rt.hmac_key,
-        tenant_name=body.tenant,
+        ctx=ctx,
+        tenant=body.tenant,
         name=body.name,
         scopes=body.scopes,
         expires_at=body.expires_at,
         rate_limit_per_minute=body.rate_limit_per_minute,
     )
-    audit.record(session=session, ctx=ctx, action="key.create", resource=issued.key.id)
     return await idem.answer(201, _created(issued.key, issued.token))
 
 
@@ -76,18 +76,12 @@ async def rotate_key(
     fingerprint = request_digest(route="POST /admin/keys/rotate", id=key_id, body=body.model_dump())
     if (replay := await idem.begin(fingerprint, redact=_without_secret)) is not None:
         return replay
-    issued = await key_service.rotate_key(
+    issued = await admin_service.rotate_key(
         session=session,
         hmac_key=rt.hmac_key,
+        ctx=ctx,
         key_id=key_id,
         overlap_seconds=body.overlap_seconds,
-    )
-    audit.record(
-        session=session,
-        ctx=ctx,
-        action="key.rotate",
-        resource=key_id,
-        detail=f"successor {issued.key.id}",
     )
     response = await idem.answer(201, _created(issued.key, issued.token))
     rt.identity.invalidate(key_id)  # committed: a lookup from now on reads the new expiry
@@ -116,8 +110,7 @@ async def list_keys(
     responses=responses(*ADMIN_ERRORS, NotFound),
 )
 async def revoke_key(key_id: str, ctx: AdminCtx, session: SessionDep, rt: RuntimeDep) -> KeyOut:
-    row = await key_service.revoke_key(session=session, key_id=key_id)
-    audit.record(session=session, ctx=ctx, action="key.revoke", resource=key_id)
+    row = await admin_service.revoke_key(session=session, ctx=ctx, key_id=key_id)
     await session.commit()
     # Forgotten once committed: a lookup racing the revocation cannot cache the live key again.
     rt.identity.invalidate(key_id)

@@ -11,35 +11,23 @@ from app.api.idempotency import Idempotent
 from app.api.routes.admin.common import ADMIN_ERRORS, PREFIX
 from app.api.schemas import BreakerAction, BreakerOut, ProviderList, ProviderOut
 from app.auth.guards import AdminCtx
-from app.providers.breakers import BreakerSnapshot
 from app.services import admin as admin_service
 from app.services.idempotency import request_digest
 
 router = APIRouter(prefix=PREFIX)
 
 
-def _breaker_out(snapshot: BreakerSnapshot) -> BreakerOut:
-    return BreakerOut(
-        state=snapshot.state,
-        failure_count=snapshot.failures,
-        last_error=snapshot.last_error,
-        storage=snapshot.storage,
-        degraded=snapshot.degraded,
-        retry_after=snapshot.retry_after,
-    )
-
-
 @router.get(
     "/providers",
     response_model=ProviderList,
-    summary="Providers: mode, circuit breaker, files and bytes placed against the quota",
+    summary="Providers: mode, circuit breaker, and usage against each account cap",
     responses=responses(*ADMIN_ERRORS),
 )
 async def providers(session: SessionDep, rt: RuntimeDep) -> ProviderList:
-    rows = await admin_service.provider_overview(session=session, providers=rt.providers)
-    return ProviderList(
-        data=[ProviderOut(**{**row, "breaker": _breaker_out(row["breaker"])}) for row in rows]
+    rows = await admin_service.provider_overview(
+        session=session, providers=rt.providers, capacity=rt.capacity
     )
+    return ProviderList(data=[ProviderOut.of(row) for row in rows])
 
 
 @router.post(
@@ -69,4 +57,4 @@ async def force_breaker(
         provider=provider,
         action=body.action,
     )
-    return await idem.answer(200, _breaker_out(snapshot))
+    return await idem.answer(200, BreakerOut.of(snapshot))

@@ -11,20 +11,8 @@ from app.api.schemas import QuotaUpdate, TenantList, TenantOut
 from app.auth.guards import AdminCtx
 from app.core.errors import NotFound
 from app.services import tenants as tenant_service
-from app.services.tenants import TenantUsage
 
 router = APIRouter(prefix=PREFIX)
-
-
-def _tenant_out(usage: TenantUsage) -> TenantOut:
-    return TenantOut(
-        id=usage.tenant.id,
-        name=usage.tenant.name,
-        max_bytes=usage.tenant.max_bytes,
-        max_files=usage.tenant.max_files,
-        used_bytes=usage.bytes,
-        used_files=usage.files,
-    )
 
 
 @router.get(
@@ -35,7 +23,7 @@ def _tenant_out(usage: TenantUsage) -> TenantOut:
 )
 async def list_tenants(session: SessionDep) -> TenantList:
     return TenantList(
-        data=[_tenant_out(u) for u in await tenant_service.list_usage(session=session)]
+        data=[TenantOut.of(u) for u in await tenant_service.list_usage(session=session)]
     )
 
 
@@ -51,4 +39,4 @@ async def set_quota(
     usage = await tenant_service.set_quota(
         session=session, ctx=ctx, name=tenant, max_bytes=body.max_bytes, max_files=body.max_files
     )
-    return _tenant_out(usage)
+    return TenantOut.of(usage)

@@ -1,0 +1,1 @@
+"""The operator console's page, script and styles, shipped as package data (no build step)."""
