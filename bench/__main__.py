@@ -46,6 +46,10 @@ Starts, on loopback, a standalone provider sandbox process and a gateway process
 18. capacity: 3,000 unique small provider=moonshot uploads through a Moonshot account capped
    at 1,000 files (a sandbox and gateway of its own, both at the cap): failed uploads (goal 0),
    copies evicted, and re-placements when the first 100 files' text is asked for;
+19. a 100 MiB miss through the gateway, the provider upload pipelined with the client's, vs the
+   same bytes straight to the sandbox: provider=moonshot and auto, each without a digest
+   (speculative) and with a declared one (Repr-Digest);
+20. peak RSS over idle of the gateway during 8 concurrent pipelined 100 MiB uploads;
 
 and prints a table (also written to bench-results/latest.txt).  Timings are medians of
 REPS runs (time.perf_counter).  Payloads are streamed from temp files written once.
@@ -109,6 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--capacity-max-files", type=int, default=1000, help="the capped moonshot account"
+    )
+    parser.add_argument(
+        "--pipelined-runs", type=int, default=3, help="100 MiB misses timed per pipelined row"
     )
     parser.add_argument(
         "--phases",

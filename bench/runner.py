@@ -19,6 +19,7 @@ from bench.phases.download import download_phase
 from bench.phases.fallback import fallback_phase
 from bench.phases.hang import hang_phase
 from bench.phases.objectstore import objectstore_phase
+from bench.phases.pipelined import pipelined_phase
 from bench.phases.queue import queue_phase
 from bench.phases.replicas import replicas_phase
 from bench.phases.resilience import resilience_phase
@@ -137,6 +138,8 @@ def run(
                 uploads=args.capacity_uploads,
                 max_files=args.capacity_max_files,
             )
+        if "pipelined" in phases:
+            pipelined_phase(b, work, runs=args.pipelined_runs)
         b.reset("moonshot")
         b.reset("zai")
 

@@ -3,7 +3,9 @@
 The spool is owned here: `receive_upload` yields the upload and removes its spool when the
 request is done with it, whatever happened (a blob store commit has moved it by then). When
 the file part begins, before any of its bytes, a hook sees what is known by then (the fields
-before it, the filename, the declared digest) and may answer in place of the upload."""
+before it, the filename, the declared digest) and may answer in place of the upload; another
+may start a provider upload that every spooled piece is passed on to as well (one read of the
+stream feeds the hash, the spool and the provider)."""
 
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from app.api import digest
 from app.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from app.services.files import IncomingUpload
+from app.services.files.pipelined import HeadStart
 from app.storage.blobs import BlobStore, Spool
 
-FLUSH_BYTES = 1024 * 1024
+FLUSH_BYTES = 256 * 1024
 MAX_FIELD_BYTES = 1024
 MAX_HEADER_BYTES = 8 * 1024
 MAX_FILENAME_CHARS = 255
@@ -93,6 +96,7 @@ class FileStart:
 
 
 OnFileStart = Callable[[FileStart], Awaitable[T | None]]
+StartPipelined = Callable[[FileStart], Awaitable[HeadStart | None]]
 
 
 class _PartState:
@@ -140,6 +144,9 @@ class MultipartIntake:
         self.file_size = 0
         self.pending: list[bytes] = []
         self.pending_bytes = 0
+        self.flushed_bytes = 0
+        self.head_start: HeadStart | None = None
+        self.durable: asyncio.Future[str] | None = None
         self.finished = False
         self.writing: asyncio.Future[None] | None = None
         self.error: Exception | None = None
@@ -307,6 +314,10 @@ class MultipartIntake:
             self.pending_bytes = 0
             # One write in flight at a time keeps order and bounds memory to two buffers.
             self.writing = asyncio.ensure_future(self.spool.write(chunk))
+            self.flushed_bytes += len(chunk)
+            if self.head_start is not None:
+                # The same piece goes to the provider while the writer thread spools it.
+                await self.head_start.send(chunk, total=self.flushed_bytes)
         if wait:
             await self._settle()
 
@@ -322,7 +333,8 @@ class MultipartIntake:
             raise InvalidRequest("The multipart body is malformed.") from exc
         if self.error is not None:
             raise self.error
-        if self.pending_bytes >= FLUSH_BYTES:
+        # Held while the file part's start is being answered: a pipelined upload gets it all.
+        if self.pending_bytes >= FLUSH_BYTES and self.file_start is None:
             await self._flush()
 
     async def finish(self) -> IncomingUpload:
@@ -334,9 +346,12 @@ class MultipartIntake:
         await self._flush(wait=True)
         if self.file_size == 0:
             raise InvalidRequest(f"The {field} is empty.", param=field)
-        sha256 = await self.spool.finish()
+        sha256 = self.spool.sha256()
         if self.declared_sha256 is not None and sha256 != self.declared_sha256:
             raise digest.mismatch(declared=self.declared_sha256, received=sha256)
+        # Made durable while the upload is looked up and a pipelined one completes; the claim
+        # waits for it before committing the blob.
+        self.durable = asyncio.ensure_future(self.spool.finish())
         return IncomingUpload(
             spool=self.spool,
             sha256=sha256,
@@ -344,9 +359,16 @@ class MultipartIntake:
             filename=self.filename,
             content_type=self.file_content_type,
             fields=self.fields,
+            head_start=self.head_start,
+            durable=self.durable,
         )
 
     async def discard(self) -> None:
+        if self.head_start is not None:
+            await self.head_start.close()  # a no-op once placement took its outcome
+        if self.durable is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.durable)  # a spool is removed once it is closed
         if self.writing is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.writing)  # let the writer thread finish first
@@ -379,6 +401,7 @@ async def receive_upload(
     text_fields: frozenset[str],
     declared_sha256: str | None = None,
     on_file_start: OnFileStart[T] | None = None,
+    start_pipelined: StartPipelined | None = None,
     file_field: str = "file",
     filename_required: bool = True,
 ) -> AsyncIterator[IncomingUpload | T]:
@@ -388,7 +411,9 @@ async def receive_upload(
     `on_file_start` runs once, as the file part begins: an answer it returns is yielded
     instead, and the rest of the body is left unread. The bytes are checked against the
     declared digest (the `Repr-Digest` value, or the `sha256` field) before they are
-    yielded: a mismatch is a 400 and the spool goes."""
+    yielded: a mismatch is a 400 and the spool goes. `start_pipelined` runs next (when no
+    answer came): the provider upload it starts gets every piece as it is spooled, and is
+    closed with the spool unless placement took it."""
     intake = MultipartIntake(
         blob_store=blob_store,
         boundary=multipart_boundary(content_type),
@@ -411,11 +436,14 @@ async def receive_upload(
                         param="file",
                     )
                 await intake.feed(chunk)
-                if intake.file_start is not None and on_file_start is not None:
+                if intake.file_start is not None:
                     start, intake.file_start = intake.file_start, None
-                    if (answer := await on_file_start(start)) is not None:
+                    answer = None if on_file_start is None else await on_file_start(start)
+                    if answer is not None:
                         yield answer
                         return
+                    if start_pipelined is not None:
+                        intake.head_start = await start_pipelined(start)
         yield await intake.finish()
     finally:
         await intake.discard()

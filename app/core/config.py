@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     provider_max_connections: int = Field(default=20, ge=1, le=1000)
     provider_background_connections: int = Field(default=4, ge=1, le=1000)
     dedup_wait_seconds: float = Field(default=15.0, ge=0)
+    speculative_placement: bool = True
     idempotency_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
     breaker_fail_max: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=5.0, gt=0)

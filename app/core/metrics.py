@@ -37,6 +37,14 @@ class GatewayMetrics:
             "Uploads answered with an existing file of the same tenant, content and purpose.",
             registry=self.registry,
         )
+        self.wasted_uploads = Counter(
+            "filegate_wasted_provider_uploads_total",
+            "Pipelined provider uploads not kept (a late dedup hit, a client gone, a digest "
+            "mismatch, a size past the provider's limit), by provider and how they went "
+            "(aborted in flight, deleted after).",
+            ["provider", "how"],
+            registry=self.registry,
+        )
         self.upload_bytes = Counter(
             "filegate_upload_bytes_total",
             "Bytes received in accepted upload bodies.",

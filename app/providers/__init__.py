@@ -30,6 +30,7 @@ __all__ = [
     "ZaiAdapter",
     "check_purpose",
     "parse_retry_after",
+    "size_limit",
 ]
 
 ADAPTERS: dict[str, type[ProviderAdapter]] = {
@@ -63,9 +64,9 @@ def check_purpose(
         raise UnsupportedPurpose(
             f"{name} does not accept empty files for purpose '{purpose}'.", param="file"
         )
-    limit, scope = rule.max_bytes, ""
-    if rule.image_max_bytes is not None and extension in IMAGE_EXTENSIONS:
-        limit, scope = rule.image_max_bytes, "images with "
+    limit = size_limit(rule, filename)
+    image = rule.image_max_bytes is not None and extension in IMAGE_EXTENSIONS
+    scope = "images with " if image else ""
     if size > limit:
         raise UnsupportedPurpose(
             f"{name} accepts at most {_mib(limit)} for {scope}purpose '{purpose}' "
@@ -73,6 +74,13 @@ def check_purpose(
             param="file",
         )
     return rule
+
+
+def size_limit(rule: PurposeRule, filename: str) -> int:
+    """The largest file `rule` takes under this name (images may have a lower limit)."""
+    if rule.image_max_bytes is not None and _extension(filename) in IMAGE_EXTENSIONS:
+        return rule.image_max_bytes
+    return rule.max_bytes
 
 
 def _extension(filename: str) -> str:

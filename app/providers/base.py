@@ -115,6 +115,27 @@ class ProviderAdapter(CallPipeline):
 
         return await self._call("upload", attempt)
 
+    async def upload_once(
+        self, *, body: UploadBody, filename: str, purpose: str, content_type: str
+    ) -> ProviderFile:
+        """Stream `body` to `POST files` in one try, behind the breaker and within the upload
+        deadline: a body read as it arrives cannot be sent again, so nothing retries it."""
+        form = UploadForm(
+            fields={"purpose": self.native_purpose(purpose)},
+            file_field="file",
+            filename=filename,
+            content_type=content_type,
+            body=body,
+        )
+
+        async def attempt() -> ProviderFile:
+            response = await self._exchange(
+                "POST", "files", headers=form.headers, content=form.stream()
+            )
+            return self.file_object(self.json_object(response))
+
+        return await self._once("upload", attempt)
+
     @abstractmethod
     async def retrieve(self, file_id: str) -> ProviderFile: ...
 

@@ -1,7 +1,8 @@
 """The multipart/form-data body of a provider upload, streamed from any source of bytes.
 
 Laid out as httpx and the providers' SDKs lay it out (text fields first, then the file part),
-with a Content-Length known up front, so the bytes can come from a blob store chunk by chunk.
+with a Content-Length known up front, so the bytes can come from a blob store chunk by chunk;
+a body of unknown size (bytes still arriving from a client) goes chunked instead.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ _ESCAPE = re.compile("|".join(re.escape(c) for c in _ESCAPES))
 
 
 class UploadBody(Protocol):
-    """The bytes of one upload: its size, and its bytes from the start on every call."""
+    """The bytes of one upload: its size (None: not known yet), and its bytes from the start
+    on every call."""
 
     @property
-    def size(self) -> int: ...
+    def size(self) -> int | None: ...
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
@@ -57,11 +59,11 @@ class UploadForm:
 
     @property
     def headers(self) -> dict[str, str]:
-        length = len(self._head) + self._body.size + len(self._tail)
-        return {
-            "Content-Type": f"multipart/form-data; boundary={self.boundary}",
-            "Content-Length": str(length),
-        }
+        headers = {"Content-Type": f"multipart/form-data; boundary={self.boundary}"}
+        if self._body.size is not None:
+            length = len(self._head) + self._body.size + len(self._tail)
+            headers["Content-Length"] = str(length)
+        return headers
 
     async def stream(self) -> AsyncIterator[bytes]:
         yield self._head
@@ -69,6 +71,6 @@ class UploadForm:
         async for chunk in self._body.chunks():
             sent += len(chunk)
             yield chunk
-        if sent != self._body.size:
+        if self._body.size is not None and sent != self._body.size:
             raise OSError(f"the upload body gave {sent} bytes, not the {self._body.size} declared")
         yield self._tail

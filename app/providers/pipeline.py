@@ -252,6 +252,12 @@ class CallPipeline(ABC):
         )
         return await retrier(self._attempt, operation, attempt, deadline, observed=observed)
 
+    async def _once(self, operation: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """One observed try of `attempt`, never retried, within the operation's deadline."""
+        budget = None if self.retry_policy is None else self.retry_policy.deadline_for(operation)
+        deadline = None if budget is None else asyncio.get_running_loop().time() + budget
+        return await self._attempt(operation, attempt, deadline, observed=True)
+
     async def _attempt(
         self,
         operation: str,

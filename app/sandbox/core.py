@@ -236,6 +236,7 @@ class ProviderSandbox(ABC):
         self.rng = rng
         self.fault_generation = 0
         self.hanging = 0  # calls a hang fault holds right now
+        self.receiving = 0  # uploads whose body is arriving right now
         self.reset()
 
     def reset(self) -> None:
@@ -257,6 +258,7 @@ class ProviderSandbox(ABC):
             "files": len(self.files),
             "bytes": self.stored_bytes,
             "hanging": self.hanging,
+            "receiving": self.receiving,
         }
 
     @property
@@ -289,10 +291,13 @@ class ProviderSandbox(ABC):
             # The body is read first, as a buffering front proxy would: answering
             # early would break the client's upload mid-stream.
             if op == "upload":
+                self.receiving += 1
                 try:
                     form = await request.form(max_files=4, max_fields=16)
                 except (HTTPException, MultiPartException) as exc:
                     parse_error = str(getattr(exc, "detail", None) or exc)
+                finally:
+                    self.receiving -= 1
             else:
                 await request.body()
             if (faulted := await self.apply_fault(request, op)) is not None:

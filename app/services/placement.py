@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +23,9 @@ from app.services.capacity import Cap, Capacity, Usage, evict_one, waiting_for_r
 from app.services.deployment import TAG_ALPHABET, TAG_LENGTH, DeploymentIdentity
 from app.storage.blobs import BlobMissing, BlobStore
 
+if TYPE_CHECKING:
+    from app.services.files.pipelined import HeadStart
+
 PROVIDER_FILENAME_MAX = 255
 FILE_ID_LENGTH = 29
 MAX_EVICTIONS_PER_PLACEMENT = 64  # enough for a large file on a byte cap of small ones
@@ -38,8 +42,13 @@ class ProviderName:
 
 def provider_filename(file: File, *, tag: str) -> str:
     """`<file id>.<deployment tag>__<original name>`: the head is never cut, the extension kept."""
-    head = f"{file.id}.{tag}__"
-    return head + _shortened(file.filename, PROVIDER_FILENAME_MAX - len(head))
+    return provider_name_for(file.id, file.filename, tag=tag)
+
+
+def provider_name_for(file_id: str, filename: str, *, tag: str) -> str:
+    """provider_filename for a file id chosen before its row exists (a pipelined upload)."""
+    head = f"{file_id}.{tag}__"
+    return head + _shortened(filename, PROVIDER_FILENAME_MAX - len(head))
 
 
 def _shortened(name: str, room: int) -> str:
@@ -124,9 +133,10 @@ class Tried(StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Placing:
-    """What one placement works with: its collaborators, the caller and the file."""
+    """What one placement works with: its collaborators, the caller, the file, and the head
+    start of one target until a try of that target takes it."""
 
     session: AsyncSession
     blob_store: BlobStore
@@ -137,6 +147,15 @@ class Placing:
     file: File
     blob: Blob
     tag: str
+    head_start: HeadStart | None = None
+
+    def take_head_start(self, target: Target) -> HeadStart | None:
+        """The head start, once, for the try of its own target."""
+        pending = self.head_start
+        if pending is None or pending.provider != target.provider:
+            return None
+        self.head_start = None
+        return pending
 
 
 async def place(
@@ -151,13 +170,24 @@ async def place(
     file: File,
     targets: Sequence[Target],
     retry_seconds: float,
+    head_start: HeadStart | None = None,
 ) -> Placement:
     """Upload the canonical blob to the first target that takes it, making room if need be.
 
     Targets whose account is full (by the registry's count or the provider's answer) are
     passed over while another has room; if none has, copies the gateway can rebuild are
     evicted from the first full one that has some, then the file is placed there. With
-    nothing to evict the placement waits for room (deferred, never refused)."""
+    nothing to evict the placement waits for room (deferred, never refused).
+
+    A `head_start` (the upload of its target that ran while the body arrived) is that
+    target's first try, the registry's count unasked: its outcome is taken here (an
+    account-full answer makes room as any would). When it fails, the next target is tried
+    from the blob, or, when no other target is left, the same one again from the blob.
+
+    Per target: a unit of work records the intent (the copy row, so a crash leaves a trail),
+    the provider call runs with no transaction open, and a last unit records the outcome:
+    failed, or live under the file's row lock, so a concurrent delete either sees the new
+    copy or is seen (then the late copy is removed)."""
     repo = FileRepository(session)
     outcome = Placement()
     async with unit_of_work(session):
@@ -181,10 +211,21 @@ async def place(
         blob=blob,
         tag=await deployment.tag(),
     )
+    tries = list(targets)
+    if head_start is not None and head_start.usable and head_start.file_id == file.id:
+        run.head_start = head_start
+        if len(tries) == 1 and tries[0].provider == head_start.provider:
+            tries.append(tries[0])  # its blob is the second try of the only target
     full: list[tuple[Target, Cap, bool]] = []  # and whether the provider itself said so
-    for index, target in enumerate(targets):
+    again = False  # whether the only target is tried again from the blob
+    for index, target in enumerate(tries):
+        repeat = index > 0 and target is tries[index - 1]
+        if repeat and not again:
+            continue
+        again = False
         adapter = providers.adapter(target.provider)
-        paused_for = await adapter.paused_for()
+        pipelined = run.head_start is not None and run.head_start.provider == target.provider
+        paused_for = None if pipelined else await adapter.paused_for()
         if paused_for is not None:
             outcome.deferred = True
             outcome.errors.append(
@@ -195,15 +236,18 @@ async def place(
                 )
             )
             continue
-        if index > 0:
+        if index > 0 and not repeat:
             metrics.fallbacks.labels(target.provider).inc()
         cap = capacity.cap_for(target.provider, target.rule.native)
-        if cap is not None and not (await _usage(run, cap)).room_for(file.bytes):
+        # A head start has sent its bytes already: the provider's answer counts, not the count.
+        if cap is not None and not pipelined and not (await _usage(run, cap)).room_for(file.bytes):
             full.append((target, cap, False))
             continue
         tried = await _attempt(run, target, outcome)
         if tried in (Tried.PLACED, Tried.WITHDRAWN):
             return outcome
+        # A refusal of the bytes would only be repeated; a failure that may pass is not.
+        again = tried is Tried.FAILED and pipelined and outcome.errors[-1].retryable
         if tried is Tried.FULL and cap is not None:
             full.append((target, cap, True))
         elif tried is Tried.FULL:  # a cap the gateway does not know of: wait for room
@@ -266,8 +310,9 @@ async def _make_room_and_place(
 
 
 async def _attempt(run: Placing, target: Target, outcome: Placement) -> Tried:
-    """One upload to one target: the intent recorded, the call made with no transaction
-    open, and its outcome recorded (failed, or live under the file's row lock)."""
+    """One upload to one target (its head start's outcome, if it has one): the intent
+    recorded, the call made with no transaction open, and its outcome recorded (failed, or
+    live under the file's row lock)."""
     session, ctx, file = run.session, run.ctx, run.file
     adapter = run.providers.adapter(target.provider)
     async with unit_of_work(session):
@@ -277,13 +322,16 @@ async def _attempt(run: Placing, target: Target, outcome: Placement) -> Tried:
         return Tried.PLACED
     copy, replacing = intent
     try:
-        async with await run.blob_store.open(run.blob.storage_key) as body:
-            result = await adapter.upload(
-                body=body,
-                filename=provider_filename(file, tag=run.tag),
-                purpose=target.rule.native,
-                content_type=file.content_type,
-            )
+        if (pending := run.take_head_start(target)) is not None:
+            result = await pending.result()
+        else:
+            async with await run.blob_store.open(run.blob.storage_key) as body:
+                result = await adapter.upload(
+                    body=body,
+                    filename=provider_filename(file, tag=run.tag),
+                    purpose=target.rule.native,
+                    content_type=file.content_type,
+                )
     except BlobMissing:
         # The blob went with a delete that ran while this placement waited its turn.
         async with unit_of_work(session):

@@ -147,6 +147,8 @@ async def add_part(
 ) -> UploadPart:
     """Keep a received part: its bytes durable in the blob store, then its row."""
     part_id = _new_id("part_")
+    if part.durable is not None:
+        await part.durable  # the spool is finished in the background; a part keeps it as it is
     key = await blob_store.keep_part(part.spool, upload_id=upload_id, part_id=part_id)
     repo = UploadRepository(session)
     try:

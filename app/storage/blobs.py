@@ -111,6 +111,10 @@ class Spool(ABC):
     async def write(self, chunk: bytes) -> None: ...
 
     @abstractmethod
+    def sha256(self) -> str:
+        """The hex sha256 of the bytes written so far (every write awaited)."""
+
+    @abstractmethod
     async def finish(self) -> str:
         """Make the written bytes durable and return their hex sha256."""
 
@@ -226,6 +230,9 @@ class SpoolFile(Spool):
         with disk_errors():
             self._fh.write(chunk)
         self.size += len(chunk)
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
 
     async def finish(self) -> str:
         return await to_thread.run_sync(self._finish)

@@ -177,6 +177,9 @@ class S3Spool(Spool):
         with contextlib.suppress(ValueError):
             self._paths.remove(path)
 
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
     async def finish(self) -> str:
         client, bucket = self._store.client, self._store.bucket
         await self._settle()

@@ -13,4 +13,5 @@ PHASES = (
     "download",
     "uploads",
     "capacity",
+    "pipelined",
 )

@@ -37,7 +37,7 @@ async def test_idempotent_upload_replays_and_creates_nothing(
     assert second.status_code == 200
     assert second.headers["idempotent-replayed"] == "true"
     assert second.json() == first.json()
-    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 1
     different = await client.post(
         "/v1/files",
         data={"purpose": "file-extract"},
@@ -68,7 +68,7 @@ async def test_concurrent_same_key_one_runs_other_conflicts_or_replays(
     if codes == [200, 409]:
         conflict = next(r for r in results if r.status_code == 409)
         assert conflict.json()["error"]["code"] == "idempotency_key_in_use"
-    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 1
 
 
 async def test_tenant_quota_on_files_and_bytes(gateway: Gateway) -> None:
@@ -92,7 +92,7 @@ async def test_tenant_quota_on_files_and_bytes(gateway: Gateway) -> None:
         assert (await ops.put("/admin/tenants/nobody/quota", json={})).status_code == 404
     async with gateway.runtime.sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(File)) == 1
-    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 1
 
 
 async def test_expired_key_is_refused(gateway: Gateway, clock: FakeClock) -> None:

@@ -16,6 +16,7 @@ from app.services.uploads import PART_MAX_BYTES
 from app.storage.blobs import LocalBlobStore
 from app.storage.s3 import PART_BYTES
 from tests.api.test_files import upload as upload_file
+from tests.api.test_files import wasted_uploads
 from tests.api.test_files_on_s3 import objects, on_s3, s3_store
 from tests.conftest import Gateway, started_gateway
 from tests.support.blobs import leftovers, read_blob
@@ -138,7 +139,9 @@ async def test_parts_sent_out_of_order_complete_into_a_file_that_downloads_ident
     # The parts are gone from the blob store and the registry once the file exists.
     assert await stored_parts(gateway) == []
     assert await part_rows(gateway) == 0
+    # Neither a part nor the completion is pipelined: one upload, from the assembled blob.
     assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+    assert wasted_uploads(gateway) == 0
 
 
 async def test_a_lost_part_is_sent_again_and_only_the_ids_named_count(

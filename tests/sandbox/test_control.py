@@ -79,6 +79,7 @@ async def test_stats_count_every_call(client: httpx.AsyncClient) -> None:
         "files": 1,
         "bytes": 5,
         "hanging": 0,
+        "receiving": 0,
     }
     zai_stats = (await client.get("/zai/_stats")).json()
     assert zai_stats["calls"] == dict.fromkeys(

@@ -253,10 +253,14 @@ async def test_a_quota_full_answer_evicts_and_reconciliation_counts_foreign_file
     ]
     zai = next(r for r in rows if r["provider"] == "zai")
     assert {u["purpose_class"]: u["max_files"] for u in zai["usage"]}["file-extract"] == 100
-    # With the foreign files counted, the next upload evicts before it tries.
-    calls = (await own.sandbox_stats("moonshot"))["calls"]["upload"]
-    await _upload(client, "m9.txt", b"mine 9\n")
-    assert (await own.sandbox_stats("moonshot"))["calls"]["upload"] == calls + 1
+    # With the foreign files counted, the next upload evicts to make room. Its speculative
+    # upload reaches the sandbox first and is refused (full): one more from the blob after.
+    before = await own.sandbox_stats("moonshot")
+    placed = (await _upload(client, "m9.txt", b"mine 9\n")).json()
+    assert [(c["provider"], c["status"]) for c in placed["providers"]] == [("moonshot", "active")]
+    after = await own.sandbox_stats("moonshot")
+    assert after["files"] == before["files"]  # one evicted, one placed
+    assert after["calls"]["upload"] == before["calls"]["upload"] + 2
     assert (await _copies(own))[ids[1]]["moonshot"].status == "evicted"
 
 

@@ -59,7 +59,7 @@ async def test_a_running_claim_is_renewed_while_its_request_runs(
     assert done.status_code == 200, done.text
     replay = await _upload(client, "slow-1")
     assert replay.headers["idempotent-replayed"] == "true"
-    assert (await gateway.sandbox_stats("moonshot"))["calls"]["upload"] == 1
+    assert (await gateway.sandbox_stats("moonshot"))["files"] == 1
 
 
 async def test_a_lapsed_claim_is_taken_over_by_the_retry(

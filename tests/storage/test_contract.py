@@ -22,6 +22,8 @@ async def put(store: BlobStore, data: bytes, *, chunk: int = 64 * 1024) -> str:
     spool = store.new_spool()
     for start in range(0, len(data), chunk):
         await spool.write(data[start : start + chunk])
+        # The running hash is known before the spool is finished (what a digest is checked by).
+        assert spool.sha256() == hashlib.sha256(data[: start + chunk]).hexdigest()
     sha = await spool.finish()
     assert sha == hashlib.sha256(data).hexdigest()
     blob = await store.commit(spool, sha256=sha)

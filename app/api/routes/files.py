@@ -15,7 +15,7 @@ from app.api.deps import FileId, ReadSessionDep, RuntimeDep, SessionDep
 from app.api.download import BlobResponse, byte_ranges
 from app.api.errors import responses
 from app.api.idempotency import IdempotencyScope, Idempotent
-from app.api.intake import media_type, multipart_boundary, receive_upload
+from app.api.intake import FileStart, media_type, multipart_boundary, receive_upload
 from app.api.schemas import (
     Extracted,
     FileDeleted,
@@ -47,7 +47,7 @@ from app.core.provider_names import Provider
 from app.models import FileStatus
 from app.runtime import Runtime
 from app.services import files as file_service
-from app.services.files import IncomingUpload
+from app.services.files import IncomingUpload, pipelined
 from app.services.idempotency import request_digest
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -155,7 +155,9 @@ UPLOAD_BODY = {
     response_model=FileObject,
     summary="Upload a file",
     description=(
-        "Streams the multipart body to disk while hashing it. The same bytes with the same "
+        "Streams the multipart body to disk while hashing it and, once the target provider "
+        "is known from the fields before the file part, to the provider at the same time "
+        "(FILEGATE_SPECULATIVE_PLACEMENT). The same bytes with the same "
         "purpose (an alias counts as the purpose it names) return the tenant's existing file "
         f"(same id, its first filename) without a second provider upload; `{DEDUP_HEADER}` "
         "says `hit` or `miss`. A hit never shortens or clears the file's expiry: a later "
@@ -236,6 +238,7 @@ async def upload_file(
         text_fields=UPLOAD_FIELDS,
         declared_sha256=declared,
         on_file_start=lambda start: reuse(_merged(query, start.fields), start.declared_sha256),
+        start_pipelined=lambda start: _pipelined(rt, _merged(query, start.fields), start),
     ) as received:
         if not isinstance(received, IncomingUpload):
             return received
@@ -262,6 +265,23 @@ async def upload_file(
             pin=pin,
         )
         return await _answer(idem, result)
+
+
+async def _pipelined(
+    rt: Runtime, fields: dict[str, str], start: FileStart
+) -> pipelined.HeadStart | None:
+    """The provider upload that runs while the file part arrives, when its target is known."""
+    purpose = fields.get("purpose")
+    if not purpose:
+        return None  # a purpose after the file part: stored first, then placed
+    return await pipelined.start(
+        placer=rt.placer,
+        purpose=purpose,
+        requested=_provider(rt, fields),
+        filename=start.filename,
+        content_type=start.content_type,
+        declared=start.declared_sha256 is not None,
+    )
 
 
 def _provider(rt: Runtime, fields: dict[str, str]) -> str:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -26,6 +27,9 @@ from app.services.files.retire import collect_blob
 from app.services.files.views import FileView, not_found
 from app.services.placement import Placement
 from app.storage.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from app.services.files.pipelined import HeadStart
 
 
 class Attempt(StrEnum):
@@ -67,6 +71,7 @@ class Placer:
         provider: str,
         attempt: Attempt,
         intent: queue.Intent | None = None,
+        head_start: HeadStart | None = None,
     ) -> tuple[Placement, Settled]:
         """One placement attempt: place the blob (renewing the request's intent lease
         meanwhile), then settle what came of it."""
@@ -83,6 +88,7 @@ class Placer:
                 file=file,
                 targets=targets,
                 retry_seconds=self.settings.capacity_retry_seconds,
+                head_start=head_start,
             )
         settled = await settle(
             session=session,
@@ -108,6 +114,7 @@ class Placer:
         attempt: Attempt,
         intent: queue.Intent | None = None,
         withdrawn: GatewayError | None = None,
+        head_start: HeadStart | None = None,
     ) -> FileView:
         """Place a file and answer a request with it: pending when providers are only failing
         for now. With `intent` (a just-claimed file) the request holds the placement job's
@@ -121,6 +128,7 @@ class Placer:
             provider=provider,
             attempt=attempt,
             intent=intent,
+            head_start=head_start,
         )
         return await answer(
             session=session, file=file, outcome=outcome, settled=settled, withdrawn=withdrawn

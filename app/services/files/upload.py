@@ -141,6 +141,12 @@ async def create_file(
                 continue
             if not upload.spool.holds_bytes():
                 break  # our bytes went into a twin's blob that its delete then collected
+            if upload.head_start is not None:
+                # A miss: the pipelined upload completes while the file is claimed (a claim
+                # refused after all makes close() delete the copy it made).
+                await upload.head_start.finish()
+            if upload.durable is not None:
+                await upload.durable  # the spool is durable before its blob is committed
             async with unit_of_work(session):  # the blob, the file row and the placement intent
                 claimed = await _claim(
                     session=session,
@@ -164,6 +170,7 @@ async def create_file(
                 provider=provider,
                 attempt=Attempt.UPLOAD,
                 intent=intent,
+                head_start=upload.head_start,
             )
             placer.metrics.uploads.labels(_placed_on(view), "created").inc()
             return CreateResult(view, created=True)
@@ -213,7 +220,8 @@ async def _claim(
     if expires_at is None and placer.settings.default_retention_seconds:
         expires_at = now + timedelta(seconds=placer.settings.default_retention_seconds)
     file = File(
-        id=new_file_id(),
+        # A pipelined provider upload already carries the id in its provider-side name.
+        id=upload.head_start.file_id if upload.head_start is not None else new_file_id(),
         tenant_id=ctx.principal.tenant_id,
         sha256=upload.sha256,
         bytes=upload.size,

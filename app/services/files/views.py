@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from app.core.errors import InvalidRequest, NotFound
 from app.models import File, ProviderCopy
 from app.storage.blobs import Spool
+
+if TYPE_CHECKING:
+    from app.services.files.pipelined import HeadStart
 
 FILE_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -40,7 +45,9 @@ def not_found() -> NotFound:
 
 @dataclass
 class IncomingUpload:
-    """A fully received upload: the spooled file part plus the text fields."""
+    """A fully received upload: the spooled file part (`durable` once the spool is finished)
+    plus the text fields, and the provider upload that ran while it arrived (with the file id
+    its provider name carries), if any."""
 
     spool: Spool
     sha256: str
@@ -48,6 +55,8 @@ class IncomingUpload:
     filename: str
     content_type: str
     fields: dict[str, str] = field(default_factory=dict)
+    head_start: HeadStart | None = None
+    durable: asyncio.Future[str] | None = None
 
 
 @dataclass(frozen=True)
