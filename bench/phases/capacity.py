@@ -1,4 +1,4 @@
-"""13: capacity, unique small uploads through a capped Moonshot account, evicting as it fills."""
+"""18: capacity, unique small uploads through a capped Moonshot account, evicting as it fills."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""13: a 100 MiB file through the Uploads API in 8 parts vs one ordinary upload of it."""
+"""17: a 100 MiB file through the Uploads API in 8 parts vs one ordinary upload of it."""
 
 from __future__ import annotations
 
