@@ -100,7 +100,9 @@ async def test_two_gateways_deduplicate_concurrent_identical_uploads(
                 assert content.status_code == 200 and content.content == payload
 
             stats = (await a.get(f"{sandbox.url}/sandbox/moonshot/_stats")).json()
-            assert stats["calls"]["upload"] == 1 and stats["files"] == 1
+            # Each upload starts its provider upload while its bytes arrive (pipelined); all but
+            # the one that placed the file are cut before their last byte: one file is made.
+            assert stats["files"] == 1 and 1 <= stats["calls"]["upload"] <= len(responses)
             assert stats["bytes"] == len(payload)
             zai = (await a.get(f"{sandbox.url}/sandbox/zai/_stats")).json()
             assert zai["calls"]["upload"] == 0
