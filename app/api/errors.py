@@ -45,6 +45,11 @@ _HTTP_ERRORS: dict[int, type[GatewayError]] = {
 }
 
 
+# What any authenticated route may answer before its own work: a bad request, no or a bad
+# credential, a missing scope.
+AUTH_ERRORS = (InvalidRequest, AuthenticationFailed, PermissionDenied)
+
+
 def responses(*errors: type[GatewayError]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries, with an example body for each error a route can answer."""
     out: dict[int | str, dict[str, Any]] = {}

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from app.api import digest
 from app.api.deps import FileId, ReadSessionDep, RuntimeDep, SessionDep
 from app.api.download import BlobResponse, byte_ranges
-from app.api.errors import responses
+from app.api.errors import AUTH_ERRORS, responses
 from app.api.idempotency import IdempotencyScope, Idempotent
 from app.api.intake import FileStart, media_type, multipart_boundary, receive_upload
 from app.api.schemas import (
@@ -28,13 +28,11 @@ from app.api.schemas import (
 from app.auth.guards import ReadCtx, WriteCtx
 from app.core.db import utcnow
 from app.core.errors import (
-    AuthenticationFailed,
     BlobCorrupt,
     Conflict,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
-    PermissionDenied,
     ProviderAuthFailed,
     ProviderFileTooLarge,
     ProviderQuotaExceeded,
@@ -52,7 +50,6 @@ from app.services.idempotency import request_digest
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-AUTH_ERRORS = (InvalidRequest, AuthenticationFailed, PermissionDenied)
 PROVIDER_ERRORS = (
     ProviderAuthFailed,
     ProviderRateLimited,

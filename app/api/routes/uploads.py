@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
 from app.api.deps import RuntimeDep, SessionDep
-from app.api.errors import responses
+from app.api.errors import AUTH_ERRORS, responses
 from app.api.idempotency import Idempotent
 from app.api.intake import media_type, receive_upload, validate_filename
 from app.api.schemas import (
@@ -20,12 +20,10 @@ from app.api.schemas import (
 )
 from app.auth.guards import WriteCtx
 from app.core.errors import (
-    AuthenticationFailed,
     Conflict,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
-    PermissionDenied,
     ProviderUnavailable,
     QuotaExceeded,
     UnsupportedMediaType,
@@ -37,7 +35,6 @@ from app.services.idempotency import request_digest
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
-AUTH_ERRORS = (InvalidRequest, AuthenticationFailed, PermissionDenied)
 PART_FIELD = "data"
 
 PART_BODY = {
